@@ -1,0 +1,221 @@
+"""The ``sct-node`` command: one verb per job.
+
+Exit codes (documented in docs/cli.md):
+
+* 0 — success
+* 1 — unexpected internal error (a bug: please report it with ``--debug`` output)
+* 2 — bad command line (argparse)
+* 3 — input refused (not DICOM, inconsistent series, ...)
+* 4 — output could not be written
+* 5 — model error
+
+Errors are printed as one line ``sct-node: error: ...``; ``--debug`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sct_node import __version__
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4, 5
+
+logger = logging.getLogger("sct_node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="sct-node",
+        description="Synthetic CT from MR for MRI-only radiotherapy: a DICOM node, its models and its QA.",
+    )
+    parser.add_argument("--version", action="version", version=f"sct-node {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The same flags after the verb (``sct-node translate ... --debug``); SUPPRESS keeps the global value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+
+    phantom = commands.add_parser(
+        "phantom", parents=[common], help="generate paired MR/CT phantoms (DICOM + SynthRAD-layout MHA)",
+        description="Generate seeded head/pelvis phantoms: MR T1w/T2w and CT as DICOM series, an RT Structure "
+                    "Set, and mr.mha/ct.mha/mask.mha in the SynthRAD layout for training.",
+    )
+    phantom.add_argument("--output", "-o", type=Path, required=True, help="folder for the cases")
+    phantom.add_argument("--site", choices=("head", "pelvis", "both"), default="both", help="anatomy (default both)")
+    phantom.add_argument("--cases", type=_positive_int, default=1, help="cases per site (default 1)")
+    phantom.add_argument("--seed", type=_non_negative_int, default=0,
+                         help="seed of the first case; case i uses seed+i (default 0)")
+    phantom.add_argument("--shape", type=_positive_int, nargs=3, metavar=("Z", "Y", "X"),
+                         help="voxels per axis (default: site default, 100 x 256 x 256)")
+    phantom.add_argument("--spacing-mm", type=_positive_float, nargs=3, metavar=("X", "Y", "Z"),
+                         help="voxel size in mm (default: head 1 1 2.5, pelvis 1.6 1.6 2.5)")
+    phantom.add_argument("--no-dicom", action="store_true", help="write only the SynthRAD-layout MHA files")
+    phantom.set_defaults(handler=_run_phantom)
+
+    translate = commands.add_parser(
+        "translate", parents=[common], help="turn an MR series into a synthetic CT series",
+        description="Read one MR series (folder or files), run a model and write the synthetic CT as a "
+                    "DICOM CT series in the MR's study and frame of reference.",
+    )
+    translate.add_argument("--input", "-i", type=Path, nargs="+", required=True,
+                           help="MR series folder(s) or files")
+    translate.add_argument("--output", "-o", type=Path, required=True, help="folder for the sCT series")
+    translate.add_argument("--model", "-m", default="bulk", help="built-in model name or checkpoint (default bulk)")
+    translate.add_argument("--series-uid", help="Series Instance UID to read when the input holds several series")
+    translate.add_argument("--echo-time-ms", type=float, help="echo to use from a multi-echo series")
+    translate.add_argument("--temporal-position", type=int, help="time point to use from a dynamic series")
+    translate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    translate.set_defaults(handler=_run_translate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.debug, args.quiet)
+    from models.errors import ModelsError
+    from sct_node.errors import InputError, OutputError, SctNodeError
+
+    try:
+        return args.handler(args)
+    except InputError as error:
+        return _fail(error, EXIT_INPUT, args.debug)
+    except OutputError as error:
+        return _fail(error, EXIT_OUTPUT, args.debug)
+    except ModelsError as error:
+        return _fail(error, EXIT_MODEL, args.debug)
+    except SctNodeError as error:
+        return _fail(error, EXIT_INPUT, args.debug)
+    except KeyboardInterrupt:
+        print("sct-node: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last line of defence: one line, not a traceback
+        return _fail(error, EXIT_INTERNAL, args.debug, prefix="internal error (please report with --debug): ")
+
+
+def _fail(error: BaseException, code: int, debug: bool, prefix: str = "") -> int:
+    if debug:
+        traceback.print_exc()
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"sct-node: error: {prefix}{message}", file=sys.stderr)
+    return code
+
+
+def _configure_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # pynetdicom and pydicom are chatty at INFO and may log identifiers; keep them at WARNING unless debugging.
+    for name in ("pydicom", "pynetdicom"):
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@contextmanager
+def _progress(description: str, quiet: bool):
+    """A tqdm bar driven by ``progress(done, total)`` callbacks; silent when quiet or not a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, total=0, unit="slice", disable=True if quiet else None, leave=False,
+               file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from models.phantoms import generate_phantom, write_synthrad_case
+    from sct_node.dicom.phantom_writer import write_phantom_dicom
+
+    sites = ("head", "pelvis") if args.site == "both" else (args.site,)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for site in sites:
+        for i in range(args.cases):
+            seed = args.seed + i
+            case_id = f"{site}-{seed:04d}"
+            case_dir = args.output / case_id
+            phantom = generate_phantom(site, seed, shape_zyx=tuple(args.shape) if args.shape else None,
+                                       spacing_mm=tuple(args.spacing_mm) if args.spacing_mm else None)
+            write_synthrad_case(phantom, case_dir)
+            if not args.no_dicom:
+                with _progress(f"{case_id} DICOM", args.quiet) as progress:
+                    write_phantom_dicom(phantom, case_id, case_dir / "dicom", progress=progress)
+            logger.info("wrote phantom %s (%s voxels) to %s", case_id, "x".join(map(str, phantom.ct_hu.shape)),
+                        case_dir)
+    return EXIT_OK
+
+
+def _run_translate(args: argparse.Namespace) -> int:
+    import time
+
+    from models.registry import load_model
+    from sct_node.dicom.reader import ReaderOptions, read_series
+    from sct_node.dicom.sct_writer import write_sct_series
+
+    started = time.perf_counter()
+    model = load_model(args.model)
+    options = ReaderOptions(echo_time_ms=args.echo_time_ms, temporal_position=args.temporal_position)
+    with _progress("reading MR", args.quiet) as progress:
+        series = read_series(args.input, series_instance_uid=args.series_uid, options=options, progress=progress)
+    logger.info("read MR series %s: %s voxels, spacing %s mm", series.series_instance_uid,
+                "x".join(map(str, series.volume.shape)), _fmt(series.volume.spacing_mm))
+    with _progress(f"model {model.card.name}", args.quiet) as progress:
+        sct = model.translate(series.volume, progress=progress)
+    with _progress("writing sCT", args.quiet) as progress:
+        written = write_sct_series(sct.hu, series, model.card, args.output, progress=progress)
+    elapsed_s = time.perf_counter() - started
+    logger.info("wrote sCT series %s (%d instances) to %s in %.1f s", written.series_instance_uid,
+                len(written.files), args.output, elapsed_s)
+    if args.json:
+        summary = {
+            "source_series_instance_uid": series.series_instance_uid,
+            "sct_series_instance_uid": written.series_instance_uid,
+            "instances": len(written.files),
+            "output": str(args.output),
+            "model": model.card.identity,
+            "elapsed_s": round(elapsed_s, 3),
+        }
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:g}" for v in values)
+
+
+def _typed(convert: Callable[[str], float], check: Callable[[float], bool], what: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}; found {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {what}; found {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _typed(int, lambda v: v > 0, "a positive integer")
+_non_negative_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
+_positive_float = _typed(float, lambda v: v > 0, "a positive number")

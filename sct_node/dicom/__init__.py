@@ -1,0 +1,1 @@
+"""DICOM input and output: reading image series, writing synthetic CT and phantom series."""

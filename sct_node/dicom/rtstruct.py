@@ -1,0 +1,275 @@
+"""Write masks as an RT Structure Set on an image series.
+
+Contours are the 0.5 iso-lines of each slice's mask (marching squares, via
+contourpy, which matplotlib already depends on), so a contour runs midway
+between inside and outside pixel centres and rasterising it again gives the
+mask back. Holes (e.g. the inside of the skull ring) are separate closed
+contours; planning systems combine the contours of one slice with the
+even-odd rule. Every contour references the image of its slice (Contour
+Image Sequence), which Eclipse requires.
+
+rt-utils is not used for writing: it writes Implicit VR with random UIDs and a
+borrowed Implementation Class UID, and has had row/column mix-ups on
+non-square images (rt-utils issues 88 and 92).
+
+References
+----------
+DICOM PS3.3 A.19 (RT Structure Set IOD), C.8.8.5 (Structure Set Module),
+C.8.8.6 (ROI Contour Module), C.8.8.8 (RT ROI Observations Module).
+W. E. Lorensen, H. E. Cline, "Marching cubes", SIGGRAPH 1987 (the 2D
+variant, marching squares).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence as SequenceOf
+from dataclasses import dataclass
+from pathlib import Path
+
+import contourpy
+import numpy as np
+import pydicom
+from pydicom.sequence import Sequence
+
+from models.volume import Volume
+from sct_node import __version__
+from sct_node.dicom.image_writer import (
+    PATIENT_KEYWORDS,
+    STUDY_KEYWORDS,
+    copy_attributes,
+    dicom_date_time,
+    new_dataset,
+    write_dataset_atomic,
+)
+from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE
+from sct_node.errors import OutputError
+
+__all__ = ["RoiSpec", "write_rtstruct", "mask_contours"]
+
+#: RT ROI Interpreted Type (PS3.3 C.8.8.8.1) for each kind of structure we write.
+_INTERPRETED_TYPE = {"EXTERNAL": "EXTERNAL", "PTV": "PTV", "CTV": "CTV", "GTV": "GTV", "ORGAN": "ORGAN",
+                     "BONE": "ORGAN", "CAVITY": "CAVITY", "CONTROL": "CONTROL"}
+#: Referenced SOP Class UID in the RT Referenced Study Sequence, as every TPS writes it.
+_STUDY_COMPONENT_REFERENCE = "1.2.840.10008.3.1.2.3.1"
+
+
+@dataclass(frozen=True)
+class RoiSpec:
+    """One structure to write.
+
+    Attributes
+    ----------
+    name : str
+        ROI Name (at most 64 characters).
+    mask : numpy.ndarray
+        Boolean (z, y, x) mask on the reference grid.
+    kind : str
+        EXTERNAL, PTV, CTV, GTV, ORGAN, BONE, CAVITY or CONTROL.
+    color_rgb : tuple of int
+        ROI Display Color.
+    algorithm : str
+        ROI Generation Algorithm: AUTOMATIC, SEMIAUTOMATIC or MANUAL.
+    description : str
+        How it was made (ROI Generation Description).
+    """
+
+    name: str
+    mask: np.ndarray
+    kind: str
+    color_rgb: tuple[int, int, int]
+    algorithm: str = "AUTOMATIC"
+    description: str = ""
+
+
+def mask_contours(mask_2d: np.ndarray) -> list[np.ndarray]:
+    """Closed contours of a 2D mask in continuous (column, row) pixel indices.
+
+    Parameters
+    ----------
+    mask_2d : numpy.ndarray
+        Boolean (rows, columns) mask.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Each ``(n, 2)`` array is one closed loop (first point not repeated),
+        collinear points removed.
+    """
+    padded = np.pad(mask_2d.astype(np.float64), 1)
+    generator = contourpy.contour_generator(z=padded, line_type=contourpy.LineType.Separate)
+    loops = []
+    for line in generator.lines(0.5):
+        points = np.asarray(line, dtype=np.float64) - 1.0  # undo the padding
+        if len(points) > 1 and np.allclose(points[0], points[-1]):
+            points = points[:-1]
+        points = _drop_collinear(points)
+        if len(points) >= 3:
+            loops.append(points)
+    return loops
+
+
+def _drop_collinear(points: np.ndarray) -> np.ndarray:
+    """Remove points that lie on the straight line through their neighbours (closed loop)."""
+    if len(points) < 4:
+        return points
+    previous = np.roll(points, 1, axis=0)
+    following = np.roll(points, -1, axis=0)
+    cross = ((points - previous)[:, 0] * (following - points)[:, 1]
+             - (points - previous)[:, 1] * (following - points)[:, 0])
+    return points[np.abs(cross) > 1e-9]
+
+
+def write_rtstruct(
+    *,
+    reference_files: SequenceOf[Path],
+    reference_volume: Volume,
+    rois: SequenceOf[RoiSpec],
+    path: Path,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    label: str,
+    series_description: str,
+    now: _dt.datetime | None = None,
+) -> Path:
+    """Write an RT Structure Set whose contours lie on a written image series.
+
+    Parameters
+    ----------
+    reference_files : sequence of pathlib.Path
+        The image series' files (any order); their positions are matched to
+        the volume's slices.
+    reference_volume : Volume
+        The series' grid, which the masks are on.
+    rois : sequence of RoiSpec
+        The structures.
+    path : pathlib.Path
+        Output file.
+    sop_instance_uid, series_instance_uid : str
+        Identity of the structure set.
+    label : str
+        Structure Set Label (at most 16 characters).
+    series_description : str
+        Series Description.
+    now : datetime or None
+        Structure set date/time.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OutputError
+        If a mask does not match the grid, a slice has no image, or a kind is unknown.
+    """
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in reference_files]
+    slice_of = {}
+    for header in headers:
+        k = reference_volume.patient_to_index(np.asarray(header.ImagePositionPatient, dtype=float))[2]
+        slice_of[int(round(k))] = header
+    missing = [k for k in range(reference_volume.shape[0]) if k not in slice_of]
+    if missing:
+        raise OutputError(f"reference series has no image for slice(s) {missing[:5]} of the grid")
+    first = headers[0]
+    date, time = dicom_date_time(now or _dt.datetime.now())
+
+    dataset = new_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid,
+                          character_set=first.get("SpecificCharacterSet", "ISO_IR 100"))
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
+    if first.get("SyntheticData", None) == "YES":
+        dataset.SyntheticData = "YES"  # contours drawn on a synthetic image derive from it
+    copy_attributes(first, dataset, PATIENT_KEYWORDS,
+                    required_type2=("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
+    copy_attributes(first, dataset, STUDY_KEYWORDS,
+                    required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
+    dataset.Modality = "RTSTRUCT"
+    dataset.SeriesInstanceUID = series_instance_uid
+    dataset.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 100
+    dataset.SeriesDate, dataset.SeriesTime = date, time
+    dataset.SeriesDescription = series_description[:64]
+    dataset.OperatorsName = None
+    dataset.Manufacturer = "sct-node project"
+    dataset.ManufacturerModelName = "sct-node"
+    dataset.SoftwareVersions = __version__
+    dataset.InstanceNumber = 1
+    dataset.StructureSetLabel = label[:16]
+    dataset.StructureSetName = label[:64]
+    dataset.StructureSetDate, dataset.StructureSetTime = date, time
+
+    contour_images = Sequence()
+    for k in range(reference_volume.shape[0]):
+        contour_images.append(_image_reference(slice_of[k]))
+    series_item = pydicom.Dataset()
+    series_item.SeriesInstanceUID = first.SeriesInstanceUID
+    series_item.ContourImageSequence = contour_images
+    study_item = pydicom.Dataset()
+    study_item.ReferencedSOPClassUID = _STUDY_COMPONENT_REFERENCE
+    study_item.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    frame_item = pydicom.Dataset()
+    frame_item.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_item.RTReferencedStudySequence = Sequence([study_item])
+    dataset.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
+
+    dataset.StructureSetROISequence = Sequence()
+    dataset.ROIContourSequence = Sequence()
+    dataset.RTROIObservationsSequence = Sequence()
+    for number, roi in enumerate(rois, start=1):
+        if roi.mask.shape != reference_volume.shape:
+            raise OutputError(f"ROI {roi.name!r}: mask shape {roi.mask.shape} differs from the grid "
+                              f"{reference_volume.shape}")
+        if roi.kind not in _INTERPRETED_TYPE:
+            raise OutputError(f"ROI {roi.name!r}: unknown kind {roi.kind!r}; expected one of "
+                              f"{', '.join(_INTERPRETED_TYPE)}")
+        roi_item = pydicom.Dataset()
+        roi_item.ROINumber = number
+        roi_item.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
+        roi_item.ROIName = roi.name[:64]
+        roi_item.ROIGenerationAlgorithm = roi.algorithm
+        if roi.description:
+            roi_item.ROIGenerationDescription = roi.description[:64]
+        dataset.StructureSetROISequence.append(roi_item)
+
+        contour_item = pydicom.Dataset()
+        contour_item.ReferencedROINumber = number
+        contour_item.ROIDisplayColor = [int(c) for c in roi.color_rgb]
+        contour_item.ContourSequence = Sequence(_contours(roi.mask, reference_volume, slice_of))
+        dataset.ROIContourSequence.append(contour_item)
+
+        observation = pydicom.Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.RTROIInterpretedType = _INTERPRETED_TYPE[roi.kind]
+        observation.ROIInterpreter = None
+        dataset.RTROIObservationsSequence.append(observation)
+    return write_dataset_atomic(dataset, path)
+
+
+def _image_reference(header: pydicom.Dataset) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = header.SOPClassUID
+    item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+    return item
+
+
+def _contours(mask: np.ndarray, volume: Volume, slice_of: dict[int, pydicom.Dataset]) -> list[pydicom.Dataset]:
+    items = []
+    for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        for loop in mask_contours(mask[k]):
+            index = np.column_stack([loop[:, 0], loop[:, 1], np.full(len(loop), float(k))])
+            points = volume.index_to_patient(index)
+            item = pydicom.Dataset()
+            item.ContourImageSequence = Sequence([_image_reference(slice_of[int(k)])])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(points)
+            item.ContourNumber = len(items) + 1
+            item.ContourData = [_ds3(v) for v in points.ravel()]
+            items.append(item)
+    return items
+
+
+def _ds3(value: float) -> str:
+    """A coordinate as a Decimal String in micrometre precision."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
