@@ -196,6 +196,11 @@ def _slice_dataset(header: pydicom.Dataset, source: ImageSeries, volume: Volume,
     dataset.PatientPosition = header.get("PatientPosition", None) or None  # Type 2C for CT: required, may be empty
     if "BodyPartExamined" in header:
         dataset.BodyPartExamined = header.BodyPartExamined
+    if "Laterality" in header:
+        dataset.Laterality = header.Laterality
+    elif "BodyPartExamined" not in header:
+        # Type 2C, required for paired body parts: with the body part unknown, say "unknown" (empty).
+        dataset.Laterality = None
     # Frame of Reference: the MR's, so the sCT overlays the MR exactly.
     dataset.FrameOfReferenceUID = source.frame_of_reference_uid
     dataset.PositionReferenceIndicator = header.get("PositionReferenceIndicator", None) or None

@@ -425,7 +425,7 @@ def write_enhanced_mr(volume: Volume, path: Path, **kwargs: object) -> Path:
     volume : Volume
         Image and geometry to write.
     path : pathlib.Path
-        Destination file; its folder must exist.
+        Destination file; its folder is created if needed.
     **kwargs
         Keyword arguments of :func:`make_enhanced_mr`.
 
@@ -435,5 +435,6 @@ def write_enhanced_mr(volume: Volume, path: Path, **kwargs: object) -> Path:
         ``path``.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     make_enhanced_mr(volume, **kwargs).save_as(path, enforce_file_format=True)  # type: ignore[arg-type]
     return path

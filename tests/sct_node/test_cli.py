@@ -1,0 +1,144 @@
+"""The ``sct-node`` command end to end: phantom -> translate -> a valid sCT series; refusals as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from sct_node.cli import EXIT_INPUT, EXIT_MODEL, EXIT_OK, build_parser, main
+from sct_node.dicom.reader import read_series
+from sct_node.dicom.uids import CT_IMAGE_STORAGE
+from tests.factories.validation import assert_valid_dicom
+
+#: A small pelvis grid: whole anatomy, quick to generate and translate.
+SHAPE = ("20", "64", "64")
+SPACING = ("6.5", "6.5", "10")
+
+
+def _sct_node(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed console script (falls back to ``python -m sct_node``)."""
+    executable = shutil.which("sct-node")
+    command = [executable] if executable else [sys.executable, "-m", "sct_node"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("phantoms")
+    result = _sct_node("--quiet", "phantom", "--site", "pelvis", "--seed", "7", "--shape", *SHAPE,
+                       "--spacing-mm", *SPACING, "--output", str(output))
+    assert result.returncode == EXIT_OK, result.stderr
+    return output / "pelvis-0007"
+
+
+def test_every_subcommand_has_help():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
+    assert {"phantom", "translate"} <= set(commands)
+    for name in commands:
+        result = _sct_node(name, "--help")
+        assert result.returncode == 0, result.stderr
+        assert f"usage: sct-node {name}" in result.stdout
+
+
+def test_phantom_writes_dicom_and_synthrad_layout(phantom_dir):
+    for name in ("mr.mha", "ct.mha", "mask.mha"):
+        assert (phantom_dir / name).is_file()
+    for series in ("MR_T1", "MR_T2", "CT"):
+        assert len(list((phantom_dir / "dicom" / series).glob("*.dcm"))) == int(SHAPE[0])
+    mr = read_series([phantom_dir / "dicom" / "MR_T1"])
+    ct = read_series([phantom_dir / "dicom" / "CT"], sop_classes=[CT_IMAGE_STORAGE])
+    assert mr.volume.same_grid(ct.volume)
+    assert mr.frame_of_reference_uid == ct.frame_of_reference_uid
+    assert mr.study_instance_uid == ct.study_instance_uid
+
+
+def test_every_phantom_object_passes_dciodvfy(phantom_dir):
+    files = [*(phantom_dir / "dicom").rglob("*.dcm")]
+    assert len(files) == 3 * int(SHAPE[0]) + 1
+    for path in files:
+        assert_valid_dicom(path)
+
+
+def test_phantom_structure_set_round_trips_through_rt_utils(phantom_dir):
+    """rt-utils (an independent reader) rasterises our contours back into the phantom's masks."""
+    from rt_utils import RTStructBuilder
+
+    from models.phantoms import generate_phantom
+
+    phantom = generate_phantom("pelvis", 7, shape_zyx=tuple(int(v) for v in SHAPE),
+                               spacing_mm=tuple(float(v) for v in SPACING))
+    rtstruct_path = next((phantom_dir / "dicom" / "RTSTRUCT").glob("*.dcm"))
+    rtstruct = RTStructBuilder.create_from(dicom_series_path=str(phantom_dir / "dicom" / "CT"),
+                                           rt_struct_path=str(rtstruct_path))
+    assert set(rtstruct.get_roi_names()) == {s.name for s in phantom.structures}
+    for structure in phantom.structures:
+        mask = np.moveaxis(rtstruct.get_roi_mask_by_name(structure.name), -1, 0)  # (rows, cols, z) -> (z, y, x)
+        dice = 2 * np.sum(mask & structure.mask) / (mask.sum() + structure.mask.sum())
+        # Coarse 6.5 mm pixels: boundary pixels are the whole error budget of small organs.
+        assert dice > (0.97 if structure.mask.sum() > 2000 else 0.85), (structure.name, dice)
+
+
+def test_translate_end_to_end_on_a_phantom(phantom_dir, tmp_path):
+    output = tmp_path / "sct"
+    result = _sct_node("translate", "--input", str(phantom_dir / "dicom" / "MR_T1"), "--output", str(output),
+                       "--json", "--quiet")
+    assert result.returncode == EXIT_OK, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["instances"] == int(SHAPE[0]) and summary["model"].startswith("bulk:")
+
+    mr = read_series([phantom_dir / "dicom" / "MR_T1"])
+    sct = read_series([output], sop_classes=[CT_IMAGE_STORAGE])
+    assert sct.volume.same_grid(mr.volume)
+    assert sct.series_instance_uid == summary["sct_series_instance_uid"]
+    assert set(np.unique(sct.volume.array)) == {-1000.0, 0.0}
+    # The bulk model's body is the phantom's body.
+    import SimpleITK as sitk
+
+    body = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_dir / "mask.mha"))) > 0
+    water = sct.volume.array == 0
+    dice = 2 * np.sum(body & water) / (body.sum() + water.sum())
+    assert dice > 0.95, dice
+    for path in output.glob("*.dcm"):
+        assert_valid_dicom(path)
+
+
+def test_translate_refusal_is_one_line_and_writes_nothing(phantom_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(phantom_dir / "dicom" / "MR_T1", broken)
+    files = sorted(broken.glob("*.dcm"), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    os.remove(files[5])
+    output = tmp_path / "sct"
+    result = _sct_node("translate", "--input", str(broken), "--output", str(output))
+    assert result.returncode == EXIT_INPUT
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sct-node: error: 1 slice(s) missing between"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists() or not any(output.rglob("*.dcm"))
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main(["translate", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o"),
+                 "--debug"]) == EXIT_INPUT
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_model_error(phantom_dir, tmp_path, capsys):
+    code = main(["translate", "--input", str(phantom_dir / "dicom" / "MR_T1"), "--output", str(tmp_path / "o"),
+                 "--model", "no-such-model"])
+    assert code == EXIT_MODEL
+    assert "unknown model 'no-such-model'; built-in models: bulk" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2_with_a_message(tmp_path):
+    result = _sct_node("phantom", "--output", str(tmp_path), "--cases", "0")
+    assert result.returncode == 2
+    assert "expected a positive integer; found '0'" in result.stderr
