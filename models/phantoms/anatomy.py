@@ -24,7 +24,8 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,7 +35,7 @@ from scipy import ndimage
 from models.errors import PhantomError
 from models.phantoms.tissues import Tissue
 
-__all__ = ["Anatomy", "PhantomStructure", "Site", "StructureKind", "build_anatomy"]
+__all__ = ["Anatomy", "Site", "build_anatomy"]
 
 T = Tissue
 BONE_TISSUES = (T.CORTICAL_BONE, T.MARROW)
@@ -48,72 +49,20 @@ class Site(str, Enum):
     PELVIS = "pelvis"
 
 
-class StructureKind(str, Enum):
-    """RT structure category (DICOM RT ROI Interpreted Type family)."""
-
-    EXTERNAL = "EXTERNAL"
-    ORGAN = "ORGAN"
-    PTV = "PTV"
-    BONE = "BONE"
-
-
-_COLORS: dict[str, tuple[int, int, int]] = {
-    "BODY": (0, 255, 0), "BONES": (230, 230, 200), "PTV": (255, 0, 0),
-    "BRAINSTEM": (255, 0, 255), "EYE_L": (0, 160, 255), "EYE_R": (0, 255, 255),
-    "BLADDER": (255, 255, 0), "RECTUM": (160, 90, 40),
-    "FEMUR_HEAD_L": (0, 0, 255), "FEMUR_HEAD_R": (0, 128, 255),
-}
-
-
-@dataclass(frozen=True, eq=False)
-class PhantomStructure:
-    """A named region of interest of a phantom (compared by identity).
-
-    Parameters
-    ----------
-    name : str
-        Upper-case ROI name, e.g. ``"BODY"``, ``"PTV"``, ``"EYE_L"``.
-    mask : numpy.ndarray
-        Boolean mask in ``(z, y, x)`` order on the phantom grid.
-    kind : str
-        One of ``"EXTERNAL"``, ``"ORGAN"``, ``"PTV"``, ``"BONE"``.
-    color_rgb : tuple of int
-        Display colour, each channel in [0, 255].
-
-    Raises
-    ------
-    PhantomError
-        If the mask is not a 3D boolean array, the kind is unknown or a
-        colour channel is out of range.
-    """
-
-    name: str
-    mask: np.ndarray
-    kind: str
-    color_rgb: tuple[int, int, int]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mask, np.ndarray) or self.mask.dtype != np.bool_ or self.mask.ndim != 3:
-            raise PhantomError(f"structure {self.name!r}: mask must be a 3D bool array; found {type(self.mask)}")
-        try:
-            object.__setattr__(self, "kind", StructureKind(self.kind))
-        except ValueError:
-            kinds = [k.value for k in StructureKind]
-            raise PhantomError(f"structure {self.name!r}: kind must be one of {kinds}; found {self.kind!r}") from None
-        if len(self.color_rgb) != 3 or not all(0 <= int(c) <= 255 for c in self.color_rgb):
-            raise PhantomError(f"structure {self.name!r}: color_rgb must be 3 values in [0, 255]; found {self.color_rgb}")
-
-
 @dataclass(frozen=True, eq=False)
 class Anatomy:
-    """A label map and its structures, as built by :func:`build_anatomy`.
+    """A label map and its named region masks, as built by :func:`build_anatomy`.
 
     Attributes
     ----------
     site : Site
     labels : numpy.ndarray
         ``uint8`` :class:`Tissue` values in ``(z, y, x)`` order.
-    structures : tuple of PhantomStructure
+    masks : Mapping of str to numpy.ndarray
+        Read-only; boolean ``(z, y, x)`` masks, each non-empty and inside
+        ``BODY``: ``BODY``, ``BONES``, ``PTV`` and the site's organs at risk
+        (head: ``BRAINSTEM``, ``EYE_L``, ``EYE_R``; pelvis: ``BLADDER``,
+        ``RECTUM``, ``FEMUR_HEAD_L``, ``FEMUR_HEAD_R``).
     scale : float
         Factor applied to the nominal adult dimensions (about 1 unless the
         field of view was too small for an adult).
@@ -121,7 +70,7 @@ class Anatomy:
 
     site: Site
     labels: np.ndarray
-    structures: tuple[PhantomStructure, ...]
+    masks: Mapping[str, np.ndarray]
     scale: float
 
 
@@ -151,7 +100,9 @@ class _Warp:
     few broadcast multiplications rather than trigonometry on every voxel.
     """
 
-    def __init__(self, rng: np.random.Generator, amplitude_mm: float, wavelength_mm: tuple[float, float], n_terms: int = 3):
+    def __init__(
+        self, rng: np.random.Generator, amplitude_mm: float, wavelength_mm: tuple[float, float], n_terms: int = 3
+    ):
         self.amplitude_mm = amplitude_mm
         self.terms = []
         for _component in range(3):
@@ -197,17 +148,30 @@ class _Canvas:
         self.xyz = (x[None, None, :] + dx, y[None, :, None] + dy, z[:, None, None] + dz)
 
     # --- shape factories, nominal millimetres relative to the anatomy centre
-    def ell(self, c: Sequence[float], r: Sequence[float], p_xy: float = 2.0, p_z: float = 2.0, angle_deg: float = 0.0) -> _Shape:
+    def ell(
+        self, c: Sequence[float], r: Sequence[float], p_xy: float = 2.0, p_z: float = 2.0, angle_deg: float = 0.0
+    ) -> _Shape:
+        """Superellipsoid at ``c`` with radii ``r``, turned by ``angle_deg`` about z."""
         a = np.deg2rad(angle_deg)
         axes = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-        return _Shape(self.centre + self.scale * np.asarray(c, float), self.scale * np.asarray(r, float), axes, p_xy, p_z)
+        centre = self.centre + self.scale * np.asarray(c, float)
+        return _Shape(centre, self.scale * np.asarray(r, float), axes, p_xy, p_z)
 
-    def seg(self, p0: Sequence[float], p1: Sequence[float], r_a: float, r_b: float | None = None, ref: Sequence[float] = (0, 0, 1)) -> _Shape:
+    def seg(
+        self,
+        p0: Sequence[float],
+        p1: Sequence[float],
+        r_a: float,
+        r_b: float | None = None,
+        ref: Sequence[float] = (0, 0, 1),
+    ) -> _Shape:
         """Capsule-like ellipsoid from ``p0`` to ``p1``; ``r_a`` along ``ref``, ``r_b`` across both."""
         p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
         u = (p1 - p0) / np.linalg.norm(p1 - p0)
         v = np.asarray(ref, float) - np.dot(ref, u) * u
-        v = v / np.linalg.norm(v) if np.linalg.norm(v) > 1e-6 else np.cross(u, [1.0, 0, 0]) / np.linalg.norm(np.cross(u, [1.0, 0, 0]))
+        if np.linalg.norm(v) < 1e-6:  # ref parallel to the segment: any perpendicular will do
+            v = np.cross(u, [1.0, 0, 0]) if abs(u[0]) < 0.9 else np.cross(u, [0, 1.0, 0])
+        v = v / np.linalg.norm(v)
         r_b = r_a if r_b is None else r_b
         # local z = segment axis so the (p_xy, p_z) convention keeps ellipsoids at 2, 2.
         axes = np.column_stack([v, np.cross(u, v), u])
@@ -227,8 +191,9 @@ class _Canvas:
         half = np.abs(shape.axes) @ shape.radii + pad + self.spacing
         sl = []
         for i in (2, 1, 0):
-            lo = int(np.clip(np.floor((shape.centre[i] - half[i] - self.origin[i]) / self.spacing[i]), 0, len(self.coords[i])))
-            hi = int(np.clip(np.ceil((shape.centre[i] + half[i] - self.origin[i]) / self.spacing[i]) + 1, 0, len(self.coords[i])))
+            n = len(self.coords[i])
+            lo = int(np.clip(np.floor((shape.centre[i] - half[i] - self.origin[i]) / self.spacing[i]), 0, n))
+            hi = int(np.clip(np.ceil((shape.centre[i] + half[i] - self.origin[i]) / self.spacing[i]) + 1, 0, n))
             if hi <= lo:
                 return None
             sl.append(slice(lo, hi))
@@ -250,7 +215,13 @@ class _Canvas:
             level += u * u if p == 2 else (np.square(np.square(u)) if p == 4 else u ** np.float32(p))
         return sl, level <= 1.0
 
-    def paint(self, shape: _Shape, tissue: Tissue, over: Sequence[Tissue] | None = None, within: np.ndarray | None = None) -> np.ndarray:
+    def paint(
+        self,
+        shape: _Shape,
+        tissue: Tissue,
+        over: Sequence[Tissue] | None = None,
+        within: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Set ``tissue`` inside ``shape`` (and the body, ``over`` and ``within``); return the painted mask."""
         painted = np.zeros(self.labels.shape, bool)
         hit = self.inside(shape)
@@ -313,6 +284,8 @@ def _build_head(cv: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray]:
     size = rng.uniform(0.93, 1.07)
     half_z = (88 + 90) / 2  # vertex down to below the brainstem and maxillary sinuses
     scale = cv.fit_scale(size, (82, 108, half_z), 3.0)
+    # Vertex 8 mm (scaled) below the top slice, clear of the 3 mm warp and two slices: the
+    # head never leaves through the top, while the neck leaves through slice 0 as in a scan.
     top = cv.coords[2][-1] - 3.0 - 2 * cv.spacing[2] - scale * 8
     centre = np.array([rng.uniform(-3, 3) * scale, rng.uniform(-3, 3) * scale, top - 88 * scale])
     cv.start(scale, centre, _Warp(rng, 3.0 * scale, (90 * scale, 220 * scale)))
@@ -336,7 +309,7 @@ def _build_head(cv: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray]:
     for sx in (-1, 1):
         cv.paint(cv.ell((sx * 11, -2, 12), _jit(rng, (5.5, 28, 9), 0.15), angle_deg=sx * 8), T.CSF, over=BRAIN_TISSUES)
     cv.paint(cv.ell((0, 4, -6), (2.0, 13, 9)), T.CSF, over=BRAIN_TISSUES)
-    cv.paint(cv.ell((0, 0, 40), (1.5, 85, 55)), T.CSF, over=BRAIN_TISSUES)
+    cv.paint(cv.ell((0, 0, 50), (1.5, 85, 45)), T.CSF, over=BRAIN_TISSUES)  # fissure above the corpus callosum
 
     # Brainstem surrounded by its cisterns, continuing into the cord in the spinal canal.
     cv.bone([cv.seg((0, 8, -260), (0, 10, -84), 12)], 2.0)
@@ -389,7 +362,7 @@ def _build_pelvis(cv: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray
     cv.start(scale, centre, _Warp(rng, 6.0 * scale, (120 * scale, 300 * scale)))
 
     torso = cv.ell((0, 0, 250), _jit(rng, (175, 120, 330), 0.04), p_xy=rng.uniform(2.2, 2.8), p_z=6)
-    thighs = [cv.ell((sx * 92, -5, -190), _jit(rng, (82, 85, 150), 0.04), p_z=4) for sx in (-1, 1)]
+    thighs = [cv.ell((sx * 100, -5, -190), _jit(rng, (78, 82, 150), 0.04), p_z=4) for sx in (-1, 1)]
     cv.nest([torso, *thighs], [(T.SKIN, 2.0), (T.FAT, rng.uniform(12, 35)), (T.MUSCLE, 0)])
     cv.body = cv.labels != T.OUTSIDE_AIR
     cv.paint(cv.ell((0, -5, 90), _jit(rng, (110, 82, 100), 0.05)), T.SOFT_TISSUE, over=(T.MUSCLE,))
@@ -416,9 +389,10 @@ def _build_pelvis(cv: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray
         hc = (sx * 92, -8, 22)
         head = cv.ell(hc, (head_r,) * 3)
         cv.paint(head.grown(cv.thickness(head, 2.5)), T.SOFT_TISSUE, over=BONE_TISSUES)
-        neck = cv.seg(hc, (sx * 128, 0, -6), 15)
+        neck = cv.seg(hc, (sx * 122, 0, -6), 15)
         femurs[name] = cv.bone([head, neck], 2.5)
-        cv.bone([cv.ell((sx * 133, 6, -6), (17, 22, 26)), cv.seg((sx * 130, 2, -15), (sx * 112, 2, -320), 15)], [2.5, 5.0])
+        trochanter = cv.ell((sx * 126, 6, -6), (16, 22, 26))
+        cv.bone([trochanter, cv.seg((sx * 122, 2, -15), (sx * 100, 0, -320), 15)], [2.5, 5.0])
         femurs[name] &= np.isin(cv.labels, BONE_TISSUES)
 
     # Pelvic organs: bladder above and anterior to the prostate, rectum behind it.
@@ -460,9 +434,7 @@ def build_anatomy(
     Returns
     -------
     Anatomy
-        Labels and the structures ``BODY``, ``BONES``, ``PTV`` and the site's
-        organs at risk (head: ``BRAINSTEM``, ``EYE_L``, ``EYE_R``; pelvis:
-        ``BLADDER``, ``RECTUM``, ``FEMUR_HEAD_L``, ``FEMUR_HEAD_R``).
+        Labels and region masks.
 
     Raises
     ------
@@ -478,13 +450,11 @@ def build_anatomy(
     organs = _build_head(cv, rng) if site is Site.HEAD else _build_pelvis(cv, rng)
     labels = cv.labels
     masks = {"BODY": labels != T.OUTSIDE_AIR, "BONES": np.isin(labels, BONE_TISSUES), **organs}
-    kinds = {"BODY": StructureKind.EXTERNAL, "BONES": StructureKind.BONE, "PTV": StructureKind.PTV}
-    structures = []
     for name, mask in masks.items():
+        mask &= masks["BODY"]
         if not mask.any():
             raise PhantomError(
                 f"structure {name} holds no voxel on the {site.value} grid {tuple(shape_zyx)} with spacing "
                 f"{tuple(spacing_mm)} mm; use a finer spacing or a larger field of view"
             )
-        structures.append(PhantomStructure(name, mask & masks["BODY"], kinds.get(name, StructureKind.ORGAN), _COLORS[name]))
-    return Anatomy(site, labels, tuple(structures), cv.scale)
+    return Anatomy(site, labels, types.MappingProxyType(masks), cv.scale)

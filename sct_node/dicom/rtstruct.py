@@ -184,6 +184,9 @@ def write_rtstruct(
     copy_attributes(first, dataset, STUDY_KEYWORDS,
                     required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
     dataset.Modality = "RTSTRUCT"
+    # Frame of Reference module (part of the RT Structure Set IOD in current editions of PS3.3 A.19).
+    dataset.FrameOfReferenceUID = first.FrameOfReferenceUID
+    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", None) or None
     dataset.SeriesInstanceUID = series_instance_uid
     dataset.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 100
     dataset.SeriesDate, dataset.SeriesTime = date, time

@@ -68,8 +68,30 @@ def test_every_phantom_object_passes_dciodvfy(phantom_dir):
         assert_valid_dicom(path)
 
 
-def test_phantom_structure_set_round_trips_through_rt_utils(phantom_dir):
-    """rt-utils (an independent reader) rasterises our contours back into the phantom's masks."""
+def _rasterise_even_odd(rtstruct: pydicom.Dataset, name: str, grid) -> np.ndarray:
+    """Pixel centres inside the ROI's contours, combining contours of a slice with the even-odd rule."""
+    from matplotlib.path import Path as PolygonPath
+
+    number = next(r.ROINumber for r in rtstruct.StructureSetROISequence if r.ROIName == name)
+    contours = next(c for c in rtstruct.ROIContourSequence if c.ReferencedROINumber == number)
+    nz, ny, nx = grid.shape
+    rows, columns = np.mgrid[0:ny, 0:nx]
+    centres = np.column_stack([columns.ravel(), rows.ravel()])
+    mask = np.zeros(grid.shape, dtype=bool)
+    for contour in contours.ContourSequence:
+        index = grid.patient_to_index(np.asarray(contour.ContourData, dtype=float).reshape(-1, 3))
+        k = int(round(index[0, 2]))
+        assert np.allclose(index[:, 2], k, atol=1e-3), "contour not on a slice"
+        mask[k] ^= PolygonPath(index[:, :2]).contains_points(centres).reshape(ny, nx)
+    return mask
+
+
+def test_phantom_structure_set_reproduces_the_masks(phantom_dir):
+    """Contours run midway between pixel centres, so rasterising them gives the masks back exactly.
+
+    rt-utils, an independent reader, is checked too; it rounds contour vertices to whole pixels,
+    which costs boundary pixels (Dice about 0.8-0.97 on this coarse grid), so it gets looser bounds.
+    """
     from rt_utils import RTStructBuilder
 
     from models.phantoms import generate_phantom
@@ -77,14 +99,16 @@ def test_phantom_structure_set_round_trips_through_rt_utils(phantom_dir):
     phantom = generate_phantom("pelvis", 7, shape_zyx=tuple(int(v) for v in SHAPE),
                                spacing_mm=tuple(float(v) for v in SPACING))
     rtstruct_path = next((phantom_dir / "dicom" / "RTSTRUCT").glob("*.dcm"))
-    rtstruct = RTStructBuilder.create_from(dicom_series_path=str(phantom_dir / "dicom" / "CT"),
-                                           rt_struct_path=str(rtstruct_path))
-    assert set(rtstruct.get_roi_names()) == {s.name for s in phantom.structures}
+    rtstruct = pydicom.dcmread(rtstruct_path)
+    assert {r.ROIName for r in rtstruct.StructureSetROISequence} == {s.name for s in phantom.structures}
+    by_rt_utils = RTStructBuilder.create_from(dicom_series_path=str(phantom_dir / "dicom" / "CT"),
+                                              rt_struct_path=str(rtstruct_path))
     for structure in phantom.structures:
-        mask = np.moveaxis(rtstruct.get_roi_mask_by_name(structure.name), -1, 0)  # (rows, cols, z) -> (z, y, x)
+        exact = _rasterise_even_odd(rtstruct, structure.name, phantom.ct_hu)
+        np.testing.assert_array_equal(exact, structure.mask, err_msg=structure.name)
+        mask = np.moveaxis(by_rt_utils.get_roi_mask_by_name(structure.name), -1, 0)  # (y, x, z) -> (z, y, x)
         dice = 2 * np.sum(mask & structure.mask) / (mask.sum() + structure.mask.sum())
-        # Coarse 6.5 mm pixels: boundary pixels are the whole error budget of small organs.
-        assert dice > (0.97 if structure.mask.sum() > 2000 else 0.85), (structure.name, dice)
+        assert dice > (0.95 if structure.kind == "EXTERNAL" else 0.7), (structure.name, dice)
 
 
 def test_translate_end_to_end_on_a_phantom(phantom_dir, tmp_path):

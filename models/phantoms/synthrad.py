@@ -1,0 +1,209 @@
+"""Write and read phantoms in the SynthRAD challenge case layout.
+
+A case is a folder holding three co-registered images of the same name in
+both challenges: ``mr`` (the input), ``ct`` (the target, HU) and ``mask``
+(the body outline, 0/1). SynthRAD2023 stores them as ``.nii.gz``, SynthRAD2025
+as ``.mha``; :func:`write_synthrad_case` writes ``.mha`` and
+:func:`read_synthrad_case` reads either.
+
+Files are written to a temporary name in the case folder, flushed to disk and
+renamed into place, so a reader never sees a half-written image.
+
+References
+----------
+.. [1] Thummerer A. et al., "SynthRAD2023 Grand Challenge dataset: generating
+   synthetic CT for radiotherapy", Med. Phys. 50:4664-4674, 2023.
+.. [2] Thummerer A. et al., "SynthRAD2025 Grand Challenge dataset: generating
+   synthetic CTs for radiotherapy from head to abdomen", Med. Phys., 2025.
+.. [3] ITK MetaImage format (``.mha``, header and data in one file),
+   https://itk.org/Wiki/ITK/MetaIO/Documentation.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import GeometryError, PhantomError
+from models.phantoms.generator import Phantom
+from models.volume import Volume
+
+__all__ = ["SYNTHRAD_EXTENSIONS", "SynthradCase", "SynthradImages", "read_synthrad_case", "write_synthrad_case"]
+
+#: File name endings accepted by :func:`read_synthrad_case`, in SynthRAD2025 then 2023 order.
+SYNTHRAD_EXTENSIONS = (".mha", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class SynthradCase:
+    """Paths of a written case.
+
+    Attributes
+    ----------
+    case_dir : pathlib.Path
+    mr_path, ct_path, mask_path : pathlib.Path
+        ``mr.mha`` (``float32``), ``ct.mha`` (``int16`` HU), ``mask.mha``
+        (``uint8`` body mask).
+    mr_weighting : str
+        ``"t1"`` or ``"t2"``: which phantom MR was written as ``mr``.
+    """
+
+    case_dir: Path
+    mr_path: Path
+    ct_path: Path
+    mask_path: Path
+    mr_weighting: str
+
+
+@dataclass(frozen=True, eq=False)
+class SynthradImages:
+    """The three images of a case, on one grid.
+
+    Attributes
+    ----------
+    case_dir : pathlib.Path
+    mr, ct, mask : Volume
+    """
+
+    case_dir: Path
+    mr: Volume
+    ct: Volume
+    mask: Volume
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform lets a directory be opened.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_image(volume: Volume, path: Path, compress: bool) -> None:
+    import SimpleITK as sitk
+
+    # The temporary name keeps the .mha ending because SimpleITK picks the writer from it.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.mha")
+    try:
+        sitk.WriteImage(volume.to_sitk(), str(tmp), compress)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        raise PhantomError(f"cannot write {path}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compress: bool = True) -> SynthradCase:
+    """Write a phantom as ``<case_dir>/{mr,ct,mask}.mha`` (SynthRAD2025 layout).
+
+    Parameters
+    ----------
+    phantom : Phantom
+        The phantom to write; geometry comes from its volumes.
+    case_dir : pathlib.Path
+        Case folder; created if missing. Existing files of the same names are
+        replaced.
+    mr : str
+        ``"t1"`` or ``"t2"``: the MR weighting written as ``mr.mha``.
+    compress : bool
+        Whether to zlib-compress the image data.
+
+    Returns
+    -------
+    SynthradCase
+        The written paths.
+
+    Raises
+    ------
+    PhantomError
+        If ``phantom`` is not a :class:`Phantom`, ``mr`` is not a known
+        weighting, or a file cannot be written.
+
+    References
+    ----------
+    SynthRAD2025 dataset description (module reference [2]).
+    """
+    if not isinstance(phantom, Phantom):
+        raise PhantomError(f"phantom must be a Phantom; found {type(phantom).__name__}")
+    mr_volume = phantom.mr(mr)
+    case_dir = Path(case_dir)
+    try:
+        case_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PhantomError(f"cannot create case_dir {case_dir}: {exc}") from exc
+    paths = {name: case_dir / f"{name}.mha" for name in ("mr", "ct", "mask")}
+    _write_image(mr_volume.with_array(mr_volume.array.astype(np.float32)), paths["mr"], compress)
+    _write_image(phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.int16)), paths["ct"], compress)
+    _write_image(phantom.labels.with_array(phantom.body_mask.astype(np.uint8)), paths["mask"], compress)
+    return SynthradCase(case_dir, paths["mr"], paths["ct"], paths["mask"], str(mr).lower())
+
+
+def _find(case_dir: Path, name: str) -> Path:
+    found = [case_dir / f"{name}{ext}" for ext in SYNTHRAD_EXTENSIONS if (case_dir / f"{name}{ext}").is_file()]
+    if not found:
+        expected = " or ".join(f"{name}{ext}" for ext in SYNTHRAD_EXTENSIONS)
+        raise PhantomError(f"case {case_dir} is missing {expected}")
+    if len(found) > 1:
+        raise PhantomError(f"case {case_dir} holds both {found[0].name} and {found[1].name}; keep one")
+    return found[0]
+
+
+def read_synthrad_case(case_dir: Path) -> SynthradImages:
+    """Read ``<case_dir>/{mr,ct,mask}`` as ``.mha`` (SynthRAD2025) or ``.nii.gz`` (SynthRAD2023).
+
+    Parameters
+    ----------
+    case_dir : pathlib.Path
+        Case folder.
+
+    Returns
+    -------
+    SynthradImages
+        The three images with their geometry (LPS; ITK converts NIfTI's RAS).
+
+    Raises
+    ------
+    PhantomError
+        If the folder does not exist, an image is missing, present in both
+        formats, or unreadable.
+    GeometryError
+        If the three images do not share one grid.
+
+    References
+    ----------
+    SynthRAD2023 and SynthRAD2025 dataset descriptions (module references [1], [2]).
+    """
+    import SimpleITK as sitk
+
+    case_dir = Path(case_dir)
+    if not case_dir.is_dir():
+        raise PhantomError(f"case_dir {case_dir} is not a folder")
+    volumes: dict[str, Volume] = {}
+    for name in ("mr", "ct", "mask"):
+        path = _find(case_dir, name)
+        try:
+            volumes[name] = Volume.from_sitk(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise PhantomError(f"cannot read {path}: {exc}") from exc
+    for name in ("ct", "mask"):
+        if not volumes["mr"].same_grid(volumes[name]):
+            raise GeometryError(
+                f"case {case_dir}: {name} grid (shape {volumes[name].shape}, spacing {volumes[name].spacing_mm}, "
+                f"origin {volumes[name].origin_mm}) differs from mr (shape {volumes['mr'].shape}, "
+                f"spacing {volumes['mr'].spacing_mm}, origin {volumes['mr'].origin_mm})"
+            )
+    return SynthradImages(case_dir, volumes["mr"], volumes["ct"], volumes["mask"])
