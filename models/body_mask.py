@@ -1,9 +1,15 @@
 """The patient body outline from an MR volume.
 
-The same recipe as SynthRAD2023 uses for its masks: Otsu threshold, largest
+The recipe SynthRAD2023 uses for its masks — Otsu threshold, largest
 connected component, morphological closing, hole filling (in 3D and slice by
 slice, so that dark bone, air cavities and signal voids inside the body are
-kept). It is the mask every model applies and the QA compares against.
+kept) — with one change to the threshold: plain Otsu on a T2-weighted head
+puts the threshold between tissue and bright CSF and cuts the body in half
+(Dice 0.66 on our phantoms). So the threshold is found in two steps: Otsu on
+log intensities separates the noise floor from everything with signal, then
+Otsu on intensities capped at the median of that foreground places the
+boundary midway between air and typical tissue, whatever the fluid does.
+It is the mask every model applies and the QA compares against.
 
 References
 ----------
@@ -51,7 +57,7 @@ def body_mask_from_mr(mr: Volume, closing_radius_mm: float = 5.0) -> np.ndarray:
         raise ModelError("MR volume is constant; no body can be found")
     # Light smoothing so that Rician noise in the air does not fragment the threshold.
     smoothed = ndimage.gaussian_filter(values, sigma=(0.5, 1.0, 1.0))
-    threshold = _otsu_threshold(smoothed)
+    threshold = _body_threshold(smoothed)
     foreground = smoothed > threshold
     labels, count = ndimage.label(foreground)
     if count == 0:
@@ -69,6 +75,17 @@ def body_mask_from_mr(mr: Volume, closing_radius_mm: float = 5.0) -> np.ndarray:
     for k in range(body.shape[0]):
         body[k] = ndimage.binary_fill_holes(body[k])
     return body
+
+
+def _body_threshold(values: np.ndarray) -> float:
+    """Air/body threshold that bright fluids cannot pull into tissue (see the module docstring)."""
+    log_values = np.log1p(np.maximum(values, 0.0))
+    signal_floor = float(np.expm1(_otsu_threshold(log_values)))
+    foreground = values[values >= signal_floor]
+    if foreground.size == 0:
+        return signal_floor
+    cap = float(np.median(foreground))
+    return _otsu_threshold(np.minimum(values, cap))
 
 
 def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

@@ -297,8 +297,10 @@ def _build_head(cv: _Canvas, rng: np.random.Generator) -> dict[str, np.ndarray]:
     cv.nest([cranium, face, neck], [(T.SKIN, 2.0), (T.FAT, scalp_fat)])
     cv.body = cv.labels != T.OUTSIDE_AIR
     cv.nest([face, neck], [(None, 2.0), (None, 6.0), (T.MUSCLE, rng.uniform(8, 12)), (T.SOFT_TISSUE, 0)])
+    # The cortex is 2.5-3 mm thick but folded; an unfolded band of 4.5-6 mm gives grey matter a
+    # realistic share of the brain's volume and of its MR contrast.
     skull = [(None, 2.0), (None, scalp_fat), (T.CORTICAL_BONE, 2.0), (T.MARROW, rng.uniform(2.5, 4.0)),
-             (T.CORTICAL_BONE, 2.0), (T.CSF, rng.uniform(2.0, 3.5)), (T.BRAIN_GM, rng.uniform(2.5, 3.5))]
+             (T.CORTICAL_BONE, 2.0), (T.CSF, rng.uniform(2.0, 3.5)), (T.BRAIN_GM, rng.uniform(4.5, 6.0))]
     (wm,) = cv.nest([cranium], skull)
     gyri = _Warp(rng, 2.0 * scale, (18 * scale, 35 * scale), n_terms=4)
     cv.paint(_Shape(wm.centre, wm.radii, wm.axes, warp=gyri), T.BRAIN_WM)
