@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 
+from models.phantoms.imaging import T1_WEIGHTED, T2_WEIGHTED
 from models.volume import Volume
 from sct_node.dicom.image_writer import (
     dicom_date_time,
@@ -59,10 +60,10 @@ class MrSequence:
     series_number: int
 
 
-#: Must match the parameters the phantom's signal model used (models.phantoms.imaging).
+#: The acquisition parameters are those the phantom's signal model used, so the DICOM header tells the truth.
 MR_SEQUENCES = {
-    "t1": MrSequence("T1", 500.0, 15.0, 2),
-    "t2": MrSequence("T2", 4000.0, 100.0, 3),
+    "t1": MrSequence("T1", T1_WEIGHTED.tr_ms, T1_WEIGHTED.te_ms, 2),
+    "t2": MrSequence("T2", T2_WEIGHTED.tr_ms, T2_WEIGHTED.te_ms, 3),
 }
 
 
