@@ -16,7 +16,7 @@ import numpy as np
 
 from models.volume import Volume
 
-__all__ = ["ModelCard", "SyntheticCT", "TranslationModel", "ProgressCallback", "HU_MIN", "HU_MAX"]
+__all__ = ["HU_MAX", "HU_MIN", "ModelCard", "ProgressCallback", "SyntheticCT", "TranslationModel"]
 
 #: Range of CT numbers a synthetic CT may hold; the writer stores exactly this range.
 HU_MIN = -1024

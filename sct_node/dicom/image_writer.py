@@ -32,8 +32,15 @@ from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import OutputError
 
 __all__ = [
-    "PATIENT_KEYWORDS", "STUDY_KEYWORDS", "new_dataset", "copy_attributes", "set_image_plane",
-    "set_pixels_uint16", "write_dataset_atomic", "dicom_date_time", "fsync_directory",
+    "PATIENT_KEYWORDS",
+    "STUDY_KEYWORDS",
+    "copy_attributes",
+    "dicom_date_time",
+    "fsync_directory",
+    "new_dataset",
+    "set_image_plane",
+    "set_pixels_uint16",
+    "write_dataset_atomic",
 ]
 
 #: Patient module (and common optional patient attributes) copied to derived objects.

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 
+from models.base import ProgressCallback
 from models.phantoms.imaging import T1_WEIGHTED, T2_WEIGHTED
 from models.volume import Volume
 from sct_node.dicom.image_writer import (
@@ -42,9 +43,8 @@ from sct_node.dicom.uids import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, derive_uid
 if TYPE_CHECKING:
     from models.phantoms import Phantom
 
-__all__ = ["PhantomDicom", "write_phantom_dicom", "write_image_series", "phantom_identity", "MR_SEQUENCES"]
+__all__ = ["MR_SEQUENCES", "PhantomDicom", "phantom_identity", "write_image_series", "write_phantom_dicom"]
 
-ProgressCallback = Callable[[int, int], None]
 
 #: A fixed acquisition moment keeps phantom files byte-for-byte reproducible.
 PHANTOM_DATE = _dt.datetime(2026, 1, 5, 9, 30, 0)
@@ -79,7 +79,7 @@ class PhantomDicom:
     frame_of_reference_uid: str
 
 
-def write_phantom_dicom(phantom: "Phantom", case_id: str, output_dir: Path,
+def write_phantom_dicom(phantom: Phantom, case_id: str, output_dir: Path,
                         progress: ProgressCallback | None = None) -> PhantomDicom:
     """Write MR T1w/T2w, CT and RT Structure Set of a phantom under ``output_dir``.
 

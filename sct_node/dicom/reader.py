@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
+from models.base import ProgressCallback
 from models.volume import Volume
 from sct_node.dicom.files import _reason, find_files, open_dataset
 from sct_node.dicom.frames import Frame, frames_of
@@ -45,11 +46,10 @@ from sct_node.errors import (
     UnsupportedInstanceError,
 )
 
-__all__ = ["SliceSource", "ImageSeries", "ReaderOptions", "read_series"]
+__all__ = ["ImageSeries", "ReaderOptions", "SliceSource", "read_series"]
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

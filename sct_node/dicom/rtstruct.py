@@ -45,7 +45,7 @@ from sct_node.dicom.image_writer import (
 from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE
 from sct_node.errors import OutputError
 
-__all__ = ["RoiSpec", "write_rtstruct", "mask_contours"]
+__all__ = ["RoiSpec", "mask_contours", "write_rtstruct"]
 
 #: RT ROI Interpreted Type (PS3.3 C.8.8.8.1) for each kind of structure we write.
 _INTERPRETED_TYPE = {"EXTERNAL": "EXTERNAL", "PTV": "PTV", "CTV": "CTV", "GTV": "GTV", "ORGAN": "ORGAN",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 import pydicom
 from pydicom.sequence import Sequence
 
-from models.base import HU_MAX, HU_MIN, ModelCard
+from models.base import HU_MAX, HU_MIN, ModelCard, ProgressCallback
 from models.volume import Volume
 from sct_node import __version__
 from sct_node.dicom.image_writer import (
@@ -53,7 +52,7 @@ from sct_node.dicom.reader import ImageSeries
 from sct_node.dicom.uids import CT_IMAGE_STORAGE, derive_uid
 from sct_node.errors import OutputError
 
-__all__ = ["WrittenSeries", "write_sct_series", "code_item", "MANUFACTURER"]
+__all__ = ["MANUFACTURER", "WrittenSeries", "code_item", "write_sct_series"]
 
 MANUFACTURER = "sct-node project"
 #: Stored value 0 is HU -1024; 12 bits reach HU 3071.
@@ -62,7 +61,6 @@ BITS_STORED = 12
 #: A derived series number that sorts next to its source in a viewer.
 SERIES_NUMBER_OFFSET = 1000
 
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

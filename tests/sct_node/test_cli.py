@@ -74,7 +74,7 @@ def _rasterise_even_odd(rtstruct: pydicom.Dataset, name: str, grid) -> np.ndarra
 
     number = next(r.ROINumber for r in rtstruct.StructureSetROISequence if r.ROIName == name)
     contours = next(c for c in rtstruct.ROIContourSequence if c.ReferencedROINumber == number)
-    nz, ny, nx = grid.shape
+    _, ny, nx = grid.shape
     rows, columns = np.mgrid[0:ny, 0:nx]
     centres = np.column_stack([columns.ravel(), rows.ravel()])
     mask = np.zeros(grid.shape, dtype=bool)
