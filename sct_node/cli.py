@@ -79,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--temporal-position", type=int, help="time point to use from a dynamic series")
     translate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     translate.set_defaults(handler=_run_translate)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the DICOM node",
+        description="Run the DICOM node: Storage SCP, router, processors, dispatcher and cleaner. Without --config "
+                    "it runs on embedded defaults (127.0.0.1:11112, AE SCT_NODE, spool ./sct-node-spool, model bulk).",
+    )
+    serve.add_argument("--config", "-c", type=Path, help="node.toml (see deploy/node.toml)")
+    serve.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
+    serve.set_defaults(handler=_run_serve)
+
+    status = commands.add_parser("status", parents=[common], help="list recent series and jobs",
+                                 description="List recent series and jobs with their state, from the node's database.")
+    status.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
+    status.add_argument("--limit", type=_positive_int, default=20, help="rows per table (default 20)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_run_status)
+
+    retry = commands.add_parser("retry", parents=[common], help="retry a failed job",
+                                description="Put a failed job back: re-deliver its outputs, or process it again if "
+                                            "it failed before delivery. The running node picks it up.")
+    retry.add_argument("job", type=_positive_int, help="job ID (see sct-node status)")
+    retry.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
+    retry.set_defaults(handler=_run_retry)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the whole path on loopback: phantom -> node -> planning system",
+        description="Generate a phantom MR series, start the node and a stand-in planning system on loopback, send "
+                    "the series as a PACS would, wait for the synthetic CT to arrive, and report each stage.")
+    demo.add_argument("--workdir", type=Path, help="folder for the demo (default ./sct-demo)")
+    demo.add_argument("--site", choices=("head", "pelvis"), default="pelvis")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    demo.set_defaults(handler=_run_demo)
     return parser
 
 
@@ -196,6 +228,98 @@ def _run_translate(args: argparse.Namespace) -> int:
             "elapsed_s": round(elapsed_s, 3),
         }
         print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from sct_node.config import load_config
+    from sct_node.logs import configure_logging
+    from sct_node.service import Node
+
+    config = load_config(args.config)
+    if args.check:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return EXIT_OK
+    configure_logging("DEBUG" if args.debug else config.logging.level, config.logging.json_lines)
+    node = Node(config)
+    node.start()
+
+    def shutdown(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        logger.info("signal %d: shutting down", signum)
+        node._stop.set()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    node.wait()
+    node.stop()
+    return EXIT_OK
+
+
+def _open_state(config_path: Path | None):
+    from sct_node.config import load_config
+    from sct_node.errors import ConfigError
+    from sct_node.service import state_path
+    from sct_node.state import StateStore
+
+    path = state_path(load_config(config_path))
+    if not path.exists():
+        raise ConfigError(f"no node database at {path}; run `sct-node serve` first or pass the node's --config")
+    return StateStore(path)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime as dt
+
+    state = _open_state(args.config)
+    series, jobs = state.series(args.limit), state.jobs(args.limit)
+    if args.json:
+        print(json.dumps({"series": [dataclasses.asdict(s) for s in series],
+                          "jobs": [{**dataclasses.asdict(j), "output_dir": str(j.output_dir),
+                                    "deliveries": [dataclasses.asdict(d) for d in state.deliveries(j.id)]}
+                                   for j in jobs]}, default=str))
+        return EXIT_OK
+
+    def when(t: float) -> str:
+        return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+    print("SERIES")
+    print(f"{'last instance':19}  {'state':9}  {'gen':>3}  {'n':>5}  {'modality':8}  series instance UID")
+    for s in series:
+        print(f"{when(s.last_received_at):19}  {s.state:9}  {s.generation:>3}  {s.instances:>5}  "
+              f"{s.modality or '':8}  {s.series_uid}")
+    print("\nJOBS")
+    print(f"{'id':>5}  {'updated':19}  {'state':10}  {'route':12}  {'model':8}  deliveries / reason")
+    for j in jobs:
+        deliveries = ", ".join(f"{d.destination}:{d.state}({d.attempts})" for d in state.deliveries(j.id))
+        print(f"{j.id:>5}  {when(j.updated_at):19}  {j.state:10}  {j.route[:12]:12}  {j.model[:8]:8}  "
+              f"{deliveries}{'  ' + j.reason if j.reason else ''}")
+    return EXIT_OK
+
+
+def _run_retry(args: argparse.Namespace) -> int:
+    state = _open_state(args.config)
+    new_state = state.retry_job(args.job)
+    print(f"job {args.job}: {new_state}")
+    return EXIT_OK
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from sct_node.demo import default_workdir, run_demo
+
+    workdir = args.workdir or default_workdir()
+    print(f"sct-node demo in {workdir}: phantom MR -> node -> stand-in planning system (loopback)", file=sys.stderr)
+    result = run_demo(workdir, site=args.site)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return EXIT_OK
+    print(f"MR series sent ({result.instances_sent} instances): {result.mr_dir}")
+    print(f"node spool and database:        {result.spool_dir}")
+    print(f"sCT received by the planning system ({result.instances_received} instances): {result.received_dir}")
+    print(f"stages (s): phantom {result.phantom_s}, send {result.send_s}, quiet period {result.quiet_period_s}, "
+          f"process {result.process_s}, deliver {result.deliver_s}; total {result.total_s}")
     return EXIT_OK
 
 

@@ -1,0 +1,206 @@
+"""The node's configuration: a TOML file validated at start, with defaults that run on loopback.
+
+Every option is documented in ``deploy/node.toml``. Unknown keys are errors
+(``extra="forbid"``): a misspelt option must never be silently ignored on a
+clinical node. The configuration is loaded once and passed in explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sct_node.errors import ConfigError
+
+__all__ = [
+    "AllowedCaller", "DestinationConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
+    "ProcessingConfig", "RouteConfig", "SeriesMatch", "StorageConfig", "TlsConfig", "load_config",
+]
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: 16 chars, no backslash or control chars
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"AE title must be 1-16 printable characters without backslash; found {value!r}")
+    return value.strip()
+
+
+AeTitle = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    """TLS for the Storage SCP (server side) or for a destination (client side)."""
+
+    certificate: Path | None = Field(None, description="PEM certificate of this node")
+    private_key: Path | None = Field(None, description="PEM private key of this node")
+    ca_certificates: Path | None = Field(None, description="PEM bundle of trusted CAs (peer verification)")
+    require_client_certificate: bool = Field(False, description="SCP: refuse clients without a certificate "
+                                                                "signed by ca_certificates")
+
+
+class AllowedCaller(_Strict):
+    """A calling AE allowed to associate, optionally only from one host."""
+
+    ae_title: AeTitle
+    host: str | None = Field(None, description="IP address the association must come from")
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class NetworkConfig(_Strict):
+    """The Storage SCP."""
+
+    ae_title: AeTitle = "SCT_NODE"
+    bind_address: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(10, ge=1, le=1000)
+    allowed_callers: tuple[AllowedCaller, ...] | None = Field(
+        None, description="None accepts any calling AE (only sensible on loopback); otherwise only these")
+    tls: TlsConfig | None = None
+    network_timeout_s: float = Field(60.0, gt=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class StorageConfig(_Strict):
+    """Where received instances and outputs live."""
+
+    spool_dir: Path = Path("sct-node-spool")
+    min_free_space_mb: float = Field(1024.0, ge=0, description="refuse instances (Out of Resources) below this")
+    unrouted_retention_h: float = Field(72.0, ge=0, description="keep series that match no route this long")
+    done_retention_h: float = Field(24.0, ge=0, description="keep inputs and outputs of finished jobs this long")
+
+
+class SeriesMatch(_Strict):
+    """What a route selects; every given criterion must match (AND). Patterns are Python regexes, searched."""
+
+    modality: tuple[str, ...] = ("MR",)
+    series_description: str | None = None
+    image_type: str | None = Field(None, description="regex against the backslash-joined Image Type")
+    body_part: str | None = None
+    calling_ae: str | None = None
+    min_instances: int = Field(2, ge=1)
+
+    @field_validator("series_description", "image_type", "body_part", "calling_ae")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression {value!r}: {error}") from None
+        return value
+
+
+class RouteConfig(_Strict):
+    """A routing rule: which series, which model, which destinations."""
+
+    name: str
+    match: SeriesMatch = SeriesMatch()
+    model: str = "bulk"
+    destinations: tuple[str, ...] = ()
+
+
+class DestinationConfig(_Strict):
+    """A C-STORE SCP the results are delivered to (the planning system, an archive)."""
+
+    name: str
+    ae_title: AeTitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: TlsConfig | None = None
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class DispatchConfig(_Strict):
+    """Retries of deliveries: delay doubles from ``initial_delay_s`` up to ``max_delay_s``."""
+
+    max_attempts: int = Field(5, ge=1)
+    initial_delay_s: float = Field(30.0, ge=0)
+    max_delay_s: float = Field(900.0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class ProcessingConfig(_Strict):
+    """When a series is complete and how many run at once."""
+
+    quiet_period_s: float = Field(
+        60.0, gt=0, description="a series is complete this long after its last instance (Orthanc, Mercure: 60 s)")
+    workers: int = Field(1, ge=1, le=64, description="series processed at the same time (one GPU: 1)")
+    poll_interval_s: float = Field(1.0, gt=0)
+
+
+class LoggingConfig(_Strict):
+    level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    json_lines: bool = False
+
+
+class NodeConfig(_Strict):
+    """The whole configuration."""
+
+    network: NetworkConfig = NetworkConfig()
+    storage: StorageConfig = StorageConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+    dispatch: DispatchConfig = DispatchConfig()
+    logging: LoggingConfig = LoggingConfig()
+    routes: tuple[RouteConfig, ...] = (RouteConfig(name="mr-to-sct"),)
+    destinations: tuple[DestinationConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> NodeConfig:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique; found {names}")
+        for route in self.routes:
+            for name in route.destinations:
+                if name not in names:
+                    raise ValueError(f"route {route.name!r} names destination {name!r}, which is not defined "
+                                     f"(defined: {', '.join(names) or 'none'})")
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        return next(d for d in self.destinations if d.name == name)
+
+
+def load_config(path: Path | None) -> NodeConfig:
+    """Read and validate a TOML configuration; ``None`` gives the embedded defaults.
+
+    Raises
+    ------
+    ConfigError
+        With every problem, each naming the key path (``network.port``) and what was found.
+    """
+    if path is None:
+        return NodeConfig()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {_message(e)}" for e in error.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    found = error.get("input")
+    text = error["msg"]
+    if not isinstance(found, dict | list):
+        text += f" (found {found!r})"
+    return text

@@ -1,0 +1,123 @@
+"""Deliver a job's outputs by C-STORE to each destination, with exponential backoff.
+
+A delivery attempt opens one association per destination and sends every
+output file in a fixed order (images first, then structures, dose, reports),
+so a planning system has the images before anything that references them.
+It succeeds only when every instance is answered with Success (or a Warning).
+A refused association, a failure status or a network error makes the whole
+attempt fail; the next attempt waits ``initial_delay_s * 2**(attempt-1)``
+(at most ``max_delay_s``), and after ``max_attempts`` the job fails and keeps
+its outputs for ``sct-node retry JOB``. Re-sending is harmless: output UIDs
+are deterministic, so the receiver replaces rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
+
+from sct_node.config import DestinationConfig, DispatchConfig
+from sct_node.receive import set_tcp_nodelay
+from sct_node.state import Delivery, StateStore
+from sct_node.tls import client_context
+
+__all__ = ["DeliveryError", "deliver_files", "ordered_outputs", "Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+#: Delivery order by modality: images first, then objects that reference them.
+_ORDER = {"CT": 0, "MR": 0, "RTSTRUCT": 1, "RTPLAN": 2, "RTDOSE": 3, "SR": 4, "DOC": 5}
+_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed; the message says where and why."""
+
+
+def ordered_outputs(output_dir: Path) -> list[Path]:
+    """Every DICOM file under a job's output folder, in delivery order."""
+    files = []
+    for path in sorted(Path(output_dir).rglob("*.dcm")):
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "InstanceNumber"])
+        files.append((_ORDER.get(str(header.get("Modality", "")), 9), int(header.get("InstanceNumber", 0) or 0),
+                      path))
+    return [path for _, _, path in sorted(files)]
+
+
+def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae: str, timeout_s: float) -> None:
+    """Send files to one destination on one association.
+
+    Raises
+    ------
+    DeliveryError
+        If the association is refused or aborted, or any instance is not stored.
+    """
+    if not files:
+        raise DeliveryError("no output files to deliver")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]) for p in files]
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.requested_contexts = [build_context(uid, _TRANSFER_SYNTAXES) for uid in sorted({str(h.SOPClassUID)
+                                                                                       for h in headers})]
+    tls_args = (client_context(destination.tls), None) if destination.tls else None
+    where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)])
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        raise DeliveryError(f"association with {where} {reason}")
+    try:
+        for path in files:
+            status = assoc.send_c_store(path)
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise DeliveryError(f"{where} did not answer for {path.name} (connection lost or timed out)")
+            if code != 0x0000 and not 0xB000 <= code <= 0xBFFF:  # Success or Warning counts as stored
+                comment = str(status.get("ErrorComment", "") or "")
+                raise DeliveryError(f"{where} answered 0x{code:04X} for {path.name}{': ' + comment if comment else ''}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+class Dispatcher:
+    """Runs due deliveries from the state store."""
+
+    def __init__(self, state: StateStore, destinations: dict[str, DestinationConfig], dispatch: DispatchConfig,
+                 calling_ae: str) -> None:
+        self.state, self.destinations, self.dispatch, self.calling_ae = state, destinations, dispatch, calling_ae
+
+    def run_due(self) -> int:
+        """Attempt every due delivery once; returns how many were attempted."""
+        due = self.state.due_deliveries()
+        for delivery in due:
+            self._attempt(delivery)
+        return len(due)
+
+    def _attempt(self, delivery: Delivery) -> None:
+        job = self.state.job(delivery.job_id)
+        destination = self.destinations.get(delivery.destination)
+        attempt = delivery.attempts + 1
+        try:
+            if destination is None:
+                raise DeliveryError(f"destination {delivery.destination!r} is no longer configured")
+            files = ordered_outputs(job.output_dir) if job.output_dir else []
+            deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
+        except (DeliveryError, OSError, RuntimeError, ValueError) as error:
+            if attempt >= self.dispatch.max_attempts or destination is None:
+                self.state.delivery_failed(job.id, delivery.destination, str(error), None)
+                logger.error("job %d: delivery to %s failed after %d attempt(s): %s; outputs kept, "
+                             "`sct-node retry %d` sends again", job.id, delivery.destination, attempt, error, job.id)
+            else:
+                delay_s = min(self.dispatch.initial_delay_s * 2 ** (attempt - 1), self.dispatch.max_delay_s)
+                self.state.delivery_failed(job.id, delivery.destination, str(error), time.time() + delay_s)
+                logger.warning("job %d: delivery to %s failed (attempt %d of %d): %s; next in %.0f s", job.id,
+                               delivery.destination, attempt, self.dispatch.max_attempts, error, delay_s)
+            return
+        self.state.delivery_succeeded(job.id, delivery.destination)
+        logger.info("job %d: delivered %d instance(s) to %s", job.id, len(files), delivery.destination)

@@ -1,0 +1,89 @@
+"""Process one job: read the series, run the model, write the sCT.
+
+This is the same pipeline as ``sct-node translate``; it runs in the node's
+worker threads, never in the association threads, so receiving never waits
+for a model. Models are loaded once per name and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from models.base import TranslationModel
+from models.errors import ModelsError
+from models.registry import load_model
+from sct_node.dicom.reader import read_series
+from sct_node.dicom.sct_writer import write_sct_series
+from sct_node.errors import SctNodeError
+from sct_node.state import Job, StateStore
+
+__all__ = ["JobProcessor"]
+
+logger = logging.getLogger(__name__)
+
+
+class JobProcessor:
+    """Runs jobs claimed from the state store.
+
+    Parameters
+    ----------
+    state : StateStore
+    destinations_of : callable
+        Route name -> destination names.
+    """
+
+    def __init__(self, state: StateStore, destinations_of) -> None:
+        self.state = state
+        self.destinations_of = destinations_of
+        self._models: dict[str, TranslationModel] = {}
+        self._models_lock = threading.Lock()
+
+    def model(self, name: str) -> TranslationModel:
+        with self._models_lock:
+            if name not in self._models:
+                self._models[name] = load_model(name)
+            return self._models[name]
+
+    def run_one(self) -> bool:
+        """Claim and process one job; False when there was none."""
+        job = self.state.claim_job()
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def process(self, job: Job) -> None:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            instances = self.state.series_instances(job.series_uid, job.generation)
+            images = [i.path for i in instances if i.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.4")]
+            if not images:
+                raise SctNodeError("series holds no MR image instances")
+            t0 = time.perf_counter()
+            series = read_series(images, series_instance_uid=job.series_uid)
+            timings["read_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            model = self.model(job.model)
+            result = model.translate(series.volume)
+            timings["model_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            output_dir = job.output_dir or Path(f"job-{job.id}")
+            written = write_sct_series(result.hu, series, model.card, Path(output_dir) / "sct")
+            timings["write_s"] = time.perf_counter() - t0
+        except (SctNodeError, ModelsError) as error:
+            self.state.job_failed(job.id, str(error))
+            logger.error("job %d failed: %s", job.id, error)
+            return
+        except Exception as error:  # a bug must fail the job, not kill the worker
+            logger.exception("job %d failed with an internal error", job.id)
+            self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}")
+            return
+        timings["total_s"] = time.perf_counter() - started
+        self.state.job_processed(job.id, self.destinations_of(job.route), json.dumps(timings))
+        logger.info("job %d processed: sCT series %s, %d instances, %.1f s", job.id, written.series_instance_uid,
+                    len(written.files), timings["total_s"])

@@ -1,0 +1,131 @@
+"""The node: one process, one role per thread, all coordinated through the state database.
+
+* receiver — the Storage SCP (pynetdicom's association threads);
+* router — every ``poll_interval_s``, turns quiet series into jobs;
+* processors — ``workers`` threads, each runs one job at a time;
+* dispatcher — sends due deliveries, with backoff;
+* cleaner — removes inputs and outputs after their retention.
+
+On start, jobs interrupted during processing are processed again; pending
+deliveries resume; series still receiving complete after their quiet period.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from sct_node.config import NodeConfig
+from sct_node.dispatch import Dispatcher
+from sct_node.process import JobProcessor
+from sct_node.receive import StorageSCP
+from sct_node.route import route_complete_series
+from sct_node.state import StateStore
+
+__all__ = ["Node", "state_path"]
+
+logger = logging.getLogger(__name__)
+
+
+def state_path(config: NodeConfig) -> Path:
+    """Where the node's database lives."""
+    return Path(config.storage.spool_dir) / "state.sqlite3"
+
+
+class Node:
+    """A running sct-node. ``start()`` returns at once; ``stop()`` shuts every role down."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.state = StateStore(state_path(config))
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.scp = StorageSCP(config.network, config.storage, self.state, on_stored=None)
+        routes = {route.name: route.destinations for route in config.routes}
+        self.processor = JobProcessor(self.state, lambda name: routes.get(name, ()))
+        self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
+                                     config.network.ae_title)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        recovered = self.state.recover()
+        if recovered:
+            logger.info("restart: %d job(s) interrupted during processing will be processed again", recovered)
+        self.scp.start()
+        self._spawn("router", self._router_loop)
+        for index in range(self.config.processing.workers):
+            self._spawn(f"processor-{index + 1}", self._processor_loop)
+        self._spawn("dispatcher", self._dispatcher_loop)
+        self._spawn("cleaner", self._cleaner_loop)
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.scp.stop()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.state.close()
+
+    def wait(self) -> None:
+        """Block until stopped (by ``stop()`` from another thread or a signal handler)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=self._guarded, args=(name, target), name=f"sct-node-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guarded(self, name: str, target) -> None:
+        while not self._stop.is_set():
+            try:
+                target()
+                return
+            except Exception:  # a role must not die silently: log and carry on after a pause
+                logger.exception("%s: unexpected error; continuing", name)
+                self._stop.wait(self.config.processing.poll_interval_s)
+
+    def _router_loop(self) -> None:
+        while not self._stop.wait(self.config.processing.poll_interval_s):
+            if route_complete_series(self.state, self.config):
+                self._wake.set()
+
+    def _processor_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.processor.run_one():
+                self._wake.wait(self.config.processing.poll_interval_s)
+                self._wake.clear()
+
+    def _dispatcher_loop(self) -> None:
+        while not self._stop.wait(self.config.processing.poll_interval_s):
+            self.dispatcher.run_due()
+
+    def _cleaner_loop(self) -> None:
+        interval_s = 60.0
+        while not self._stop.wait(interval_s):
+            self.clean()
+
+    def clean(self, now: float | None = None) -> int:
+        """Remove inputs and outputs past their retention; returns the number of series purged."""
+        now = time.time() if now is None else now
+        done_before = now - self.config.storage.done_retention_h * 3600
+        unrouted_before = now - self.config.storage.unrouted_retention_h * 3600
+        purged = 0
+        for series_uid in self.state.purgeable_series(done_before, unrouted_before):
+            for path in self.state.purge_series(series_uid):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(Path(self.config.storage.spool_dir) / "instances" / series_uid, ignore_errors=True)
+            purged += 1
+        for job in self.state.jobs(limit=10_000):
+            if job.state == "done" and job.updated_at <= done_before and job.output_dir and job.output_dir.exists():
+                shutil.rmtree(job.output_dir, ignore_errors=True)
+        if purged:
+            logger.info("cleaner: removed %d finished series past retention", purged)
+        return purged

@@ -1,0 +1,385 @@
+"""Durable job state in an embedded SQLite database: the node's one source of truth.
+
+States (docs/node.md draws the diagram)::
+
+    series:   receiving -> queued (a job was made) | unrouted (no rule matched) -> purged
+    job:      complete -> processing -> delivering -> done
+                              \\-> failed (reason)  \\-> failed (reason)   -- `sct-node retry JOB`
+    delivery: pending -> done | failed                                     (one per destination)
+
+Every transition is one transaction, and every step a transition starts can be
+redone: a job found in ``processing`` after a crash goes back to ``complete``
+and is processed again (deterministic output UIDs make the repeat harmless).
+The database runs in WAL mode with ``synchronous=FULL``, so a committed
+transition survives power loss; `sct-node status` and `sct-node retry` open
+the same file from another process.
+
+References
+----------
+SQLite, "Write-Ahead Logging" and "PRAGMA synchronous" (sqlite.org);
+Mercure's job states (receiver -> router -> processor -> dispatcher).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sct_node.errors import SctNodeError
+
+__all__ = ["Delivery", "InstanceRecord", "Job", "SeriesRecord", "StateStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, generation);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    study_uid TEXT, modality TEXT, description TEXT, image_type TEXT, body_part TEXT, calling_ae TEXT,
+    instances INTEGER NOT NULL DEFAULT 0,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (series_uid, generation)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    model TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    output_dir TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    timings TEXT,
+    UNIQUE (series_uid, generation, route)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, destination)
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    path: Path
+    calling_ae: str
+    received_at: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    series_uid: str
+    generation: int
+    state: str
+    study_uid: str | None
+    modality: str | None
+    description: str | None
+    image_type: str | None
+    body_part: str | None
+    calling_ae: str | None
+    instances: int
+    first_received_at: float
+    last_received_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    series_uid: str
+    generation: int
+    route: str
+    model: str
+    state: str
+    reason: str | None
+    output_dir: Path | None
+    created_at: float
+    updated_at: float
+    timings: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: int
+    destination: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+class StateStore:
+    """The node's SQLite database; safe to share between the node's threads.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Database file (created with its folder).
+
+    Raises
+    ------
+    SctNodeError
+        If the database cannot be opened.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                               timeout=30.0)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.executescript(_SCHEMA)
+        except sqlite3.Error as error:
+            raise SctNodeError(f"cannot open the state database {self.path}: {error}") from error
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._connection
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._connection.execute(sql, parameters).fetchall()
+
+    # --- receiving ----------------------------------------------------------------------------------
+
+    def record_instance(self, *, sop_instance_uid: str, series_uid: str, sop_class_uid: str, path: Path,
+                        calling_ae: str, study_uid: str | None, modality: str | None, description: str | None,
+                        image_type: str | None, body_part: str | None, now: float | None = None) -> bool:
+        """Record a stored instance; returns False when it was already known (a duplicate).
+
+        An instance for a series whose last generation is no longer receiving opens a new
+        generation, so late instances start a new processing instead of joining a finished one.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone():
+                return False
+            row = db.execute("SELECT generation, state FROM series WHERE series_uid = ? ORDER BY generation DESC "
+                             "LIMIT 1", (series_uid,)).fetchone()
+            if row is not None and row[1] == "receiving":
+                generation = row[0]
+                db.execute("UPDATE series SET instances = instances + 1, last_received_at = ?, updated_at = ? "
+                           "WHERE series_uid = ? AND generation = ?", (now, now, series_uid, generation))
+            else:
+                generation = 1 if row is None else row[0] + 1
+                db.execute(
+                    "INSERT INTO series (series_uid, generation, state, study_uid, modality, description, "
+                    "image_type, body_part, calling_ae, instances, first_received_at, last_received_at, updated_at) "
+                    "VALUES (?, ?, 'receiving', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                    (series_uid, generation, study_uid, modality, description, image_type, body_part, calling_ae,
+                     now, now, now))
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation))
+        return True
+
+    def quiet_series(self, quiet_period_s: float, now: float | None = None) -> list[SeriesRecord]:
+        """Series generations still receiving whose last instance is older than the quiet period."""
+        now = time.time() if now is None else now
+        rows = self._query("SELECT * FROM series WHERE state = 'receiving' AND last_received_at <= ? "
+                           "ORDER BY last_received_at", (now - quiet_period_s,))
+        return [SeriesRecord(*row) for row in rows]
+
+    def series_instances(self, series_uid: str, up_to_generation: int) -> list[InstanceRecord]:
+        """Every instance of a series received up to (and including) a generation."""
+        rows = self._query("SELECT * FROM instances WHERE series_uid = ? AND generation <= ? "
+                           "ORDER BY received_at", (series_uid, up_to_generation))
+        return [InstanceRecord(r[0], r[1], r[2], Path(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def mark_unrouted(self, series: SeriesRecord) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE series SET state = 'unrouted', updated_at = ? WHERE series_uid = ? AND generation = ? "
+                       "AND state = 'receiving'", (time.time(), series.series_uid, series.generation))
+
+    def create_job(self, series: SeriesRecord, route: str, model: str, output_root: Path) -> int | None:
+        """Queue a job for a complete series generation; None if the series changed meanwhile."""
+        now = time.time()
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE series SET state = 'queued', updated_at = ? WHERE series_uid = ? AND generation = ? "
+                "AND state = 'receiving' AND last_received_at = ?",
+                (now, series.series_uid, series.generation, series.last_received_at)).rowcount
+            if not changed:
+                return None
+            cursor = db.execute(
+                "INSERT INTO jobs (series_uid, generation, route, model, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'complete', ?, ?)", (series.series_uid, series.generation, route, model, now, now))
+            job_id = int(cursor.lastrowid)
+            db.execute("UPDATE jobs SET output_dir = ? WHERE id = ?", (str(output_root / f"job-{job_id}"), job_id))
+        return job_id
+
+    # --- processing ---------------------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """After a restart: jobs interrupted in processing are processed again. Returns how many."""
+        with self._transaction() as db:
+            return db.execute("UPDATE jobs SET state = 'complete', updated_at = ? WHERE state = 'processing'",
+                              (time.time(),)).rowcount
+
+    def claim_job(self) -> Job | None:
+        """Take the oldest complete job for processing (atomically, so one worker gets it)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = 'complete' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = 'processing', updated_at = ? WHERE id = ?", (time.time(), row[0]))
+        return self.job(row[0])
+
+    def job_processed(self, job_id: int, destinations: tuple[str, ...], timings_json: str) -> None:
+        """Processing finished: deliver to every destination, or finish when there are none."""
+        now = time.time()
+        with self._transaction() as db:
+            state = "delivering" if destinations else "done"
+            db.execute("UPDATE jobs SET state = ?, reason = NULL, timings = ?, updated_at = ? WHERE id = ?",
+                       (state, timings_json, now, job_id))
+            for name in destinations:
+                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
+                           (job_id, name, now, now))
+
+    def job_failed(self, job_id: int, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
+                       (reason[:2000], time.time(), job_id))
+
+    # --- delivering ---------------------------------------------------------------------------------
+
+    def due_deliveries(self, now: float | None = None) -> list[Delivery]:
+        now = time.time() if now is None else now
+        rows = self._query("SELECT d.job_id, d.destination, d.state, d.attempts, d.next_attempt_at, d.last_error "
+                           "FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.state = 'pending' "
+                           "AND j.state = 'delivering' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at", (now,))
+        return [Delivery(*row) for row in rows]
+
+    def delivery_succeeded(self, job_id: int, destination: str) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("UPDATE deliveries SET state = 'done', attempts = attempts + 1, last_error = NULL, "
+                       "updated_at = ? WHERE job_id = ? AND destination = ?", (now, job_id, destination))
+            pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != 'done'",
+                                 (job_id,)).fetchone()[0]
+            if pending == 0:
+                db.execute("UPDATE jobs SET state = 'done', reason = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+
+    def delivery_failed(self, job_id: int, destination: str, error: str, next_attempt_at: float | None) -> None:
+        """Record a failed attempt; ``next_attempt_at=None`` means no attempts are left."""
+        now = time.time()
+        with self._transaction() as db:
+            if next_attempt_at is None:
+                db.execute("UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?, "
+                           "updated_at = ? WHERE job_id = ? AND destination = ?", (error, now, job_id, destination))
+                db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
+                           (f"delivery to {destination} failed: {error}"[:2000], now, job_id))
+            else:
+                db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+                           "updated_at = ? WHERE job_id = ? AND destination = ?",
+                           (error, next_attempt_at, now, job_id, destination))
+
+    def retry_job(self, job_id: int) -> str:
+        """Put a failed job back: re-deliver when its outputs exist, otherwise process again.
+
+        Returns the new state. Raises SctNodeError for an unknown or unfailed job.
+        """
+        job = self.job(job_id)
+        if job.state != "failed":
+            raise SctNodeError(f"job {job_id} is {job.state}, not failed; only failed jobs can be retried")
+        now = time.time()
+        with self._transaction() as db:
+            failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = 'failed'",
+                                (job_id,)).fetchone()[0]
+            state = "delivering" if failed else "complete"
+            db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
+                       "WHERE job_id = ? AND state = 'failed'", (now, now, job_id))
+            db.execute("UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?", (state, now, job_id))
+        return state
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise SctNodeError(f"no job {job_id}")
+        return _job(rows[0])
+
+    def jobs(self, limit: int = 50) -> list[Job]:
+        return [_job(row) for row in self._query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def series(self, limit: int = 50) -> list[SeriesRecord]:
+        return [SeriesRecord(*row) for row in
+                self._query("SELECT * FROM series ORDER BY updated_at DESC LIMIT ?", (limit,))]
+
+    def deliveries(self, job_id: int) -> list[Delivery]:
+        rows = self._query("SELECT job_id, destination, state, attempts, next_attempt_at, last_error "
+                           "FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
+        return [Delivery(*row) for row in rows]
+
+    def instance_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
+
+    # --- cleaning -----------------------------------------------------------------------------------
+
+    def purgeable_series(self, done_before: float, unrouted_before: float) -> list[str]:
+        """Series whose every generation is finished (done or unrouted) long enough ago."""
+        rows = self._query(
+            "SELECT s.series_uid FROM series s GROUP BY s.series_uid HAVING "
+            "SUM(CASE WHEN s.state = 'unrouted' AND s.updated_at <= ? THEN 0 "
+            "         WHEN s.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid "
+            "              AND j.generation = s.generation AND (j.state != 'done' OR j.updated_at > ?)) THEN 0 "
+            "         WHEN s.state = 'purged' THEN 0 ELSE 1 END) = 0 "
+            "AND SUM(CASE WHEN s.state = 'purged' THEN 0 ELSE 1 END) > 0", (unrouted_before, done_before))
+        return [row[0] for row in rows]
+
+    def purge_series(self, series_uid: str) -> list[Path]:
+        """Forget a finished series' instances; returns their files (to delete after the commit)."""
+        with self._transaction() as db:
+            paths = [Path(r[0]) for r in db.execute("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))]
+            db.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            db.execute("UPDATE series SET state = 'purged', updated_at = ? WHERE series_uid = ?",
+                       (time.time(), series_uid))
+        return paths
+
+
+def _job(row: tuple) -> Job:
+    values = list(row)
+    values[7] = Path(values[7]) if values[7] else None
+    return Job(*values)
