@@ -22,6 +22,8 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
 from sct_node.config import DestinationConfig, DispatchConfig
+from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
+from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.receive import set_tcp_nodelay
 from sct_node.state import Delivery, StateStore
 from sct_node.tls import client_context
@@ -61,6 +63,8 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
         raise DeliveryError("no output files to deliver")
     headers = [pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]) for p in files]
     ae = AE(ae_title=calling_ae)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.requested_contexts = [build_context(uid, _TRANSFER_SYNTAXES) for uid in sorted({str(h.SOPClassUID)
                                                                                        for h in headers})]

