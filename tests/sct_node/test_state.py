@@ -1,0 +1,119 @@
+"""The job state machine, routing rules and the cleaner, without the network."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from sct_node.config import NodeConfig, RouteConfig, SeriesMatch, StorageConfig
+from sct_node.errors import SctNodeError
+from sct_node.route import matching_route, route_complete_series
+from sct_node.service import Node
+from sct_node.state import StateStore
+
+
+def _receive(state: StateStore, uid: str, series: str = "1.2.3", now: float = 1000.0, description: str = "T2 pelvis",
+             path: Path | None = None) -> bool:
+    return state.record_instance(sop_instance_uid=uid, series_uid=series, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                                 path=path or Path(f"/nowhere/{uid}.dcm"), calling_ae="PACS", study_uid="9",
+                                 modality="MR", description=description, image_type="ORIGINAL\\PRIMARY",
+                                 body_part="PELVIS", now=now)
+
+
+def test_duplicates_are_idempotent_and_late_instances_open_a_new_generation(tmp_path):
+    state = StateStore(tmp_path / "db.sqlite3")
+    assert _receive(state, "1.1", now=1000) and _receive(state, "1.2", now=1001)
+    assert not _receive(state, "1.1", now=1002)  # duplicate
+    assert state.instance_count() == 2
+    assert state.quiet_series(60, now=1050) == []
+    (series,) = state.quiet_series(60, now=1062)
+    assert (series.generation, series.instances) == (1, 2)
+    job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
+    assert job_id == 1 and state.job(1).state == "complete"
+    assert state.create_job(series, "r", "bulk", tmp_path / "out") is None  # already queued
+    assert _receive(state, "1.3", now=1100)  # late instance
+    (late,) = state.quiet_series(60, now=1200)
+    assert late.generation == 2 and late.instances == 1
+    assert [i.sop_instance_uid for i in state.series_instances("1.2.3", 2)] == ["1.1", "1.2", "1.3"]
+    assert [i.sop_instance_uid for i in state.series_instances("1.2.3", 1)] == ["1.1", "1.2"]
+
+
+def test_job_lifecycle_recovery_and_retry(tmp_path):
+    state = StateStore(tmp_path / "db.sqlite3")
+    _receive(state, "1.1", now=1000)
+    (series,) = state.quiet_series(1, now=2000)
+    job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
+    assert state.claim_job().id == job_id and state.claim_job() is None
+    assert state.recover() == 1 and state.job(job_id).state == "complete"  # crash while processing
+    state.claim_job()
+    state.job_processed(job_id, ("tps",), "{}")
+    assert state.job(job_id).state == "delivering"
+    (delivery,) = state.due_deliveries()
+    state.delivery_failed(job_id, "tps", "association rejected", time.time() + 3600)
+    assert state.due_deliveries() == [] and state.deliveries(job_id)[0].attempts == 1
+    state.delivery_failed(job_id, "tps", "association rejected", None)
+    assert state.job(job_id).state == "failed" and "tps" in state.job(job_id).reason
+    with pytest.raises(SctNodeError, match="no job 99"):
+        state.retry_job(99)
+    assert state.retry_job(job_id) == "delivering"
+    with pytest.raises(SctNodeError, match="not failed"):
+        state.retry_job(job_id)
+    state.delivery_succeeded(job_id, "tps")
+    assert state.job(job_id).state == "done"
+
+
+def test_first_matching_route_wins_and_criteria_are_anded(tmp_path):
+    state = StateStore(tmp_path / "db.sqlite3")
+    _receive(state, "1.1", description="T1 head")
+    _receive(state, "1.2", description="T1 head")
+    (series,) = state.quiet_series(1, now=5000)
+    t2_only = RouteConfig(name="t2", match=SeriesMatch(series_description="(?i)t2", min_instances=1))
+    any_mr = RouteConfig(name="any", match=SeriesMatch(min_instances=1))
+    ct_only = RouteConfig(name="ct", match=SeriesMatch(modality=("CT",), min_instances=1))
+    wrong_caller = RouteConfig(name="caller", match=SeriesMatch(calling_ae="^OTHER$", min_instances=1))
+    too_few = RouteConfig(name="few", match=SeriesMatch(min_instances=3))
+    assert matching_route(series, (t2_only, ct_only, wrong_caller, too_few, any_mr)).name == "any"
+    assert matching_route(series, (t2_only, ct_only)) is None
+
+
+def test_unrouted_series_are_kept_then_cleaned_after_retention(tmp_path):
+    spool = tmp_path / "spool"
+    config = NodeConfig(storage=StorageConfig(spool_dir=spool, unrouted_retention_h=1.0),
+                        routes=(RouteConfig(name="ct", match=SeriesMatch(modality=("CT",))),))
+    node = Node(config)  # not started: the cleaner is called directly
+    instance = spool / "instances" / "1.2.3" / "1.1.dcm"
+    instance.parent.mkdir(parents=True)
+    instance.write_bytes(b"x")
+    _receive(node.state, "1.1", path=instance, now=time.time() - 7200)
+    assert route_complete_series(node.state, config) == []
+    assert node.state.series()[0].state == "unrouted"
+    assert node.clean(now=time.time()) == 0 and instance.exists()  # kept: unrouted only just now
+    assert node.clean(now=time.time() + 2 * 3600) == 1
+    assert not instance.exists() and node.state.instance_count() == 0
+    node.state.close()
+
+
+def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_path):
+    spool = tmp_path / "spool"
+    config = NodeConfig(storage=StorageConfig(spool_dir=spool, done_retention_h=1.0),
+                        routes=(RouteConfig(name="r", match=SeriesMatch(min_instances=1)),))
+    node = Node(config)
+    instance = spool / "instances" / "1.2.3" / "1.1.dcm"
+    instance.parent.mkdir(parents=True)
+    instance.write_bytes(b"x")
+    _receive(node.state, "1.1", path=instance, now=time.time() - 600)
+    (job_id,) = route_complete_series(node.state, config)
+    job = node.state.claim_job()
+    output = job.output_dir / "sct" / "CT.1.dcm"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"y")
+    node.state.job_processed(job_id, ("tps",), "{}")
+    later = time.time() + 2 * 3600
+    assert node.clean(now=later) == 0 and instance.exists() and output.exists()  # still delivering
+    node.state.delivery_succeeded(job_id, "tps")
+    assert node.clean(now=time.time()) == 0 and instance.exists() and output.exists()  # retention not over
+    assert node.clean(now=later) == 1
+    assert not instance.exists() and not output.exists()
+    node.state.close()
