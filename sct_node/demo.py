@@ -115,8 +115,8 @@ def send_series(files: list[Path], host: str, port: int, called_ae: str, calling
         raise SctNodeError(f"could not associate with {called_ae} at {host}:{port}")
     stored = 0
     try:
-        for path in files:
-            status = assoc.send_c_store(path)
+        for index, path in enumerate(files):
+            status = assoc.send_c_store(path, msg_id=index % 65535 + 1)
             if getattr(status, "Status", None) == 0x0000:
                 stored += 1
     finally:

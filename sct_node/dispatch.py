@@ -70,14 +70,18 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
                                                                                        for h in headers})]
     tls_args = (client_context(destination.tls), None) if destination.tls else None
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
+    connected: list[bool] = []
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                       (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not connect"
+        # pynetdicom marks a failed TCP connect as aborted too; only an opened connection can be aborted.
+        reason = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted and connected
+                  else "could not connect")
         raise DeliveryError(f"association with {where} {reason}")
     try:
-        for path in files:
-            status = assoc.send_c_store(path)
+        for index, path in enumerate(files):
+            status = assoc.send_c_store(path, msg_id=index % 65535 + 1)
             code = getattr(status, "Status", None)
             if code is None:
                 raise DeliveryError(f"{where} did not answer for {path.name} (connection lost or timed out)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -72,8 +73,11 @@ class JobProcessor:
             result = model.translate(series.volume)
             timings["model_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            output_dir = job.output_dir or Path(f"job-{job.id}")
-            written = write_sct_series(result.hu, series, model.card, Path(output_dir) / "sct")
+            output_dir = Path(job.output_dir or f"job-{job.id}")
+            # A run killed part-way leaves the writer's staging folder (partial CT.*.dcm) in here, and the
+            # dispatcher sends every *.dcm under the job's folder: start empty, since processing remakes it all.
+            shutil.rmtree(output_dir, ignore_errors=True)
+            written = write_sct_series(result.hu, series, model.card, output_dir / "sct")
             timings["write_s"] = time.perf_counter() - t0
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))

@@ -11,6 +11,7 @@ logged, not processed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -48,6 +49,12 @@ def route_complete_series(state: StateStore, config: NodeConfig, now: float | No
     created = []
     output_root = Path(config.storage.spool_dir) / "outputs"
     for series in state.quiet_series(config.processing.quiet_period_s, now=now):
+        if series.generation > 1:
+            # A later generation is processed with every instance of the earlier ones (series_instances), but
+            # its record counts only the late arrivals: criteria such as min_instances must see the whole
+            # series, or one late instance would leave the re-sent series unrouted.
+            whole = len(state.series_instances(series.series_uid, series.generation))
+            series = dataclasses.replace(series, instances=whole)
         route = matching_route(series, config.routes)
         if route is None:
             state.mark_unrouted(series)

@@ -43,6 +43,7 @@ class Node:
         self.state = StateStore(state_path(config))
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self.scp = StorageSCP(config.network, config.storage, self.state, on_stored=None)
         routes = {route.name: route.destinations for route in config.routes}
         self.processor = JobProcessor(self.state, lambda name: routes.get(name, ()))
@@ -68,6 +69,7 @@ class Node:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._dispatch_wake.set()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -99,13 +101,18 @@ class Node:
 
     def _processor_loop(self) -> None:
         while not self._stop.is_set():
-            if not self.processor.run_one():
+            if self.processor.run_one():
+                self._dispatch_wake.set()
+            else:
                 self._wake.wait(self.config.processing.poll_interval_s)
                 self._wake.clear()
 
     def _dispatcher_loop(self) -> None:
-        while not self._stop.wait(self.config.processing.poll_interval_s):
-            self.dispatcher.run_due()
+        while not self._stop.is_set():
+            self._dispatch_wake.wait(self.config.processing.poll_interval_s)
+            self._dispatch_wake.clear()
+            if not self._stop.is_set():
+                self.dispatcher.run_due()
 
     def _cleaner_loop(self) -> None:
         interval_s = 60.0

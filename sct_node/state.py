@@ -191,10 +191,16 @@ class StateStore:
 
         An instance for a series whose last generation is no longer receiving opens a new
         generation, so late instances start a new processing instead of joining a finished one.
+        A duplicate opens nothing, but restarts the quiet period of a generation still receiving.
         """
         now = time.time() if now is None else now
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone():
+                # A duplicate shows the sender is still sending this series (a whole-series re-send after a
+                # dropped association starts with the instances already stored): keep a generation that is
+                # still receiving open, or the quiet period could close it half-way through the re-send.
+                db.execute("UPDATE series SET last_received_at = ?, updated_at = ? WHERE series_uid = ? "
+                           "AND state = 'receiving'", (now, now, series_uid))
                 return False
             row = db.execute("SELECT generation, state FROM series WHERE series_uid = ? ORDER BY generation DESC "
                              "LIMIT 1", (series_uid,)).fetchone()
