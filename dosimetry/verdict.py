@@ -1,0 +1,153 @@
+"""PASS / WARN / FAIL for every QA check and overall, each with its reason.
+
+A check compares one measured value with two thresholds: inside the PASS
+limit it passes, between the PASS and FAIL limits it warns, beyond the FAIL
+limit it fails. The overall verdict is the worst check; its reasons are the
+checks that made it so. Default thresholds come from published sCT
+validation practice; each carries its source so the report can cite it.
+
+References
+----------
+J. Korsholm et al., Radiat. Oncol. 9:16, 2014 (MRI-only prostate: PTV DVH
+points within 2 %). M. Maspero et al., Phys. Med. Biol. 63:185001, 2018
+(pelvis cGAN sCT: gamma 2 %/2 mm pass rates above 91 %, DVH differences
+within 2.5 %). M. Hussein, C. Clark, A. Nisbet, Phys. Med. 36:1-11, 2017
+(gamma good practice: 95 % pass rate action levels). A. Thummerer et al.,
+SynthRAD2023 (MAE of the best sCTs 60-70 HU; see shared REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dosimetry.errors import DosimetryError
+
+__all__ = ["Check", "Limit", "QaThresholds", "Verdict", "judge", "overall"]
+
+
+class Verdict(enum.StrEnum):
+    """Outcome of a check; ordered PASS < WARN < FAIL."""
+
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+    @property
+    def severity(self) -> int:
+        return ("PASS", "WARN", "FAIL").index(self.value)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Thresholds of one check.
+
+    Attributes
+    ----------
+    pass_limit, fail_limit : float
+        With ``higher_is_better`` the value passes at or above ``pass_limit`` and fails below
+        ``fail_limit``; otherwise it passes at or below ``pass_limit`` and fails above ``fail_limit``.
+    higher_is_better : bool
+    unit : str
+    source : str
+        Where the default comes from.
+    """
+
+    pass_limit: float
+    fail_limit: float
+    higher_is_better: bool
+    unit: str
+    source: str
+
+    def __post_init__(self) -> None:
+        ordered = self.pass_limit >= self.fail_limit if self.higher_is_better else self.pass_limit <= self.fail_limit
+        if not ordered:
+            raise DosimetryError(f"threshold pass limit {self.pass_limit} is beyond its fail limit {self.fail_limit}")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One judged measurement."""
+
+    name: str
+    value: float
+    unit: str
+    verdict: Verdict
+    reason: str
+    pass_limit: float
+    fail_limit: float
+    higher_is_better: bool
+    source: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "value": None if math.isnan(self.value) else self.value, "unit": self.unit,
+                "verdict": self.verdict.value, "reason": self.reason, "pass_limit": self.pass_limit,
+                "fail_limit": self.fail_limit, "higher_is_better": self.higher_is_better, "source": self.source}
+
+
+def judge(name: str, value: float, limit: Limit, description: str) -> Check:
+    """Judge a value against its limit; the reason states value, threshold and what it means.
+
+    A NaN value (a measurement that could not be made) fails.
+    """
+    value = float(value)
+    if math.isnan(value):
+        return Check(name, value, limit.unit, Verdict.FAIL, f"{description}: could not be measured",
+                     limit.pass_limit, limit.fail_limit, limit.higher_is_better, limit.source)
+    better = (lambda a, b: a >= b) if limit.higher_is_better else (lambda a, b: a <= b)
+    word = "at least" if limit.higher_is_better else "at most"
+    shown = f"{value:.4g} {limit.unit}".strip()
+    if better(value, limit.pass_limit):
+        verdict, reason = Verdict.PASS, f"{description} {shown} ({word} {limit.pass_limit:g} passes)"
+    elif better(value, limit.fail_limit):
+        verdict, reason = Verdict.WARN, (f"{description} {shown}: outside the pass limit {limit.pass_limit:g}, "
+                                         f"within the fail limit {limit.fail_limit:g}")
+    else:
+        verdict, reason = Verdict.FAIL, f"{description} {shown}: beyond the fail limit {limit.fail_limit:g}"
+    return Check(name, value, limit.unit, verdict, reason, limit.pass_limit, limit.fail_limit,
+                 limit.higher_is_better, limit.source)
+
+
+def overall(checks: Iterable[Check]) -> tuple[Verdict, tuple[str, ...]]:
+    """The worst verdict and the reasons of the checks that have it (PASS: no reasons needed)."""
+    checks = list(checks)
+    if not checks:
+        raise DosimetryError("no QA check was run; a verdict needs at least one")
+    worst = max((c.verdict for c in checks), key=lambda v: v.severity)
+    reasons = tuple(c.reason for c in checks if c.verdict == worst) if worst != Verdict.PASS else ()
+    return worst, reasons
+
+
+def _limit(pass_limit: float, fail_limit: float, higher: bool, unit: str, source: str) -> Limit:
+    return field(default_factory=lambda: Limit(pass_limit, fail_limit, higher, unit, source))
+
+
+@dataclass(frozen=True)
+class QaThresholds:
+    """Default thresholds of every check, with sources. Override any of them per site in the node's config."""
+
+    gamma_pass_rate_percent: Limit = _limit(
+        95.0, 90.0, True, "%", "gamma 2 %/2 mm pass rate: 95 % action level (Hussein et al. 2017); "
+                               "MRI-only sCTs reach >91-99 % (Maspero et al. 2018; SynthRAD2025)")
+    target_dvh_difference_percent: Limit = _limit(
+        2.0, 3.0, False, "% of prescription", "PTV DVH points within 2 % (Korsholm et al. 2014)")
+    oar_dvh_difference_percent: Limit = _limit(
+        2.0, 3.0, False, "% of prescription", "OAR DVH differences within 2-2.5 % (Maspero et al. 2018)")
+    mae_body_hu: Limit = _limit(
+        80.0, 120.0, False, "HU", "SynthRAD2023/2025: best MR->CT MAE 60-70 HU")
+    body_dice: Limit = _limit(
+        0.98, 0.95, True, "", "sCT outline must follow the MR outline; dose depends on the external contour")
+    body_surface_distance_95_mm: Limit = _limit(
+        2.0, 4.0, False, "mm", "1-2 voxels of outline disagreement (sCT vs MR)")
+    bone_fraction_percent: Limit = _limit(
+        1.0, 0.2, True, "% of body voxels",
+        "head and pelvis hold 5-20 % bone; an sCT without bone misplaces dose by several % "
+        "(Thomas, BJR 1999: >8 % bone density error for 1 % dose error)")
+    soft_tissue_mean_hu_deviation: Limit = _limit(
+        40.0, 80.0, False, "HU", "soft tissue about 0-60 HU (Schneider et al. 2000); mean deviation from 30 HU")
+    uncertainty_fraction_percent: Limit = _limit(
+        5.0, 15.0, False, "% of body voxels", "share of the body where the model's ensemble disagrees")
+    out_of_range_fraction_percent: Limit = _limit(
+        0.0, 0.1, False, "% of voxels", "values outside [-1024, 3071] HU are invalid")
