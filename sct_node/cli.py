@@ -8,6 +8,7 @@ Exit codes (documented in docs/cli.md):
 * 3 — input refused (not DICOM, inconsistent series, ...)
 * 4 — output could not be written
 * 5 — model error
+* 6 — ``qa`` ran and its verdict is FAIL
 
 Errors are printed as one line ``sct-node: error: ...``; ``--debug`` adds the
 traceback.
@@ -28,7 +29,7 @@ from sct_node import __version__
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL, EXIT_QA_FAIL = 0, 1, 2, 3, 4, 5, 6
 
 logger = logging.getLogger("sct_node")
 
@@ -103,6 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
     retry.set_defaults(handler=_run_retry)
 
+    qa = commands.add_parser(
+        "qa", parents=[common], help="dosimetric QA of a synthetic CT",
+        description="HU and geometry checks, image metrics against a real CT (when given), the plan's dose on the "
+                    "sCT against a reference (the real CT, or a bulk-density version of the sCT), gamma and DVH, "
+                    "and a PASS/WARN/FAIL verdict. Writes qa.json (and qa_arrays.npz) to --output.")
+    qa.add_argument("--sct", type=Path, required=True, help="synthetic CT series folder")
+    qa.add_argument("--mr", type=Path, help="the MR series it was made from (body outline, geometry)")
+    qa.add_argument("--reference-ct", type=Path, help="a real CT on the same grid (commissioning)")
+    qa.add_argument("--plan", type=Path, help="photon RT Plan (default: the site's template plan)")
+    qa.add_argument("--structures", type=Path, help="RT Structure Set (targets and organs at risk)")
+    qa.add_argument("--site", choices=("pelvis", "head"), default="pelvis", help="template plan (default pelvis)")
+    qa.add_argument("--no-dose", action="store_true", help="skip the dose comparison")
+    qa.add_argument("--output", "-o", type=Path, required=True, help="folder for qa.json")
+    qa.add_argument("--json", action="store_true", help="print qa.json on stdout")
+    qa.set_defaults(handler=_run_qa)
+
+    gamma = commands.add_parser(
+        "gamma", parents=[common], help="gamma index of two RT Dose files",
+        description="Compare two RT Dose files (same frame of reference) with the gamma index (Low et al. 1998) "
+                    "using an interpolated search (Wendling et al. 2007) and print the pass rate.")
+    gamma.add_argument("reference", type=Path, help="reference RT Dose file")
+    gamma.add_argument("evaluated", type=Path, help="evaluated RT Dose file")
+    gamma.add_argument("--dose-percent", type=_positive_float, required=True, help="dose criterion, %%")
+    gamma.add_argument("--distance-mm", type=_positive_float, required=True, help="distance criterion, mm")
+    gamma.add_argument("--cutoff-percent", type=_non_negative_float, default=10.0,
+                       help="ignore reference points below this %% of the reference maximum (default 10)")
+    gamma.add_argument("--local", action="store_true", help="local instead of global gamma")
+    gamma.add_argument("--max-gamma", type=_positive_float, help="cap (and stop searching) at this gamma")
+    gamma.add_argument("--json", action="store_true", help="print the result as JSON")
+    gamma.set_defaults(handler=_run_gamma)
+
     demo = commands.add_parser(
         "demo", parents=[common], help="run the whole path on loopback: phantom -> node -> planning system",
         description="Generate a phantom MR series, start the node and a stand-in planning system on loopback, send "
@@ -119,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.debug, args.quiet)
+    from dosimetry.errors import DosimetryError
     from models.errors import ModelsError
     from sct_node.errors import InputError, OutputError, SctNodeError
 
@@ -130,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(error, EXIT_OUTPUT, args.debug)
     except ModelsError as error:
         return _fail(error, EXIT_MODEL, args.debug)
+    except DosimetryError as error:
+        return _fail(error, EXIT_INPUT, args.debug)
     except SctNodeError as error:
         return _fail(error, EXIT_INPUT, args.debug)
     except KeyboardInterrupt:
@@ -306,6 +341,78 @@ def _run_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_qa(args: argparse.Namespace) -> int:
+    from dosimetry.plans import read_rt_plan
+    from dosimetry.qa import QaInputs, run_qa, write_qa
+    from dosimetry.structures import read_structures
+    from dosimetry.verdict import Verdict
+    from models.body_mask import body_mask_from_mr
+    from sct_node.dicom.reader import read_series
+    from sct_node.dicom.uids import CT_IMAGE_STORAGE
+    from sct_node.errors import InputError
+
+    sct = read_series([args.sct], sop_classes=[CT_IMAGE_STORAGE])
+    frame = sct.frame_of_reference_uid
+    mr_mask = None
+    if args.mr:
+        mr = read_series([args.mr])
+        if not mr.volume.same_grid(sct.volume):
+            raise InputError(f"{args.mr}: the MR grid differs from the sCT's; the sCT must be slice for slice")
+        mr_mask = body_mask_from_mr(mr.volume)
+    reference = None
+    if args.reference_ct:
+        reference = read_series([args.reference_ct], sop_classes=[CT_IMAGE_STORAGE])
+        if reference.frame_of_reference_uid != frame or not reference.volume.same_grid(sct.volume):
+            raise InputError(f"{args.reference_ct}: the reference CT must share the sCT's frame of reference and "
+                             "grid (resample it onto the MR first)")
+    plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
+    structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
+                                       allow_empty=True)) if args.structures else ()
+    structures = tuple(s for s in structures if s.mask.any())
+    result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask,
+                             reference_ct=reference.volume if reference else None, plan=plan,
+                             structures=structures, compute_dose=not args.no_dose))
+    path = write_qa(result, args.output)
+    if args.json:
+        print(path.read_text())
+    else:
+        print(f"QA {result.verdict.value}: {path}")
+        for reason in result.reasons:
+            print(f"  - {reason}")
+    return EXIT_QA_FAIL if result.verdict == Verdict.FAIL else EXIT_OK
+
+
+def _run_gamma(args: argparse.Namespace) -> int:
+    from dosimetry.gamma import gamma_volumes
+    from dosimetry.rtdose import read_rt_dose
+    from sct_node.errors import InputError
+
+    reference = read_rt_dose(args.reference, allow_relative=True)
+    evaluated = read_rt_dose(args.evaluated, allow_relative=True)
+    if reference.frame_of_reference_uid != evaluated.frame_of_reference_uid:
+        raise InputError(f"{args.evaluated} is in frame of reference {evaluated.frame_of_reference_uid}, "
+                               f"the reference in {reference.frame_of_reference_uid}: they cannot be compared")
+    options = {"lower_percent_dose_cutoff": args.cutoff_percent, "local_gamma": args.local}
+    if args.max_gamma is not None:
+        options["max_gamma"] = args.max_gamma
+    result = gamma_volumes(reference.dose_gy, evaluated.dose_gy, args.dose_percent, args.distance_mm, **options)
+    summary = {
+        "reference": str(args.reference), "evaluated": str(args.evaluated),
+        "dose_percent_threshold": args.dose_percent, "distance_mm_threshold": args.distance_mm,
+        "lower_percent_dose_cutoff": args.cutoff_percent, "local_gamma": args.local,
+        "pass_rate_percent": round(result.pass_rate_percent, 4), "evaluated_points": result.evaluated_points,
+        "mean_gamma": round(float(result.gamma[result.gamma == result.gamma].mean()), 4)
+        if result.evaluated_points else None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        kind = "local" if args.local else "global"
+        print(f"gamma {args.dose_percent:g}%/{args.distance_mm:g} mm ({kind}, cutoff {args.cutoff_percent:g}%): "
+              f"pass rate {result.pass_rate_percent:.2f}% of {result.evaluated_points} points")
+    return EXIT_OK
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from sct_node.demo import default_workdir, run_demo
 
@@ -318,8 +425,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"MR series sent ({result.instances_sent} instances): {result.mr_dir}")
     print(f"node spool and database:        {result.spool_dir}")
     print(f"sCT received by the planning system ({result.instances_received} instances): {result.received_dir}")
+    print(f"dosimetric QA: {result.qa_verdict} ({result.qa_json}); the demo's bulk-density model has no bone, "
+          "so the QA is expected to FAIL its bone check")
     print(f"stages (s): phantom {result.phantom_s}, send {result.send_s}, quiet period {result.quiet_period_s}, "
-          f"process {result.process_s}, deliver {result.deliver_s}; total {result.total_s}")
+          f"process incl. QA {result.process_s}, deliver {result.deliver_s}; total {result.total_s}")
     return EXIT_OK
 
 
@@ -343,3 +452,4 @@ def _typed(convert: Callable[[str], float], check: Callable[[float], bool], what
 _positive_int = _typed(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _typed(float, lambda v: v > 0, "a positive number")
+_non_negative_float = _typed(float, lambda v: v >= 0, "a non-negative number")

@@ -108,6 +108,9 @@ class RouteConfig(_Strict):
     match: SeriesMatch = SeriesMatch()
     model: str = "bulk"
     destinations: tuple[str, ...] = ()
+    qa: bool = Field(True, description="run the dosimetric QA (qa.json next to the outputs)")
+    qa_site: str = Field("pelvis", pattern="^(pelvis|head)$", description="template plan when no RT Plan is known")
+    qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")
 
 
 class DestinationConfig(_Strict):

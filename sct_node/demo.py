@@ -59,6 +59,8 @@ class DemoResult:
     process_s: float
     deliver_s: float
     total_s: float
+    qa_verdict: str
+    qa_json: str
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +178,8 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
             process_s=round(float(timings.get("total_s", 0.0)), 2),
             deliver_s=round(job.updated_at - processing_started - float(timings.get("total_s", 0.0)), 2),
             total_s=round(total_s, 2),
+            qa_verdict=str(timings.get("qa_verdict", "not run")),
+            qa_json=str(Path(job.output_dir) / "qa" / "qa.json") if job.output_dir else "",
         )
     finally:
         node.stop()

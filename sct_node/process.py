@@ -37,9 +37,11 @@ class JobProcessor:
         Route name -> destination names.
     """
 
-    def __init__(self, state: StateStore, destinations_of) -> None:
+    def __init__(self, state: StateStore, destinations_of, qa_of=None) -> None:
         self.state = state
         self.destinations_of = destinations_of
+        # Route name -> (run QA?, template-plan site, compute dose?); QA off when not given.
+        self.qa_of = qa_of or (lambda route: (False, "pelvis", False))
         self._models: dict[str, TranslationModel] = {}
         self._models_lock = threading.Lock()
 
@@ -58,7 +60,7 @@ class JobProcessor:
         return True
 
     def process(self, job: Job) -> None:
-        timings: dict[str, float] = {}
+        timings: dict[str, float | str] = {}
         started = time.perf_counter()
         try:
             instances = self.state.series_instances(job.series_uid, job.generation)
@@ -79,6 +81,12 @@ class JobProcessor:
             shutil.rmtree(output_dir, ignore_errors=True)
             written = write_sct_series(result.hu, series, model.card, output_dir / "sct")
             timings["write_s"] = time.perf_counter() - t0
+            run_qa_here, site, with_dose = self.qa_of(job.route)
+            if run_qa_here:
+                t0 = time.perf_counter()
+                verdict = self._qa(result, site, with_dose, output_dir / "qa")
+                timings["qa_s"] = time.perf_counter() - t0
+                timings["qa_verdict"] = verdict
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))
             logger.error("job %d failed: %s", job.id, error)
@@ -89,5 +97,28 @@ class JobProcessor:
             return
         timings["total_s"] = time.perf_counter() - started
         self.state.job_processed(job.id, self.destinations_of(job.route), json.dumps(timings))
-        logger.info("job %d processed: sCT series %s, %d instances, %.1f s", job.id, written.series_instance_uid,
-                    len(written.files), timings["total_s"])
+        logger.info("job %d processed: sCT series %s, %d instances, %.1f s%s", job.id, written.series_instance_uid,
+                    len(written.files), timings["total_s"],
+                    f", QA {timings['qa_verdict']}" if "qa_verdict" in timings else "")
+
+    @staticmethod
+    def _qa(result, site: str, with_dose: bool, folder: Path) -> str:
+        """Dosimetric QA of the sCT (dosimetry.qa); the verdict is recorded, the sCT is delivered either way.
+
+        A QA that cannot run (e.g. no bone to place a template plan on) is recorded as ERROR in the job's
+        timings and logged; it never fails the job, whose sCT is valid DICOM regardless.
+        """
+        from dosimetry.errors import DosimetryError
+        from dosimetry.qa import QaInputs, run_qa, write_qa
+
+        try:
+            qa = run_qa(QaInputs(sct=result.hu, site=site, mr_body_mask=result.body_mask,
+                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose))
+        except DosimetryError as error:
+            logger.warning("QA could not run: %s", error)
+            return "ERROR"
+        except Exception:  # a QA bug must not cost the patient's sCT: log it, deliver anyway
+            logger.exception("QA failed with an internal error; the sCT is delivered without QA")
+            return "ERROR"
+        write_qa(qa, folder)
+        return qa.verdict.value

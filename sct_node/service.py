@@ -45,8 +45,11 @@ class Node:
         self._wake = threading.Event()
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self.scp = StorageSCP(config.network, config.storage, self.state, on_stored=None)
-        routes = {route.name: route.destinations for route in config.routes}
-        self.processor = JobProcessor(self.state, lambda name: routes.get(name, ()))
+        routes = {route.name: route for route in config.routes}
+        self.processor = JobProcessor(
+            self.state, lambda name: routes[name].destinations if name in routes else (),
+            lambda name: (routes[name].qa, routes[name].qa_site, routes[name].qa_dose) if name in routes
+            else (False, "pelvis", False))
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
         self._threads: list[threading.Thread] = []

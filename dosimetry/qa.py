@@ -1,0 +1,262 @@
+"""The QA of one synthetic CT: HU checks, geometry, image metrics, dose comparison, verdict.
+
+Steps (every measurement and threshold ends up in ``qa.json``):
+
+1. HU checks inside the body (always): tissue fractions, soft-tissue mean,
+   values outside [-1024, 3071].
+2. Geometry: the sCT outline against the MR body outline (Dice, 95th
+   percentile surface distance), field-of-view truncation, slice coverage.
+3. Uncertainty (when the model produced a map): share of the body above the level.
+4. Image metrics against a real CT on the same grid (commissioning only).
+5. Dose: the plan (a real RT Plan, or the site's template on the target or
+   body centroid) is computed on the sCT and on the reference — the real CT
+   when there is one, otherwise a bulk-density version of the same sCT (body
+   water, bone 323.7 HU) — on a dose grid of ``dose_grid_mm``; then gamma and
+   DVH differences per structure.
+6. Verdict: PASS/WARN/FAIL per check and overall (:mod:`dosimetry.verdict`).
+
+References
+----------
+Bulk bone value: "Assessment of bulk density assignment for MR-only prostate
+radiotherapy", Front. Oncol. 2019 (00997): bone 323.7 HU, tissue -32.7 HU
+fitted best; here the body is water (0 HU) as in routine MRI-only checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dosimetry.beam import beams_from_plan
+from dosimetry.density import relative_electron_density_volume
+from dosimetry.dvh import compare_dvh_metrics, cumulative_dvh, dvh_metrics
+from dosimetry.engine import compute_dose
+from dosimetry.errors import DosimetryError
+from dosimetry.gamma import gamma_volumes
+from dosimetry.hu_checks import body_outline_agreement, field_of_view_truncation, hu_statistics, sct_body_outline
+from dosimetry.image_metrics import image_metrics
+from dosimetry.plans import PhotonPlan, template_plan
+from dosimetry.structures import StructureMask
+from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
+from models.volume import Volume
+
+__all__ = ["QaInputs", "QaResult", "run_qa", "write_qa"]
+
+BULK_BONE_HU = 323.7
+BONE_FROM_HU = 200.0
+#: The soft-tissue mean is judged by its distance from this typical value (muscle/organs 20-60 HU).
+SOFT_TISSUE_EXPECTED_HU = 30.0
+
+
+@dataclass(frozen=True)
+class QaInputs:
+    """What the QA of one sCT can use; only ``sct`` is required."""
+
+    sct: Volume
+    site: str = "pelvis"
+    mr_body_mask: np.ndarray | None = None
+    reference_ct: Volume | None = None
+    plan: PhotonPlan | None = None
+    structures: tuple[StructureMask, ...] = ()
+    uncertainty_hu: Volume | None = None
+    uncertainty_level_hu: float = 100.0
+    prescription_gy: float = 2.0
+    dose_grid_mm: float = 4.0
+    compute_dose: bool = True
+
+
+@dataclass(frozen=True)
+class QaResult:
+    """Every measurement, every check and the verdict, plus the arrays a report draws."""
+
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    checks: tuple[Check, ...]
+    measurements: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.verdict.value, "reasons": list(self.reasons),
+                "checks": [c.as_dict() for c in self.checks], "measurements": self.measurements}
+
+
+def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaResult:
+    """Run every applicable QA step (see the module docstring).
+
+    Raises
+    ------
+    DosimetryError
+        For inputs on different grids or without a body.
+    """
+    sct = inputs.sct
+    body = inputs.mr_body_mask if inputs.mr_body_mask is not None else sct_body_outline(sct)
+    if body.shape != sct.shape:
+        raise DosimetryError(f"MR body mask shape {body.shape} differs from the sCT grid {sct.shape}")
+    if not body.any():
+        raise DosimetryError("the body mask is empty: nothing to check")
+    checks: list[Check] = []
+    measured: dict = {}
+
+    stats = hu_statistics(sct, body)
+    fractions = {str(t.tissue): t.percent for t in stats.tissue_fractions}
+    measured["hu"] = {"tissue_percent": fractions, "soft_tissue_mean_hu": stats.soft_tissue_mean_hu,
+                      "bone_mean_hu": stats.bone_mean_hu, "min_hu": stats.min_hu, "max_hu": stats.max_hu,
+                      "invalid_count": stats.invalid_count}
+    checks.append(judge("out_of_range", 100.0 * stats.invalid_fraction, thresholds.out_of_range_fraction_percent,
+                        "voxels outside [-1024, 3071] HU or not finite"))
+    checks.append(judge("bone_fraction", fractions.get("bone", 0.0), thresholds.bone_fraction_percent,
+                        f"bone (>= {BONE_FROM_HU:g} HU) inside the body"))
+    soft = stats.soft_tissue_mean_hu
+    checks.append(judge("soft_tissue_mean", abs(soft - SOFT_TISSUE_EXPECTED_HU) if soft is not None else np.nan,
+                        thresholds.soft_tissue_mean_hu_deviation,
+                        f"soft-tissue mean {soft if soft is None else round(soft, 1)} HU, deviation from "
+                        f"{SOFT_TISSUE_EXPECTED_HU:g} HU"))
+
+    if inputs.mr_body_mask is not None:
+        agreement = body_outline_agreement(sct, inputs.mr_body_mask)
+        measured["outline"] = {"dice": agreement.dice, "surface_distance_95_mm": agreement.surface_distance_95_mm,
+                               "max_surface_distance_mm": agreement.max_surface_distance_mm}
+        checks.append(judge("body_dice", agreement.dice, thresholds.body_dice, "sCT vs MR body outline Dice"))
+        # One voxel of disagreement is partial volume, not error: judge the distance beyond one in-plane voxel.
+        voxel_mm = max(sct.spacing_mm[0], sct.spacing_mm[1])
+        checks.append(judge("body_surface_distance_95", max(agreement.surface_distance_95_mm - voxel_mm, 0.0),
+                            thresholds.body_surface_distance_95_mm,
+                            f"sCT vs MR outline 95th percentile distance beyond one voxel ({voxel_mm:g} mm)"))
+    truncation = field_of_view_truncation(body)
+    measured["field_of_view"] = {"truncated_slices": truncation.truncated_slice_count,
+                                 "max_border_fraction": truncation.max_border_fraction}
+
+    if inputs.uncertainty_hu is not None:
+        std = inputs.uncertainty_hu.array[body]
+        share = 100.0 * float(np.mean(std > inputs.uncertainty_level_hu))
+        measured["uncertainty"] = {"level_hu": inputs.uncertainty_level_hu, "percent_above": share}
+        checks.append(judge("uncertainty", share, thresholds.uncertainty_fraction_percent,
+                            f"body voxels with ensemble std above {inputs.uncertainty_level_hu:g} HU"))
+
+    if inputs.reference_ct is not None:
+        metrics = image_metrics(inputs.reference_ct, sct, body)
+        measured["image_metrics"] = {"mae_hu": metrics.mae_hu, "psnr_db": metrics.psnr_db, "ssim": metrics.ssim,
+                                     "per_tissue": {str(t.tissue): {"mae_hu": t.mae_hu, "mean_error_hu": t.mean_error_hu,
+                                                                    "voxels": t.voxel_count}
+                                                    for t in metrics.per_tissue}}
+        checks.append(judge("mae_body", metrics.mae_hu, thresholds.mae_body_hu, "MAE inside the body vs the real CT"))
+
+    arrays: dict = {}
+    if inputs.compute_dose:
+        checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
+    verdict, reasons = overall(checks)
+    return QaResult(verdict, reasons, tuple(checks), measured, arrays)
+
+
+def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, measured: dict,
+                 arrays: dict) -> list[Check]:
+    sct = inputs.sct
+    targets = [s for s in inputs.structures if s.interpreted_type in ("PTV", "CTV", "GTV") or "PTV" in s.name.upper()]
+    organs = [s for s in inputs.structures if s not in targets and s.interpreted_type not in ("EXTERNAL",)
+              and s.name.upper() not in ("BODY", "EXTERNAL", "BONES")]
+    plan = inputs.plan
+    if plan is None:
+        region = targets[0].mask if targets else body
+        index = np.argwhere(region)
+        centre_index = index.mean(axis=0)[::-1]  # (x, y, z)
+        extent_mm = (index.max(axis=0) - index.min(axis=0) + 1)[::-1] * np.asarray(sct.spacing_mm)
+        if not targets:  # no target: a central 6 cm field, not the whole body
+            extent_mm = np.minimum(extent_mm, 60.0)
+        plan = template_plan(inputs.site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
+                             prescription_gy=inputs.prescription_gy)
+    prescription = plan.prescription_gy / max(plan.fractions, 1) if (plan.prescription_gy and not plan.is_template) \
+        else inputs.prescription_gy
+    zoom = np.asarray(sct.spacing_mm) / max(inputs.dose_grid_mm, min(sct.spacing_mm))
+    grid = _resample(sct, zoom, order=1)
+    body_grid = _resample_mask(body, zoom, grid.shape)
+    reference_hu = inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body)
+    reference_name = "real CT" if inputs.reference_ct is not None else "bulk-density sCT"
+    beams = beams_from_plan(plan)
+    dose_sct = compute_dose(relative_electron_density_volume(grid), beams)
+    dose_reference = compute_dose(relative_electron_density_volume(_resample(reference_hu, zoom, order=1)), beams)
+    # Express the doses per fraction at the prescription: normalise so the reference target median is prescribed.
+    target_grid = _resample_mask(targets[0].mask, zoom, grid.shape) if targets else body_grid
+    scale = prescription / max(float(np.median(dose_reference.array[target_grid])), 1e-9)
+    dose_sct = dose_sct.with_array(dose_sct.array * scale)
+    dose_reference = dose_reference.with_array(dose_reference.array * scale)
+    gamma = gamma_volumes(dose_reference, dose_sct, 2.0, 2.0, lower_percent_dose_cutoff=10.0, max_gamma=2.0)
+    difference = dose_sct.array - dose_reference.array
+    measured["dose"] = {"plan": plan.label, "template": plan.is_template, "reference": reference_name,
+                        "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
+                        "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
+                        "max_abs_difference_percent": float(np.abs(difference[body_grid]).max() / prescription * 100)}
+    arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array, gamma=gamma.gamma,
+                  dose_grid_spacing_mm=np.asarray(grid.spacing_mm), dose_grid_origin_mm=np.asarray(grid.origin_mm))
+    checks = [judge("gamma", gamma.pass_rate_percent, thresholds.gamma_pass_rate_percent,
+                    f"gamma 2%/2 mm pass rate, sCT vs {reference_name}")]
+    dvh: dict = {}
+    for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
+                                    ("organ", organs, thresholds.oar_dvh_difference_percent)):
+        for structure in structures:
+            mask = _resample_mask(structure.mask, zoom, grid.shape)
+            if not mask.any():
+                continue
+            reference_metrics = dvh_metrics(cumulative_dvh(dose_reference, mask, structure.name), prescription)
+            sct_metrics = dvh_metrics(cumulative_dvh(dose_sct, mask, structure.name), prescription)
+            comparison = compare_dvh_metrics(reference_metrics, sct_metrics)
+            worst = max(comparison.dose_differences, key=lambda d: abs(d.difference_percent_of_prescription))
+            dvh[structure.name] = {d.name: {"reference_gy": d.reference_gy, "sct_gy": d.evaluated_gy,
+                                            "difference_percent": d.difference_percent_of_prescription}
+                                   for d in comparison.dose_differences}
+            checks.append(judge(f"dvh_{structure.name}", abs(worst.difference_percent_of_prescription), limit,
+                                f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
+    measured["dvh"] = dvh
+    return checks
+
+
+def _bulk(sct: Volume, body: np.ndarray) -> Volume:
+    hu = np.full(sct.shape, -1000.0, dtype=np.float32)
+    hu[body] = 0.0
+    hu[body & (sct.array >= BONE_FROM_HU)] = BULK_BONE_HU
+    return sct.with_array(hu)
+
+
+def _resample(volume: Volume, zoom_xyz: np.ndarray, order: int) -> Volume:
+    """The volume on a grid coarser by ``zoom`` (same origin corner and direction)."""
+    factors = np.asarray(zoom_xyz)[::-1]  # (z, y, x)
+    if np.allclose(factors, 1.0):
+        return volume
+    array = ndimage.zoom(volume.array.astype(np.float32), factors, order=order, mode="nearest", grid_mode=True)
+    spacing = tuple(np.asarray(volume.spacing_mm) * np.asarray(volume.shape[::-1]) / np.asarray(array.shape[::-1]))
+    # grid_mode keeps the outer voxel edges: the first centre moves by half the spacing change.
+    shift_index = (np.asarray(spacing) / np.asarray(volume.spacing_mm) - 1.0) / 2.0
+    origin = tuple(volume.index_to_patient(shift_index))
+    return Volume(array, spacing, origin, volume.direction)
+
+
+def _resample_mask(mask: np.ndarray, zoom_xyz: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    factors = np.asarray(zoom_xyz)[::-1]
+    if np.allclose(factors, 1.0):
+        return mask
+    resampled = ndimage.zoom(mask.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True) >= 0.5
+    return resampled[: shape[0], : shape[1], : shape[2]]
+
+
+def write_qa(result: QaResult, output_dir: Path) -> Path:
+    """Write ``qa.json`` (and ``qa_arrays.npz`` with the dose and gamma grids) into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if result.arrays:
+        np.savez_compressed(output_dir / "qa_arrays.npz", **result.arrays)
+    path = output_dir / "qa.json"
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(result.as_dict(), indent=2, default=_json_default))
+    temporary.replace(path)
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,77 @@
+"""QA end to end on phantoms: a faithful sCT passes, a corrupted one fails with the right reasons."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+
+from dosimetry.qa import QaInputs, run_qa
+from dosimetry.structures import StructureMask
+from dosimetry.verdict import Verdict
+from models.phantoms import Tissue, generate_phantom
+from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
+from sct_node.dicom.phantom_writer import write_phantom_dicom
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom("pelvis", 3, shape_zyx=(24, 72, 72), spacing_mm=(5.0, 5.0, 6.0))
+
+
+def _structures(phantom):
+    return tuple(StructureMask(s.name, i + 1, str(s.kind), s.mask) for i, s in enumerate(phantom.structures))
+
+
+def _without_bone(phantom):
+    bone = np.isin(phantom.labels.array, [Tissue.CORTICAL_BONE, Tissue.MARROW])
+    return phantom.ct_hu.with_array(np.where(bone, 40, phantom.ct_hu.array).astype(np.float32))
+
+
+def test_the_real_ct_as_its_own_sct_passes_every_check(phantom):
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    result = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, reference_ct=ct,
+                             structures=_structures(phantom)))
+    assert result.verdict == Verdict.PASS and result.reasons == ()
+    assert result.measurements["dose"]["gamma_2pct_2mm_pass_percent"] == 100.0
+    assert result.measurements["image_metrics"]["mae_hu"] == 0.0
+
+
+def test_bone_set_to_water_fails_for_the_bone_and_the_target_dose(phantom):
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    result = run_qa(QaInputs(sct=_without_bone(phantom), mr_body_mask=phantom.body_mask, reference_ct=ct,
+                             structures=_structures(phantom)))
+    assert result.verdict == Verdict.FAIL
+    failed = {c.name for c in result.checks if c.verdict == Verdict.FAIL}
+    assert "bone_fraction" in failed
+    assert any(reason.startswith("bone (>= 200 HU) inside the body 0 %") for reason in result.reasons)
+    # Water instead of bone puts more dose in the target: the DVH comparison notices.
+    ptv = result.measurements["dvh"]["PTV"]
+    assert max(abs(m["difference_percent"]) for m in ptv.values()) > 1.0
+
+
+def test_qa_cli_writes_qa_json_and_signals_fail(phantom, tmp_path, capsys):
+    written = write_phantom_dicom(phantom, "qa", tmp_path / "dicom")
+    ok = main(["qa", "--sct", str(written.ct_dir), "--mr", str(written.mr_t1_dir),
+               "--structures", str(written.rtstruct_path), "--output", str(tmp_path / "qa-ct")])
+    summary = json.loads((tmp_path / "qa-ct" / "qa.json").read_text())
+    assert ok == EXIT_OK, summary["reasons"]
+    assert summary["verdict"] in ("PASS", "WARN")
+    assert {c["name"] for c in summary["checks"]} >= {"bone_fraction", "body_dice", "gamma", "dvh_PTV"}
+    assert summary["measurements"]["dose"]["reference"] == "bulk-density sCT"
+    assert (tmp_path / "qa-ct" / "qa_arrays.npz").exists()
+    # The same CT with its bone replaced by water fails.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in written.ct_dir.glob("*.dcm"):
+        dataset = pydicom.dcmread(path)
+        stored = dataset.pixel_array.astype(np.int32)
+        stored[stored > 1024 + 200] = 1024 + 40
+        dataset.PixelData = stored.astype("<u2").tobytes()
+        dataset.save_as(broken / path.name)
+    capsys.readouterr()
+    assert main(["qa", "--sct", str(broken), "--structures", str(written.rtstruct_path), "--no-dose",
+                 "--output", str(tmp_path / "qa-broken")]) == EXIT_QA_FAIL
+    assert "QA FAIL" in capsys.readouterr().out
