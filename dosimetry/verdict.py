@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from dosimetry.errors import DosimetryError
 
-__all__ = ["Check", "Limit", "QaThresholds", "Verdict", "judge", "overall"]
+__all__ = ["Check", "Limit", "QaThresholds", "Verdict", "judge", "overall", "thresholds_from_mapping"]
 
 
 class Verdict(enum.StrEnum):
@@ -151,3 +151,39 @@ class QaThresholds:
         5.0, 15.0, False, "% of body voxels", "share of the body where the model's ensemble disagrees")
     out_of_range_fraction_percent: Limit = _limit(
         0.0, 0.1, False, "% of voxels", "values outside [-1024, 3071] HU are invalid")
+
+
+def thresholds_from_mapping(overrides: dict, base: QaThresholds | None = None) -> QaThresholds:
+    """Thresholds with some limits replaced, e.g. from a TOML table.
+
+    Parameters
+    ----------
+    overrides : dict
+        ``{check: {"pass_limit": x, "fail_limit": y}}`` for any field of :class:`QaThresholds`;
+        either limit may be left out.
+    base : QaThresholds or None
+        What is not overridden (default: the published defaults).
+
+    Raises
+    ------
+    DosimetryError
+        For an unknown check or key, a non-numeric limit, or limits in the wrong order.
+    """
+    import dataclasses
+
+    base = base or QaThresholds()
+    known = {f.name for f in dataclasses.fields(QaThresholds)}
+    changes = {}
+    for name, values in overrides.items():
+        if name not in known:
+            raise DosimetryError(f"unknown QA threshold {name!r}; known: {', '.join(sorted(known))}")
+        if not isinstance(values, dict) or not set(values) <= {"pass_limit", "fail_limit"} or not values:
+            raise DosimetryError(f"QA threshold {name!r} takes pass_limit and/or fail_limit; found {values!r}")
+        current = getattr(base, name)
+        try:
+            limits = {key: float(value) for key, value in values.items()}
+        except (TypeError, ValueError):
+            raise DosimetryError(f"QA threshold {name!r}: limits must be numbers; found {values!r}") from None
+        changes[name] = Limit(limits.get("pass_limit", current.pass_limit), limits.get("fail_limit", current.fail_limit),
+                              current.higher_is_better, current.unit, current.source + " (overridden locally)")
+    return dataclasses.replace(base, **changes)

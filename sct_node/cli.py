@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--structures", type=Path, help="RT Structure Set (targets and organs at risk)")
     qa.add_argument("--site", choices=("pelvis", "head"), default="pelvis", help="template plan (default pelvis)")
     qa.add_argument("--no-dose", action="store_true", help="skip the dose comparison")
+    qa.add_argument("--thresholds", type=Path,
+                    help="TOML file overriding QA limits, e.g. [gamma_pass_rate_percent] pass_limit = 97 (docs/qa.md)")
     qa.add_argument("--output", "-o", type=Path, required=True, help="folder for qa.json")
     qa.add_argument("--json", action="store_true", help="print qa.json on stdout")
     qa.set_defaults(handler=_run_qa)
@@ -345,7 +347,7 @@ def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
     from dosimetry.qa import QaInputs, run_qa, write_qa
     from dosimetry.structures import read_structures
-    from dosimetry.verdict import Verdict
+    from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
     from models.body_mask import body_mask_from_mr
     from sct_node.dicom.reader import read_series
     from sct_node.dicom.uids import CT_IMAGE_STORAGE
@@ -368,10 +370,20 @@ def _run_qa(args: argparse.Namespace) -> int:
     plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
                                        allow_empty=True)) if args.structures else ()
+    for empty in (s for s in structures if not s.mask.any()):
+        logger.warning("structure %s has no voxel on the sCT grid; it is left out of the DVH comparison", empty.name)
     structures = tuple(s for s in structures if s.mask.any())
+    thresholds = QaThresholds()
+    if args.thresholds:
+        import tomllib
+
+        try:
+            thresholds = thresholds_from_mapping(tomllib.loads(args.thresholds.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise InputError(f"{args.thresholds}: cannot read QA thresholds ({error})") from None
     result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask,
                              reference_ct=reference.volume if reference else None, plan=plan,
-                             structures=structures, compute_dose=not args.no_dose))
+                             structures=structures, compute_dose=not args.no_dose), thresholds)
     path = write_qa(result, args.output)
     if args.json:
         print(path.read_text())

@@ -111,6 +111,20 @@ class RouteConfig(_Strict):
     qa: bool = Field(True, description="run the dosimetric QA (qa.json next to the outputs)")
     qa_site: str = Field("pelvis", pattern="^(pelvis|head)$", description="template plan when no RT Plan is known")
     qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")
+    qa_thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="override QA limits: {check: {pass_limit, fail_limit}} (docs/qa.md)")
+
+    @field_validator("qa_thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: dict) -> dict:
+        from dosimetry.errors import DosimetryError
+        from dosimetry.verdict import thresholds_from_mapping
+
+        try:
+            thresholds_from_mapping(value)
+        except DosimetryError as error:
+            raise ValueError(str(error)) from None
+        return value
 
 
 class DestinationConfig(_Strict):

@@ -40,8 +40,8 @@ class JobProcessor:
     def __init__(self, state: StateStore, destinations_of, qa_of=None) -> None:
         self.state = state
         self.destinations_of = destinations_of
-        # Route name -> (run QA?, template-plan site, compute dose?); QA off when not given.
-        self.qa_of = qa_of or (lambda route: (False, "pelvis", False))
+        # Route name -> (run QA?, template-plan site, compute dose?, threshold overrides); QA off when not given.
+        self.qa_of = qa_of or (lambda route: (False, "pelvis", False, {}))
         self._models: dict[str, TranslationModel] = {}
         self._models_lock = threading.Lock()
 
@@ -81,10 +81,10 @@ class JobProcessor:
             shutil.rmtree(output_dir, ignore_errors=True)
             written = write_sct_series(result.hu, series, model.card, output_dir / "sct")
             timings["write_s"] = time.perf_counter() - t0
-            run_qa_here, site, with_dose = self.qa_of(job.route)
+            run_qa_here, site, with_dose, overrides = self.qa_of(job.route)
             if run_qa_here:
                 t0 = time.perf_counter()
-                verdict = self._qa(result, site, with_dose, output_dir / "qa")
+                verdict = self._qa(result, site, with_dose, overrides, output_dir / "qa")
                 timings["qa_s"] = time.perf_counter() - t0
                 timings["qa_verdict"] = verdict
         except (SctNodeError, ModelsError) as error:
@@ -102,7 +102,7 @@ class JobProcessor:
                     f", QA {timings['qa_verdict']}" if "qa_verdict" in timings else "")
 
     @staticmethod
-    def _qa(result, site: str, with_dose: bool, folder: Path) -> str:
+    def _qa(result, site: str, with_dose: bool, overrides: dict, folder: Path) -> str:
         """Dosimetric QA of the sCT (dosimetry.qa); the verdict is recorded, the sCT is delivered either way.
 
         A QA that cannot run (e.g. no bone to place a template plan on) is recorded as ERROR in the job's
@@ -110,10 +110,12 @@ class JobProcessor:
         """
         from dosimetry.errors import DosimetryError
         from dosimetry.qa import QaInputs, run_qa, write_qa
+        from dosimetry.verdict import thresholds_from_mapping
 
         try:
             qa = run_qa(QaInputs(sct=result.hu, site=site, mr_body_mask=result.body_mask,
-                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose))
+                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose),
+                        thresholds_from_mapping(overrides))
         except DosimetryError as error:
             logger.warning("QA could not run: %s", error)
             return "ERROR"

@@ -48,8 +48,8 @@ class Node:
         routes = {route.name: route for route in config.routes}
         self.processor = JobProcessor(
             self.state, lambda name: routes[name].destinations if name in routes else (),
-            lambda name: (routes[name].qa, routes[name].qa_site, routes[name].qa_dose) if name in routes
-            else (False, "pelvis", False))
+            lambda name: (routes[name].qa, routes[name].qa_site, routes[name].qa_dose, routes[name].qa_thresholds)
+            if name in routes else (False, "pelvis", False, {}))
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
         self._threads: list[threading.Thread] = []

@@ -47,3 +47,18 @@ def test_inconsistent_limits_are_refused_and_defaults_cite_sources():
     for name in QaThresholds.__dataclass_fields__:
         assert getattr(defaults, name).source, name
     assert defaults.gamma_pass_rate_percent.pass_limit == 95.0
+
+
+def test_thresholds_can_be_overridden_with_clear_errors():
+    from dosimetry.verdict import thresholds_from_mapping
+
+    custom = thresholds_from_mapping({"gamma_pass_rate_percent": {"pass_limit": 97.0}})
+    assert custom.gamma_pass_rate_percent.pass_limit == 97.0 and custom.gamma_pass_rate_percent.fail_limit == 90.0
+    assert "overridden" in custom.gamma_pass_rate_percent.source
+    assert custom.mae_body_hu == QaThresholds().mae_body_hu
+    with pytest.raises(DosimetryError, match="unknown QA threshold 'gama'"):
+        thresholds_from_mapping({"gama": {"pass_limit": 1}})
+    with pytest.raises(DosimetryError, match="takes pass_limit and/or fail_limit"):
+        thresholds_from_mapping({"mae_body_hu": {"warn": 1}})
+    with pytest.raises(DosimetryError, match="beyond its fail limit"):
+        thresholds_from_mapping({"mae_body_hu": {"pass_limit": 200}})

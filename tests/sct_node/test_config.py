@@ -80,3 +80,9 @@ def test_serve_check_reports_config_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "storage.spool: unknown key" in err[0]
     assert main(["serve", "--config", str(EXAMPLE), "--check"]) == 0
+
+
+def test_unknown_qa_threshold_is_an_error(tmp_path):
+    text = '[[routes]]\nname = "r"\n[routes.qa_thresholds]\ngamma = { pass_limit = 97.0 }\n'
+    with pytest.raises(ConfigError, match=r"routes\.0\.qa_thresholds: .*unknown QA threshold 'gamma'"):
+        load_config(_write(tmp_path, text))
