@@ -84,7 +84,8 @@ class JobProcessor:
             run_qa_here, site, with_dose, overrides = self.qa_of(job.route)
             if run_qa_here:
                 t0 = time.perf_counter()
-                verdict = self._qa(result, site, with_dose, overrides, output_dir / "qa")
+                references = self._reference_data(series)
+                verdict = self._qa(result, site, with_dose, overrides, output_dir / "qa", references)
                 timings["qa_s"] = time.perf_counter() - t0
                 timings["qa_verdict"] = verdict
         except (SctNodeError, ModelsError) as error:
@@ -101,8 +102,57 @@ class JobProcessor:
                     len(written.files), timings["total_s"],
                     f", QA {timings['qa_verdict']}" if "qa_verdict" in timings else "")
 
+    def _reference_data(self, series) -> dict:
+        """A real RT Plan, RT Structure Set and CT routed to the node in the MR's frame of reference, if any.
+
+        The newest of each is used. A CT is used only when it lies on the MR's grid (the commissioning
+        set-up: CT resampled onto the MR); anything unusable is logged and left out, and the QA falls back to
+        the template plan and the bulk-density reference.
+        """
+        import pydicom
+
+        from dosimetry.errors import DosimetryError
+        from dosimetry.plans import read_rt_plan
+        from dosimetry.structures import read_structures
+        from sct_node.dicom.uids import CT_IMAGE_STORAGE
+
+        frame = series.frame_of_reference_uid
+        found: dict = {}
+        if not frame:
+            return found
+        candidates = self.state.instances_of_classes(
+            ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.3", CT_IMAGE_STORAGE))
+        plans, structure_sets, ct_files = [], [], []
+        for record in candidates:
+            try:
+                header = pydicom.dcmread(record.path, stop_before_pixels=True)
+            except Exception:  # a reference file that vanished or is unreadable is simply not used
+                continue
+            frames = {str(header.get("FrameOfReferenceUID", ""))} | {
+                str(f.FrameOfReferenceUID) for f in header.get("ReferencedFrameOfReferenceSequence", [])}
+            if frame not in frames:
+                continue
+            {"1.2.840.10008.5.1.4.1.1.481.5": plans, "1.2.840.10008.5.1.4.1.1.481.3": structure_sets}.get(
+                record.sop_class_uid, ct_files).append(record.path)
+        try:
+            if plans:
+                found["plan"] = read_rt_plan(plans[-1], frame_of_reference_uid=frame)
+            if structure_sets:
+                found["structures"] = tuple(s for s in read_structures(
+                    structure_sets[-1], series.volume, frame_of_reference_uid=frame, allow_empty=True) if s.mask.any())
+            if ct_files:
+                ct = read_series(ct_files, sop_classes=[CT_IMAGE_STORAGE])
+                if ct.volume.same_grid(series.volume):
+                    found["reference_ct"] = ct.volume
+                else:
+                    logger.info("a CT in the MR's frame of reference was received but is not on the MR's grid; "
+                                "the QA compares with the bulk-density sCT instead")
+        except (DosimetryError, SctNodeError) as error:
+            logger.warning("reference data for the QA not used: %s", error)
+        return found
+
     @staticmethod
-    def _qa(result, site: str, with_dose: bool, overrides: dict, folder: Path) -> str:
+    def _qa(result, site: str, with_dose: bool, overrides: dict, folder: Path, references: dict) -> str:
         """Dosimetric QA of the sCT (dosimetry.qa); the verdict is recorded, the sCT is delivered either way.
 
         A QA that cannot run (e.g. no bone to place a template plan on) is recorded as ERROR in the job's
@@ -114,7 +164,9 @@ class JobProcessor:
 
         try:
             qa = run_qa(QaInputs(sct=result.hu, site=site, mr_body_mask=result.body_mask,
-                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose),
+                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose,
+                                 plan=references.get("plan"), structures=references.get("structures", ()),
+                                 reference_ct=references.get("reference_ct")),
                         thresholds_from_mapping(overrides))
         except DosimetryError as error:
             logger.warning("QA could not run: %s", error)

@@ -233,6 +233,13 @@ class StateStore:
                            "ORDER BY received_at", (series_uid, up_to_generation))
         return [InstanceRecord(r[0], r[1], r[2], Path(r[3]), r[4], r[5], r[6]) for r in rows]
 
+    def instances_of_classes(self, sop_class_uids: tuple[str, ...]) -> list[InstanceRecord]:
+        """Stored instances of some SOP classes (reference data for the QA), oldest first."""
+        marks = ", ".join("?" for _ in sop_class_uids)
+        rows = self._query(f"SELECT * FROM instances WHERE sop_class_uid IN ({marks}) ORDER BY received_at",
+                           tuple(sop_class_uids))
+        return [InstanceRecord(r[0], r[1], r[2], Path(r[3]), r[4], r[5], r[6]) for r in rows]
+
     def mark_unrouted(self, series: SeriesRecord) -> None:
         with self._transaction() as db:
             db.execute("UPDATE series SET state = 'unrouted', updated_at = ? WHERE series_uid = ? AND generation = ? "

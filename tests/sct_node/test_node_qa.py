@@ -1,0 +1,74 @@
+"""The node runs the dosimetric QA for every series, with the CT and structures routed to it when there are some."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE
+
+from models.phantoms import generate_phantom
+from sct_node.config import NetworkConfig, NodeConfig, ProcessingConfig, RouteConfig, StorageConfig
+from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.service import Node
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _send(files: list[Path], port: int) -> None:
+    ae = AE(ae_title="PACS")
+    for uid in sorted({str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}):
+        ae.add_requested_context(uid, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCT_NODE")
+    assert assoc.is_established
+    for index, path in enumerate(files):
+        assert assoc.send_c_store(path, msg_id=index + 1).Status == 0x0000
+    assoc.release()
+
+
+def _run(tmp_path: Path, send_references: bool) -> dict:
+    phantom = generate_phantom("pelvis", 8, shape_zyx=(16, 56, 56), spacing_mm=(7.0, 7.0, 9.0))
+    written = write_phantom_dicom(phantom, "nodeqa", tmp_path / "dicom")
+    config = NodeConfig(network=NetworkConfig(port=_free_port()),
+                        storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
+                        processing=ProcessingConfig(quiet_period_s=0.5, poll_interval_s=0.1),
+                        routes=(RouteConfig(name="mr", qa_site="pelvis"),))
+    node = Node(config)
+    node.start()
+    try:
+        if send_references:
+            _send(sorted(written.ct_dir.glob("*.dcm")) + [written.rtstruct_path], node.port)
+        _send(sorted(written.mr_t1_dir.glob("*.dcm")), node.port)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            jobs = [j for j in node.state.jobs() if j.route == "mr"]
+            if jobs and jobs[0].state in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        (job,) = [j for j in node.state.jobs() if j.route == "mr"]
+        assert job.state == "done", job.reason
+        assert json.loads(job.timings)["qa_verdict"] in ("PASS", "WARN", "FAIL")
+        return json.loads((job.output_dir / "qa" / "qa.json").read_text())
+    finally:
+        node.stop()
+
+
+def test_without_references_the_bulk_model_fails_its_bone_check(tmp_path):
+    qa = _run(tmp_path, send_references=False)
+    assert qa["measurements"]["dose"]["reference"] == "bulk-density sCT"
+    assert qa["measurements"]["dose"]["template"] is True
+    assert qa["verdict"] == "FAIL" and any("bone" in reason for reason in qa["reasons"])
+
+
+def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path):
+    qa = _run(tmp_path, send_references=True)
+    assert qa["measurements"]["dose"]["reference"] == "real CT"
+    assert qa["measurements"]["image_metrics"]["mae_hu"] > 50  # water-only sCT against a CT with bone
+    assert {"PTV", "BLADDER", "RECTUM"} <= set(qa["measurements"]["dvh"])
