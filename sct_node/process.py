@@ -149,6 +149,8 @@ class JobProcessor:
                                 "the QA compares with the bulk-density sCT instead")
         except (DosimetryError, SctNodeError) as error:
             logger.warning("reference data for the QA not used: %s", error)
+        except Exception:  # unusable reference data must never cost the sCT
+            logger.exception("reference data for the QA could not be read; the QA runs without it")
         return found
 
     @staticmethod
