@@ -38,7 +38,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification
 
 from sct_node.config import NetworkConfig, StorageConfig
-from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
+from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME, fsync_directory
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.state import StateStore
 from sct_node.tls import server_context
@@ -264,7 +264,7 @@ class StorageSCP:
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
-            _fsync_directory(folder)
+            fsync_directory(folder)
         except OSError as error:
             logger.error("instance %s not stored: %s; answered Out of Resources", sop_uid, error.strerror or error)
             return _status(StorageStatus.OUT_OF_RESOURCES, "instance could not be written")
@@ -314,11 +314,3 @@ def _status(code: int, comment: str) -> pydicom.Dataset:
     status.Status = code
     status.ErrorComment = comment[:64]
     return status
-
-
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
