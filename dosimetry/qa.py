@@ -189,7 +189,9 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
                         "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
                         "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
                         "max_abs_difference_percent": float(np.abs(difference[body_grid]).max() / prescription * 100)}
-    arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array, gamma=gamma.gamma,
+    arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array,
+                  dose_difference_gy=difference, dose_difference_percent=difference / prescription * 100.0,
+                  gamma=gamma.gamma,
                   dose_grid_spacing_mm=np.asarray(grid.spacing_mm), dose_grid_origin_mm=np.asarray(grid.origin_mm))
     checks = [judge("gamma", gamma.pass_rate_percent, thresholds.gamma_pass_rate_percent,
                     f"gamma 2%/2 mm pass rate, sCT vs {reference_name}")]

@@ -61,7 +61,9 @@ def test_qa_cli_writes_qa_json_and_signals_fail(phantom, tmp_path, capsys):
     assert summary["verdict"] in ("PASS", "WARN")
     assert {c["name"] for c in summary["checks"]} >= {"bone_fraction", "body_dice", "gamma", "dvh_PTV"}
     assert summary["measurements"]["dose"]["reference"] == "bulk-density sCT"
-    assert (tmp_path / "qa-ct" / "qa_arrays.npz").exists()
+    arrays = np.load(tmp_path / "qa-ct" / "qa_arrays.npz")
+    assert {"dose_sct_gy", "dose_reference_gy", "dose_difference_gy", "dose_difference_percent", "gamma"} <= set(arrays)
+    np.testing.assert_allclose(arrays["dose_difference_gy"], arrays["dose_sct_gy"] - arrays["dose_reference_gy"])
     # The same CT with its bone replaced by water fails.
     broken = tmp_path / "broken"
     broken.mkdir()
