@@ -285,7 +285,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     def shutdown(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         logger.info("signal %d: shutting down", signum)
-        node._stop.set()
+        node.request_stop()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)

@@ -78,6 +78,10 @@ class Node:
             thread.join(timeout=30)
         self.state.close()
 
+    def request_stop(self) -> None:
+        """Ask the node to stop (safe from a signal handler); ``wait()`` then returns."""
+        self._stop.set()
+
     def wait(self) -> None:
         """Block until stopped (by ``stop()`` from another thread or a signal handler)."""
         while not self._stop.wait(1.0):
