@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +36,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification
 
 from sct_node.config import NetworkConfig, StorageConfig
-from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME, fsync_directory
+from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME, fsync_directory, write_atomic
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.state import StateStore
 from sct_node.tls import server_context
@@ -254,16 +252,8 @@ class StorageSCP:
         final = folder / f"{sop_uid}.dcm"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.incoming_dir, suffix=".part")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(encoded)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(temporary, final)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+            # Temporary files live in incoming/, so those of a crash are found and removed at start.
+            write_atomic(final, lambda stream: stream.write(encoded), self.incoming_dir, ".part")
             fsync_directory(folder)
         except OSError as error:
             logger.error("instance %s not stored: %s; answered Out of Resources", sop_uid, error.strerror or error)

@@ -40,6 +40,7 @@ __all__ = [
     "new_dataset",
     "set_image_plane",
     "set_pixels_uint16",
+    "write_atomic",
     "write_dataset_atomic",
 ]
 
@@ -148,9 +149,6 @@ def set_pixels_uint16(dataset: pydicom.Dataset, pixels: np.ndarray, bits_stored:
 def write_dataset_atomic(dataset: pydicom.FileDataset, path: Path) -> Path:
     """Write a data set as a Part 10 file so that ``path`` is either absent or complete.
 
-    The bytes go to a temporary file in the same folder, are fsynced, and the
-    file is renamed into place (``os.replace`` is atomic on POSIX).
-
     Raises
     ------
     OutputError
@@ -159,19 +157,34 @@ def write_dataset_atomic(dataset: pydicom.FileDataset, path: Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                dataset.save_as(stream, enforce_file_format=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda stream: dataset.save_as(stream, enforce_file_format=True))
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
     return path
+
+
+def write_atomic(path: Path, write, temporary_dir: Path | None = None, suffix: str = ".tmp") -> None:
+    """Write a file so that ``path`` is either absent or complete and durable.
+
+    ``write(stream)`` fills a temporary file (in ``temporary_dir``, default the target's folder, which must
+    be on the same file system), which is fsynced and renamed into place (``os.replace`` is atomic on
+    POSIX). The caller fsyncs the folder when the rename itself must survive power loss.
+
+    Raises
+    ------
+    OSError
+        If any step fails; the temporary file is removed.
+    """
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=temporary_dir or Path(path).parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def fsync_directory(folder: Path) -> None:
