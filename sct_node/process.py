@@ -109,31 +109,21 @@ class JobProcessor:
         set-up: CT resampled onto the MR); anything unusable is logged and left out, and the QA falls back to
         the template plan and the bulk-density reference.
         """
-        import pydicom
-
         from dosimetry.errors import DosimetryError
         from dosimetry.plans import read_rt_plan
         from dosimetry.structures import read_structures
-        from sct_node.dicom.uids import CT_IMAGE_STORAGE
+        from sct_node.dicom.uids import CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE
 
         frame = series.frame_of_reference_uid
         found: dict = {}
         if not frame:
             return found
-        candidates = self.state.instances_of_classes(
-            ("1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.3", CT_IMAGE_STORAGE))
-        plans, structure_sets, ct_files = [], [], []
-        for record in candidates:
-            try:
-                header = pydicom.dcmread(record.path, stop_before_pixels=True)
-            except Exception:  # a reference file that vanished or is unreadable is simply not used
-                continue
-            frames = {str(header.get("FrameOfReferenceUID", ""))} | {
-                str(f.FrameOfReferenceUID) for f in header.get("ReferencedFrameOfReferenceSequence", [])}
-            if frame not in frames:
-                continue
-            {"1.2.840.10008.5.1.4.1.1.481.5": plans, "1.2.840.10008.5.1.4.1.1.481.3": structure_sets}.get(
-                record.sop_class_uid, ct_files).append(record.path)
+        rt_plan_storage = "1.2.840.10008.5.1.4.1.1.481.5"
+        candidates = self.state.instances_in_frame((rt_plan_storage, RT_STRUCTURE_SET_STORAGE, CT_IMAGE_STORAGE),
+                                                   frame)
+        plans = [r.path for r in candidates if r.sop_class_uid == rt_plan_storage]
+        structure_sets = [r.path for r in candidates if r.sop_class_uid == RT_STRUCTURE_SET_STORAGE]
+        ct_files = [r.path for r in candidates if r.sop_class_uid == CT_IMAGE_STORAGE]
         try:
             if plans:
                 found["plan"] = read_rt_plan(plans[-1], frame_of_reference_uid=frame)

@@ -268,6 +268,7 @@ class StorageSCP:
             image_type="\\".join(image_type) if isinstance(image_type, list | pydicom.multival.MultiValue)
             else (str(image_type) if image_type else None),
             body_part=str(header.get("BodyPartExamined", "")) or None,
+            frame_of_reference_uid=_frame_of_reference(header),
         )
         logger.debug("stored instance %s of series %s%s", sop_uid, series_uid, "" if new else " (duplicate)")
         if self.on_stored is not None:
@@ -297,6 +298,15 @@ def _header_problem(header: pydicom.Dataset, sop_uid: str, sop_class_uid: str) -
             if expected == 0 or actual < expected:
                 return f"pixel data is {actual} bytes, the header needs {expected} (truncated instance)"
     return None
+
+
+def _frame_of_reference(header: pydicom.Dataset) -> str | None:
+    """The instance's frame of reference; for an RT Structure Set, the one its contours are in."""
+    frame = header.get("FrameOfReferenceUID", None)
+    if not frame:
+        referenced = header.get("ReferencedFrameOfReferenceSequence", None)
+        frame = referenced[0].get("FrameOfReferenceUID", None) if referenced else None
+    return str(frame) if frame else None
 
 
 def _status(code: int, comment: str) -> pydicom.Dataset:

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS instances (
     path TEXT NOT NULL,
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
-    generation INTEGER NOT NULL
+    generation INTEGER NOT NULL,
+    frame_of_reference_uid TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, generation);
 CREATE TABLE IF NOT EXISTS series (
@@ -92,6 +93,7 @@ class InstanceRecord:
     calling_ae: str
     received_at: float
     generation: int
+    frame_of_reference_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ class StateStore:
 
     def record_instance(self, *, sop_instance_uid: str, series_uid: str, sop_class_uid: str, path: Path,
                         calling_ae: str, study_uid: str | None, modality: str | None, description: str | None,
-                        image_type: str | None, body_part: str | None, now: float | None = None) -> bool:
+                        image_type: str | None, body_part: str | None, now: float | None = None,
+                        frame_of_reference_uid: str | None = None) -> bool:
         """Record a stored instance; returns False when it was already known (a duplicate).
 
         An instance for a series whose last generation is no longer receiving opens a new
@@ -216,8 +219,9 @@ class StateStore:
                     "VALUES (?, ?, 'receiving', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
                     (series_uid, generation, study_uid, modality, description, image_type, body_part, calling_ae,
                      now, now, now))
-            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation))
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation,
+                        frame_of_reference_uid))
         return True
 
     def quiet_series(self, quiet_period_s: float, now: float | None = None) -> list[SeriesRecord]:
@@ -231,14 +235,17 @@ class StateStore:
         """Every instance of a series received up to (and including) a generation."""
         rows = self._query("SELECT * FROM instances WHERE series_uid = ? AND generation <= ? "
                            "ORDER BY received_at", (series_uid, up_to_generation))
-        return [InstanceRecord(r[0], r[1], r[2], Path(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [_instance(row) for row in rows]
 
-    def instances_of_classes(self, sop_class_uids: tuple[str, ...]) -> list[InstanceRecord]:
-        """Stored instances of some SOP classes (reference data for the QA), oldest first."""
+    def instances_in_frame(self, sop_class_uids: tuple[str, ...], frame_of_reference_uid: str) -> list[InstanceRecord]:
+        """Stored instances of some SOP classes in one frame of reference (QA reference data), oldest first.
+
+        An RT Structure Set's frame is the one it references (recorded at receipt).
+        """
         marks = ", ".join("?" for _ in sop_class_uids)
-        rows = self._query(f"SELECT * FROM instances WHERE sop_class_uid IN ({marks}) ORDER BY received_at",
-                           tuple(sop_class_uids))
-        return [InstanceRecord(r[0], r[1], r[2], Path(r[3]), r[4], r[5], r[6]) for r in rows]
+        rows = self._query(f"SELECT * FROM instances WHERE sop_class_uid IN ({marks}) AND frame_of_reference_uid = ? "
+                           "ORDER BY received_at", (*sop_class_uids, frame_of_reference_uid))
+        return [_instance(row) for row in rows]
 
     def mark_unrouted(self, series: SeriesRecord) -> None:
         with self._transaction() as db:
@@ -390,6 +397,10 @@ class StateStore:
             db.execute("UPDATE series SET state = 'purged', updated_at = ? WHERE series_uid = ?",
                        (time.time(), series_uid))
         return paths
+
+
+def _instance(row: tuple) -> InstanceRecord:
+    return InstanceRecord(row[0], row[1], row[2], Path(row[3]), *row[4:])
 
 
 def _job(row: tuple) -> Job:
