@@ -484,14 +484,7 @@ def measure_latency(scratch: Path, quiet_period_s: float) -> None:
     node.start()
     try:
         sent = send_series(files, "127.0.0.1", node.port, "SCT_NODE")
-        deadline = time.monotonic() + 300
-        job = None
-        while time.monotonic() < deadline:
-            jobs = node.state.jobs(limit=1)
-            job = jobs[0] if jobs else None
-            if job is not None and job.state in ("done", "failed"):
-                break
-            time.sleep(0.05)
+        job = node.wait_for_job(300, poll_interval_s=0.05)
         if job is None or job.state != "done":
             print(f"latency: the job did not finish ({job.state if job else 'no job'}"
                   f"{': ' + job.reason if job and job.reason else ''})")

@@ -156,14 +156,7 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
         sent = send_series(mr_files, "127.0.0.1", node.port, "SCT_NODE")
         send_s = time.perf_counter() - t0
         last_instance = time.time()
-        deadline = time.perf_counter() + timeout_s
-        job = None
-        while time.perf_counter() < deadline:
-            jobs = node.state.jobs(limit=1)
-            job = jobs[0] if jobs else None
-            if job is not None and job.state in ("done", "failed"):
-                break
-            time.sleep(0.1)
+        job = node.wait_for_job(timeout_s)
         if job is None or job.state != "done":
             reason = "timed out" if job is None or job.state not in ("failed",) else job.reason
             raise SctNodeError(f"demo did not finish: {reason}")

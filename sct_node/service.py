@@ -78,6 +78,16 @@ class Node:
             thread.join(timeout=30)
         self.state.close()
 
+    def wait_for_job(self, timeout_s: float, poll_interval_s: float = 0.1):
+        """Wait until the newest job is done or failed; returns it (or the newest unfinished one, or None)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jobs = self.state.jobs(limit=1)
+            job = jobs[0] if jobs else None
+            if (job is not None and job.state in ("done", "failed")) or time.monotonic() >= deadline:
+                return job
+            time.sleep(poll_interval_s)
+
     def request_stop(self) -> None:
         """Ask the node to stop (safe from a signal handler); ``wait()`` then returns."""
         self._stop.set()

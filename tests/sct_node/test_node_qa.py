@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -11,15 +10,16 @@ import pydicom
 from pynetdicom import AE
 
 from models.phantoms import generate_phantom
-from sct_node.config import NetworkConfig, NodeConfig, ProcessingConfig, RouteConfig, StorageConfig
+from sct_node.config import (
+    NetworkConfig,
+    NodeConfig,
+    ProcessingConfig,
+    RouteConfig,
+    StorageConfig,
+)
 from sct_node.dicom.phantom_writer import write_phantom_dicom
 from sct_node.service import Node
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.sct_node.node_helpers import free_port
 
 
 def _send(files: list[Path], port: int) -> None:
@@ -36,7 +36,7 @@ def _send(files: list[Path], port: int) -> None:
 def _run(tmp_path: Path, send_references: bool) -> dict:
     phantom = generate_phantom("pelvis", 8, shape_zyx=(16, 56, 56), spacing_mm=(7.0, 7.0, 9.0))
     written = write_phantom_dicom(phantom, "nodeqa", tmp_path / "dicom")
-    config = NodeConfig(network=NetworkConfig(port=_free_port()),
+    config = NodeConfig(network=NetworkConfig(port=free_port()),
                         storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
                         processing=ProcessingConfig(quiet_period_s=0.5, poll_interval_s=0.1),
                         routes=(RouteConfig(name="mr", qa_site="pelvis"),))

@@ -17,13 +17,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from sct_node.config import (
 )
 from sct_node.dicom.phantom_writer import phantom_identity, write_image_series
 from sct_node.service import Node
+from tests.sct_node.node_helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "orthanc"
@@ -57,11 +56,6 @@ SYNTHETIC_DATA_TAG = "0008,001c"
 
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc)")
 
-
-def _free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_for(predicate: Callable[[], object], timeout_s: float, what: str, diagnostics: Callable[[], str]):
@@ -178,7 +172,7 @@ def deployment_config(workdir: Path, http_port: int, dicom_port: int, node_port:
 
 @pytest.fixture
 def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, Node]]:
-    http_port, dicom_port, node_port = _free_port(), _free_port(), _free_port()
+    http_port, dicom_port, node_port = free_port(), free_port(), free_port()
     config_path, config = deployment_config(tmp_path, http_port, dicom_port, node_port)
     log_path = tmp_path / "orthanc.log"
     with open(log_path, "wb") as log:

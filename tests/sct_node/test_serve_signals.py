@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from pynetdicom import AE
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.sct_node.node_helpers import free_port
 
 
 def test_serve_answers_echo_and_exits_zero_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "node.toml"
     config.write_text(f'[network]\nport = {port}\n[storage]\nspool_dir = "{tmp_path / "spool"}"\n'
                       "min_free_space_mb = 0\n")

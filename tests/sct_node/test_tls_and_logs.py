@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -16,19 +15,21 @@ import pytest
 from pynetdicom import AE
 
 from models.phantoms import generate_phantom
-from sct_node.config import NetworkConfig, NodeConfig, ProcessingConfig, StorageConfig, TlsConfig
+from sct_node.config import (
+    NetworkConfig,
+    NodeConfig,
+    ProcessingConfig,
+    StorageConfig,
+    TlsConfig,
+)
 from sct_node.dicom.phantom_writer import write_phantom_dicom
 from sct_node.logs import JsonFormatter, configure_logging
 from sct_node.service import Node
+from tests.sct_node.node_helpers import free_port
 
 VERIFICATION = "1.2.840.10008.1.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 
 def _start_node(tmp_path: Path, tls: TlsConfig | None) -> Node:
     config = NodeConfig(
-        network=NetworkConfig(port=_free_port(), tls=tls),
+        network=NetworkConfig(port=free_port(), tls=tls),
         storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
         processing=ProcessingConfig(quiet_period_s=3600, poll_interval_s=0.1),
     )
@@ -112,7 +113,7 @@ def test_logs_at_info_never_contain_patient_identity(tmp_path, caplog):
         dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate = "Leak^Canary", "CANARY-77", "19510417"
         dataset.save_as(path)
     config = NodeConfig(
-        network=NetworkConfig(port=_free_port()),
+        network=NetworkConfig(port=free_port()),
         storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
         processing=ProcessingConfig(quiet_period_s=0.3, poll_interval_s=0.1),
     )
