@@ -336,15 +336,30 @@ def gamma_volumes(
             "reference and evaluated volumes must share their direction cosines; found "
             f"{reference.direction.tolist()} and {evaluated.direction.tolist()}"
         )
+    axes_reference, axes_evaluated = _volume_axes_mm(reference), _volume_axes_mm(evaluated)
+    _require_overlap(axes_reference, axes_evaluated)
     return gamma_index(
-        _volume_axes_mm(reference),
+        axes_reference,
         reference.array,
-        _volume_axes_mm(evaluated),
+        axes_evaluated,
         evaluated.array,
         dose_percent_threshold,
         distance_mm_threshold,
         **options,  # type: ignore[arg-type]
     )
+
+
+def _require_overlap(axes_reference: tuple[np.ndarray, ...], axes_evaluated: tuple[np.ndarray, ...]) -> None:
+    """Refuse two grids whose extents (voxel centres, z y x) do not overlap along some axis."""
+    for name, reference_axis, evaluated_axis in zip("zyx", axes_reference, axes_evaluated):
+        low = max(reference_axis.min(), evaluated_axis.min())
+        high = min(reference_axis.max(), evaluated_axis.max())
+        if low > high:
+            raise GammaInputError(
+                f"the evaluated dose grid ({evaluated_axis.min():.1f}..{evaluated_axis.max():.1f} mm along {name}) "
+                f"does not overlap the reference grid ({reference_axis.min():.1f}..{reference_axis.max():.1f} mm): "
+                "they cannot be compared (different patient position or frame of reference?)"
+            )
 
 
 def _volume_axes_mm(volume: Volume) -> tuple[np.ndarray, ...]:

@@ -37,7 +37,13 @@ from dosimetry.dvh import compare_dvh_metrics, cumulative_dvh, dvh_metrics
 from dosimetry.engine import compute_dose
 from dosimetry.errors import DosimetryError
 from dosimetry.gamma import gamma_volumes
-from dosimetry.hu_checks import body_outline_agreement, field_of_view_truncation, hu_statistics, sct_body_outline
+from dosimetry.hu_checks import (
+    body_outline_agreement,
+    field_of_view_truncation,
+    hu_statistics,
+    sct_body_outline,
+    slice_coverage,
+)
 from dosimetry.image_metrics import image_metrics
 from dosimetry.plans import PhotonPlan, template_plan
 from dosimetry.structures import StructureMask
@@ -59,6 +65,8 @@ class QaInputs:
     sct: Volume
     site: str = "pelvis"
     mr_body_mask: np.ndarray | None = None
+    #: The MR's geometry (its array is not used): judged for slice coverage when given.
+    mr_grid: Volume | None = None
     reference_ct: Volume | None = None
     plan: PhotonPlan | None = None
     structures: tuple[StructureMask, ...] = ()
@@ -126,9 +134,21 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
         checks.append(judge("body_surface_distance_95", max(agreement.surface_distance_95_mm - voxel_mm, 0.0),
                             thresholds.body_surface_distance_95_mm,
                             f"sCT vs MR outline 95th percentile distance beyond one voxel ({voxel_mm:g} mm)"))
+    if inputs.mr_grid is not None:
+        coverage = slice_coverage(sct, inputs.mr_grid, tolerance_mm=0.01 * min(inputs.mr_grid.spacing_mm))
+        measured["slice_coverage"] = {"mr_slices": coverage.mr_slice_count, "sct_slices": coverage.sct_slice_count,
+                                      "mr_slices_without_sct": list(coverage.mr_slices_without_sct),
+                                      "max_offset_mm": coverage.max_offset_mm,
+                                      "in_plane_grid_matches": coverage.in_plane_grid_matches}
+        missing = len(coverage.mr_slices_without_sct) + (0 if coverage.in_plane_grid_matches else coverage.mr_slice_count)
+        checks.append(judge("slice_coverage", missing, thresholds.slice_coverage_missing_slices,
+                            "MR slices without an sCT slice at the same position and in-plane grid"))
     truncation = field_of_view_truncation(body)
-    measured["field_of_view"] = {"truncated_slices": truncation.truncated_slice_count,
+    measured["field_of_view"] = {"truncated_slices": list(truncation.truncated_slices),
                                  "max_border_fraction": truncation.max_border_fraction}
+    checks.append(judge("field_of_view", 100.0 * truncation.truncated_slice_fraction,
+                        thresholds.field_of_view_truncated_percent,
+                        "body slices touching the in-plane image border (truncated field of view)"))
 
     if inputs.uncertainty_hu is not None:
         std = inputs.uncertainty_hu.array[body]
@@ -168,6 +188,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
             extent_mm = np.minimum(extent_mm, 60.0)
         plan = template_plan(inputs.site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
                              prescription_gy=inputs.prescription_gy)
+    _require_isocentres_in_image(plan, sct)
     prescription = plan.prescription_gy / max(plan.fractions, 1) if (plan.prescription_gy and not plan.is_template) \
         else inputs.prescription_gy
     zoom = np.asarray(sct.spacing_mm) / max(inputs.dose_grid_mm, min(sct.spacing_mm))
@@ -213,6 +234,18 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
                                 f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
     measured["dvh"] = dvh
     return checks
+
+
+def _require_isocentres_in_image(plan: PhotonPlan, image: Volume) -> None:
+    """A plan whose isocentre lies outside the image belongs to another patient position (or patient)."""
+    upper = np.asarray(image.shape[::-1], dtype=float) - 0.5
+    for beam in plan.beams:
+        for point in beam.control_points:
+            index = image.patient_to_index(np.asarray(point.isocentre_mm, dtype=float))
+            if np.any(index < -0.5) or np.any(index > upper):
+                shown = ", ".join(f"{v:.1f}" for v in point.isocentre_mm)
+                raise DosimetryError(f"plan {plan.label!r}: beam {beam.name} isocentre ({shown}) mm lies outside the "
+                                     "image: the plan does not belong to this image's position")
 
 
 def _bulk(sct: Volume, body: np.ndarray) -> Volume:

@@ -21,6 +21,7 @@ DICOM PS3.3 C.8.8.5 (Structure Set), C.8.8.6 (ROI Contour); C.8.8.6.3
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ class StructureMask:
 
 
 def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_reference_uid: str | None = None,
-                    referenced_series_uid: str | None = None, names: list[str] | None = None,
+                    referenced_series_uid: str | Collection[str] | None = None, names: list[str] | None = None,
                     allow_empty: bool = False) -> list[StructureMask]:
     """Rasterise the ROIs of an RT Structure Set on ``grid``.
 
@@ -80,8 +81,8 @@ def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_re
         Target grid (only its geometry is used).
     frame_of_reference_uid : str or None
         When given, the structure set must be in this Frame of Reference.
-    referenced_series_uid : str or None
-        When given, the structure set must reference this image series.
+    referenced_series_uid : str, collection of str, or None
+        When given, the structure set must reference this image series (or one of these).
     names : list of str or None
         ROIs to read (by name); None reads all.
     allow_empty : bool
@@ -109,9 +110,10 @@ def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_re
     if referenced_series_uid is not None:
         series = {str(s.SeriesInstanceUID) for f in dataset.get("ReferencedFrameOfReferenceSequence", [])
                   for st in f.get("RTReferencedStudySequence", []) for s in st.get("RTReferencedSeriesSequence", [])}
-        if referenced_series_uid not in series:
-            raise StructureError(f"{where}: structures reference series {', '.join(sorted(series)) or '(none)'}, "
-                                 f"not {referenced_series_uid}")
+        accepted = {referenced_series_uid} if isinstance(referenced_series_uid, str) else set(referenced_series_uid)
+        if not series & accepted:
+            raise StructureError(f"{where}: structures were drawn on series {', '.join(sorted(series)) or '(none)'}, "
+                                 f"not on {' or '.join(sorted(accepted))}")
     contours_of = {int(item.ReferencedROINumber): item for item in dataset.get("ROIContourSequence", [])}
     types = {int(item.ReferencedROINumber): str(item.get("RTROIInterpretedType", "") or "")
              for item in dataset.get("RTROIObservationsSequence", [])}

@@ -149,6 +149,13 @@ class QaThresholds:
         40.0, 80.0, False, "HU", "soft tissue about 0-60 HU (Schneider et al. 2000); mean deviation from 30 HU")
     uncertainty_fraction_percent: Limit = _limit(
         5.0, 15.0, False, "% of body voxels", "share of the body where the model's ensemble disagrees")
+    slice_coverage_missing_slices: Limit = _limit(
+        0.0, 0.0, False, "slices", "the sCT must have every MR slice at the MR's position (planning uses the MR's "
+                                   "geometry; a missing slice is missing anatomy)")
+    field_of_view_truncated_percent: Limit = _limit(
+        0.0, 50.0, False, "% of body slices",
+        "body touching the in-plane image border: tissue outside the field of view is missing from the sCT, so "
+        "depths of lateral beams are too short")
     out_of_range_fraction_percent: Limit = _limit(
         0.0, 0.1, False, "% of voxels", "values outside [-1024, 3071] HU are invalid")
 

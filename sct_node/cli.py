@@ -355,21 +355,27 @@ def _run_qa(args: argparse.Namespace) -> int:
 
     sct = read_series([args.sct], sop_classes=[CT_IMAGE_STORAGE])
     frame = sct.frame_of_reference_uid
-    mr_mask = None
+    mr = mr_mask = None
+    drawn_on = {sct.series_instance_uid}  # the series a structure set may have been drawn on
     if args.mr:
         mr = read_series([args.mr])
-        if not mr.volume.same_grid(sct.volume):
-            raise InputError(f"{args.mr}: the MR grid differs from the sCT's; the sCT must be slice for slice")
-        mr_mask = body_mask_from_mr(mr.volume)
+        if mr.frame_of_reference_uid != frame:
+            raise InputError(f"{args.mr}: the MR is in another frame of reference than the sCT; it is not its source")
+        drawn_on.add(mr.series_instance_uid)
+        if mr.volume.same_grid(sct.volume):
+            mr_mask = body_mask_from_mr(mr.volume)
+        else:  # judged (and failed) by the slice-coverage check; the outline cannot be compared
+            logger.warning("%s: the MR grid differs from the sCT's; the body outline is not compared", args.mr)
     reference = None
     if args.reference_ct:
         reference = read_series([args.reference_ct], sop_classes=[CT_IMAGE_STORAGE])
         if reference.frame_of_reference_uid != frame or not reference.volume.same_grid(sct.volume):
             raise InputError(f"{args.reference_ct}: the reference CT must share the sCT's frame of reference and "
                              "grid (resample it onto the MR first)")
+        drawn_on.add(reference.series_instance_uid)
     plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
-                                       allow_empty=True)) if args.structures else ()
+                                       referenced_series_uid=drawn_on, allow_empty=True)) if args.structures else ()
     for empty in (s for s in structures if not s.mask.any()):
         logger.warning("structure %s has no voxel on the sCT grid; it is left out of the DVH comparison", empty.name)
     structures = tuple(s for s in structures if s.mask.any())
@@ -381,7 +387,7 @@ def _run_qa(args: argparse.Namespace) -> int:
             thresholds = thresholds_from_mapping(tomllib.loads(args.thresholds.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise InputError(f"{args.thresholds}: cannot read QA thresholds ({error})") from None
-    result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask,
+    result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
                              reference_ct=reference.volume if reference else None, plan=plan,
                              structures=structures, compute_dose=not args.no_dose), thresholds)
     path = write_qa(result, args.output)

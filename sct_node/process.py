@@ -7,6 +7,7 @@ for a model. Models are loaded once per name and shared.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -85,7 +86,7 @@ class JobProcessor:
             if run_qa_here:
                 t0 = time.perf_counter()
                 references = self._reference_data(series)
-                verdict = self._qa(result, site, with_dose, overrides, output_dir / "qa", references)
+                verdict = self._qa(result, series.volume, site, with_dose, overrides, output_dir / "qa", references)
                 timings["qa_s"] = time.perf_counter() - t0
                 timings["qa_verdict"] = verdict
         except (SctNodeError, ModelsError) as error:
@@ -109,7 +110,6 @@ class JobProcessor:
         set-up: CT resampled onto the MR); anything unusable is logged and left out, and the QA falls back to
         the template plan and the bulk-density reference.
         """
-        from dosimetry.errors import DosimetryError
         from dosimetry.plans import read_rt_plan
         from dosimetry.structures import read_structures
         from sct_node.dicom.uids import CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE
@@ -124,27 +124,29 @@ class JobProcessor:
         plans = [r.path for r in candidates if r.sop_class_uid == rt_plan_storage]
         structure_sets = [r.path for r in candidates if r.sop_class_uid == RT_STRUCTURE_SET_STORAGE]
         ct_files = [r.path for r in candidates if r.sop_class_uid == CT_IMAGE_STORAGE]
-        try:
-            if plans:
-                found["plan"] = read_rt_plan(plans[-1], frame_of_reference_uid=frame)
-            if structure_sets:
-                found["structures"] = tuple(s for s in read_structures(
-                    structure_sets[-1], series.volume, frame_of_reference_uid=frame, allow_empty=True) if s.mask.any())
-            if ct_files:
+        # Each kind is read on its own: an unusable plan must not cost the structures, and so on.
+        drawn_on = {series.series_instance_uid}
+        if ct_files:
+            with _unusable("the reference CT"):
                 ct = read_series(ct_files, sop_classes=[CT_IMAGE_STORAGE])
+                drawn_on.add(ct.series_instance_uid)
                 if ct.volume.same_grid(series.volume):
                     found["reference_ct"] = ct.volume
                 else:
                     logger.info("a CT in the MR's frame of reference was received but is not on the MR's grid; "
                                 "the QA compares with the bulk-density sCT instead")
-        except (DosimetryError, SctNodeError) as error:
-            logger.warning("reference data for the QA not used: %s", error)
-        except Exception:  # unusable reference data must never cost the sCT
-            logger.exception("reference data for the QA could not be read; the QA runs without it")
+        if plans:
+            with _unusable("the RT Plan"):
+                found["plan"] = read_rt_plan(plans[-1], frame_of_reference_uid=frame)
+        if structure_sets:
+            with _unusable("the RT Structure Set"):
+                found["structures"] = tuple(s for s in read_structures(
+                    structure_sets[-1], series.volume, frame_of_reference_uid=frame, referenced_series_uid=drawn_on,
+                    allow_empty=True) if s.mask.any())
         return found
 
     @staticmethod
-    def _qa(result, site: str, with_dose: bool, overrides: dict, folder: Path, references: dict) -> str:
+    def _qa(result, mr_grid, site: str, with_dose: bool, overrides: dict, folder: Path, references: dict) -> str:
         """Dosimetric QA of the sCT (dosimetry.qa); the verdict is recorded, the sCT is delivered either way.
 
         A QA that cannot run (e.g. no bone to place a template plan on) is recorded as ERROR in the job's
@@ -156,7 +158,7 @@ class JobProcessor:
 
         try:
             qa = run_qa(QaInputs(sct=result.hu, site=site, mr_body_mask=result.body_mask,
-                                 uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose,
+                                 mr_grid=mr_grid, uncertainty_hu=result.uncertainty_hu, compute_dose=with_dose,
                                  plan=references.get("plan"), structures=references.get("structures", ()),
                                  reference_ct=references.get("reference_ct")),
                         thresholds_from_mapping(overrides))
@@ -168,3 +170,16 @@ class JobProcessor:
             return "ERROR"
         write_qa(qa, folder)
         return qa.verdict.value
+
+
+@contextlib.contextmanager
+def _unusable(what: str):
+    """Log and swallow the failure to read one piece of QA reference data: the QA runs without it."""
+    from dosimetry.errors import DosimetryError
+
+    try:
+        yield
+    except (DosimetryError, SctNodeError) as error:
+        logger.warning("%s routed for the QA is not used: %s", what, error)
+    except Exception:  # unusable reference data must never cost the sCT
+        logger.exception("%s routed for the QA could not be read; the QA runs without it", what)

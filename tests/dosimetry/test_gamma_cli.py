@@ -15,17 +15,18 @@ from sct_node.cli import EXIT_INPUT, EXIT_OK, main
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
-def _rt_dose(path: Path, dose_gy: np.ndarray, frame: str = "1.2.3", offsets_absolute: bool = False) -> Path:
+def _rt_dose(path: Path, dose_gy: np.ndarray, frame: str = "1.2.3", offsets_absolute: bool = False,
+             position=(-50.0, -40.0, 100.0)) -> Path:
     """An RT Dose (Gy) on a 2.5 mm grid, frames along +z."""
     dataset = pydicom.dcmread(TEST_FILES / "rtdose.dcm")
     nz, ny, nx = dose_gy.shape
     scaling = float(dose_gy.max()) / 60000
     dataset.Rows, dataset.Columns, dataset.NumberOfFrames = ny, nx, nz
     dataset.PixelSpacing = [2.5, 2.5]
-    dataset.ImagePositionPatient = [-50.0, -40.0, 100.0]
+    dataset.ImagePositionPatient = list(position)
     dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     offsets = np.arange(nz) * 2.5
-    dataset.GridFrameOffsetVector = list(offsets + (100.0 if offsets_absolute else 0.0))
+    dataset.GridFrameOffsetVector = list(offsets + (position[2] if offsets_absolute else 0.0))
     dataset.DoseUnits, dataset.DoseGridScaling, dataset.FrameOfReferenceUID = "GY", scaling, frame
     dataset.BitsAllocated = dataset.BitsStored = 16
     dataset.HighBit = 15
@@ -73,3 +74,12 @@ def test_gamma_refuses_different_frames_of_reference(tmp_path, capsys):
     other = _rt_dose(tmp_path / "other.dcm", _field(), frame="9.9.9")
     assert main(["gamma", str(reference), str(other), "--dose-percent", "2", "--distance-mm", "2"]) == EXIT_INPUT
     assert "frame of reference 9.9.9" in capsys.readouterr().err
+
+
+def test_gamma_refuses_dose_grids_that_do_not_overlap(tmp_path, capsys):
+    reference = _rt_dose(tmp_path / "ref.dcm", _field())
+    # Same frame, but the second grid lies 500 mm further along z (e.g. exported for another isocentre).
+    elsewhere = _rt_dose(tmp_path / "elsewhere.dcm", _field(), position=(-50.0, -40.0, 600.0))
+    assert main(["gamma", str(reference), str(elsewhere), "--dose-percent", "2", "--distance-mm", "2"]) == EXIT_INPUT
+    error = capsys.readouterr().err
+    assert "does not overlap the reference grid" in error and "along z" in error

@@ -8,11 +8,14 @@ import numpy as np
 import pydicom
 import pytest
 
+from dosimetry.errors import DosimetryError
+from dosimetry.plans import template_plan
 from dosimetry.qa import QaInputs, run_qa
 from dosimetry.structures import StructureMask
 from dosimetry.verdict import Verdict
 from models.phantoms import Tissue, generate_phantom
-from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
+from models.volume import Volume
+from sct_node.cli import EXIT_INPUT, EXIT_OK, EXIT_QA_FAIL, main
 from sct_node.dicom.phantom_writer import write_phantom_dicom
 
 
@@ -77,3 +80,48 @@ def test_qa_cli_writes_qa_json_and_signals_fail(phantom, tmp_path, capsys):
     assert main(["qa", "--sct", str(broken), "--structures", str(written.rtstruct_path), "--no-dose",
                  "--output", str(tmp_path / "qa-broken")]) == EXIT_QA_FAIL
     assert "QA FAIL" in capsys.readouterr().out
+
+
+def test_slice_coverage_and_field_of_view_are_judged(phantom):
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    same = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, mr_grid=ct, compute_dose=False))
+    checks = {c.name: c for c in same.checks}
+    assert checks["slice_coverage"].verdict == Verdict.PASS and checks["slice_coverage"].value == 0
+    assert checks["field_of_view"].verdict == Verdict.PASS
+    # An MR with two more slices than the sCT: the sCT is missing anatomy.
+    longer = Volume(np.zeros((ct.shape[0] + 2, *ct.shape[1:])), ct.spacing_mm, ct.origin_mm, ct.direction)
+    missing = run_qa(QaInputs(sct=ct, mr_grid=longer, compute_dose=False))
+    coverage = {c.name: c for c in missing.checks}["slice_coverage"]
+    assert coverage.verdict == Verdict.FAIL and coverage.value == 2
+    assert missing.measurements["slice_coverage"]["mr_slices_without_sct"] == [ct.shape[0], ct.shape[0] + 1]
+    # Cutting the image through the body in-plane truncates every body slice.
+    rows = np.flatnonzero(phantom.body_mask.any(axis=(0, 2)))
+    top, bottom = rows[0] + 4, rows[-1] - 4  # four rows inside the body at both ends
+    cropped = Volume(ct.array[:, top:bottom, :], ct.spacing_mm, ct.index_to_patient(np.array([0.0, top, 0.0])),
+                     ct.direction)
+    truncated = run_qa(QaInputs(sct=cropped, compute_dose=False))
+    field = {c.name: c for c in truncated.checks}["field_of_view"]
+    assert field.verdict == Verdict.FAIL and field.value > 50
+
+
+def test_a_plan_whose_isocentre_is_outside_the_image_is_refused(phantom):
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    far = tuple(float(v) for v in ct.index_to_patient(np.array([0.0, 0.0, ct.shape[0] + 40.0])))
+    with pytest.raises(DosimetryError, match="isocentre .* lies outside the image"):
+        run_qa(QaInputs(sct=ct, plan=template_plan("pelvis", far, (50.0, 50.0, 50.0))))
+
+
+def test_qa_cli_refuses_structures_drawn_on_another_series(phantom, tmp_path, capsys):
+    written = write_phantom_dicom(phantom, "qa-series", tmp_path / "dicom")
+    other = pydicom.dcmread(written.rtstruct_path)
+    for frame in other.ReferencedFrameOfReferenceSequence:
+        for study in frame.RTReferencedStudySequence:
+            for series in study.RTReferencedSeriesSequence:
+                series.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.999"
+    other.save_as(tmp_path / "other-series.dcm")
+    assert main(["qa", "--sct", str(written.ct_dir), "--structures", str(tmp_path / "other-series.dcm"),
+                 "--no-dose", "--output", str(tmp_path / "qa")]) == EXIT_INPUT
+    assert "drawn on series 1.2.826.0.1.3680043.2.1125.999" in capsys.readouterr().err
+    # The phantom's own structure set (drawn on its CT) is accepted.
+    assert main(["qa", "--sct", str(written.ct_dir), "--structures", str(written.rtstruct_path),
+                 "--no-dose", "--output", str(tmp_path / "qa-ok")]) in (EXIT_OK, EXIT_QA_FAIL)

@@ -47,7 +47,7 @@ def test_refusals_name_the_problem(phantom_case, tmp_path):
     phantom, written = phantom_case
     with pytest.raises(StructureError, match="frame of reference .* not the image's 1.2.3"):
         read_structures(written.rtstruct_path, phantom.ct_hu, frame_of_reference_uid="1.2.3")
-    with pytest.raises(StructureError, match="reference series .* not 9.9"):
+    with pytest.raises(StructureError, match="drawn on series .* not on 9.9"):
         read_structures(written.rtstruct_path, phantom.ct_hu, referenced_series_uid="9.9")
     with pytest.raises(StructureError, match="no ROI named LIVER"):
         read_structures(written.rtstruct_path, phantom.ct_hu, names=["LIVER"])
