@@ -56,6 +56,8 @@ BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
 #: The soft-tissue mean is judged by its distance from this typical value (muscle/organs 20-60 HU).
 SOFT_TISSUE_EXPECTED_HU = 30.0
+#: Dose points of each DVH curve kept for the report (0 to 102 % of the highest dose).
+DVH_CURVE_POINTS = 201
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,10 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
                                                     for t in metrics.per_tissue}}
         checks.append(judge("mae_body", metrics.mae_hu, thresholds.mae_body_hu, "MAE inside the body vs the real CT"))
 
-    arrays: dict = {}
+    # What the report draws besides the dose: the outline the checks used and the uncertainty map.
+    arrays: dict = {"body_mask": body}
+    if inputs.uncertainty_hu is not None:
+        arrays["uncertainty_hu"] = inputs.uncertainty_hu.array.astype(np.float32)
     if inputs.compute_dose:
         checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
     verdict, reasons = overall(checks)
@@ -206,25 +211,35 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
     dose_reference = dose_reference.with_array(dose_reference.array * scale)
     gamma = gamma_volumes(dose_reference, dose_sct, 2.0, 2.0, lower_percent_dose_cutoff=10.0, max_gamma=2.0)
     difference = dose_sct.array - dose_reference.array
-    measured["dose"] = {"plan": plan.label, "template": plan.is_template, "reference": reference_name,
+    measured["dose"] = {"plan": plan.label, "template": plan.is_template, "plan_sop_instance_uid": plan.sop_instance_uid,
+                        "plan_definition": plan.as_dict(), "reference": reference_name,
                         "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
                         "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
                         "max_abs_difference_percent": float(np.abs(difference[body_grid]).max() / prescription * 100)}
     arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array,
                   dose_difference_gy=difference, dose_difference_percent=difference / prescription * 100.0,
                   gamma=gamma.gamma,
-                  dose_grid_spacing_mm=np.asarray(grid.spacing_mm), dose_grid_origin_mm=np.asarray(grid.origin_mm))
+                  dose_grid_spacing_mm=np.asarray(grid.spacing_mm), dose_grid_origin_mm=np.asarray(grid.origin_mm),
+                  dose_grid_direction=np.asarray(grid.direction))
     checks = [judge("gamma", gamma.pass_rate_percent, thresholds.gamma_pass_rate_percent,
                     f"gamma 2%/2 mm pass rate, sCT vs {reference_name}")]
     dvh: dict = {}
+    curves: list = []
+    top = max(float(dose_sct.array.max()), float(dose_reference.array.max()), 1e-9) * 1.02
+    bins = np.linspace(0.0, top, DVH_CURVE_POINTS)
     for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
                                     ("organ", organs, thresholds.oar_dvh_difference_percent)):
         for structure in structures:
             mask = _resample_mask(structure.mask, zoom, grid.shape)
             if not mask.any():
                 continue
-            reference_metrics = dvh_metrics(cumulative_dvh(dose_reference, mask, structure.name), prescription)
-            sct_metrics = dvh_metrics(cumulative_dvh(dose_sct, mask, structure.name), prescription)
+            reference_dvh = cumulative_dvh(dose_reference, mask, structure.name)
+            sct_dvh = cumulative_dvh(dose_sct, mask, structure.name)
+            reference_metrics, sct_metrics = dvh_metrics(reference_dvh, prescription), dvh_metrics(sct_dvh, prescription)
+            key = f"dvh_curve_{len(curves)}"
+            arrays[key] = np.stack([bins, [reference_dvh.volume_percent_at_dose(d) for d in bins],
+                                    [sct_dvh.volume_percent_at_dose(d) for d in bins]])  # Gy, % volume, % volume
+            curves.append({"structure": structure.name, "role": role, "array": key})
             comparison = compare_dvh_metrics(reference_metrics, sct_metrics)
             worst = max(comparison.dose_differences, key=lambda d: abs(d.difference_percent_of_prescription))
             dvh[structure.name] = {d.name: {"reference_gy": d.reference_gy, "sct_gy": d.evaluated_gy,
@@ -233,6 +248,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
             checks.append(judge(f"dvh_{structure.name}", abs(worst.difference_percent_of_prescription), limit,
                                 f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
     measured["dvh"] = dvh
+    measured["dvh_curves"] = curves
     return checks
 
 
@@ -276,15 +292,26 @@ def _resample_mask(mask: np.ndarray, zoom_xyz: np.ndarray, shape: tuple[int, int
     return resampled[: shape[0], : shape[1], : shape[2]]
 
 
-def write_qa(result: QaResult, output_dir: Path) -> Path:
-    """Write ``qa.json`` (and ``qa_arrays.npz`` with the dose and gamma grids) into ``output_dir``."""
+def write_qa(result: QaResult, output_dir: Path, context: dict | None = None) -> Path:
+    """Write ``qa.json`` (and ``qa_arrays.npz`` with the outline, dose, gamma and DVH arrays) into ``output_dir``.
+
+    Parameters
+    ----------
+    context : dict or None
+        What the caller knows and the QA does not (input paths, model card, software version, date);
+        stored under ``"context"`` so a report can be rebuilt from the folder alone.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if result.arrays:
-        np.savez_compressed(output_dir / "qa_arrays.npz", **result.arrays)
+        arrays_path = output_dir / "qa_arrays.npz"
+        temporary_arrays = output_dir / "qa_arrays.tmp.npz"
+        np.savez_compressed(temporary_arrays, **result.arrays)
+        temporary_arrays.replace(arrays_path)
     path = output_dir / "qa.json"
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result.as_dict(), indent=2, default=_json_default))
+    content = result.as_dict() | ({"context": context} if context else {})
+    temporary.write_text(json.dumps(content, indent=2, default=_json_default))
     temporary.replace(path)
     return path
 

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("job", type=_positive_int, help="job ID (see sct-node status)")
     retry.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
     retry.set_defaults(handler=_run_retry)
+    release = commands.add_parser(
+        "release", parents=[common], help="deliver an sCT that was held back after a QA FAIL",
+        description="A route with on_qa_fail = \"hold\" keeps a failed sCT (and its RT objects) back and delivers "
+                    "only the QA report. After review, release delivers the sCT, marked QA FAIL, with everything else.")
+    release.add_argument("job", type=_positive_int, help="job ID (see sct-node status)")
+    release.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
+    release.set_defaults(handler=_run_release)
 
     qa = commands.add_parser(
         "qa", parents=[common], help="dosimetric QA of a synthetic CT",
@@ -121,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--output", "-o", type=Path, required=True, help="folder for qa.json")
     qa.add_argument("--json", action="store_true", help="print qa.json on stdout")
     qa.set_defaults(handler=_run_qa)
+
+    report = commands.add_parser(
+        "report", parents=[common], help="build the QA report bundle from a QA folder",
+        description="Rebuild the bundle that goes with an sCT — PDF report, Encapsulated PDF, Structured Report, "
+                    "RT Structure Set, and the QA dose as RT Dose (with the template RT Plan) — from qa.json and "
+                    "qa_arrays.npz, without running the model or the QA again. The output folder also gets a copy "
+                    "of the sCT series, so it holds the whole bundle (send it with any storescu).")
+    report.add_argument("--qa", type=Path, required=True, help="folder with qa.json (from `qa` or a node job)")
+    report.add_argument("--output", "-o", type=Path, required=True, help="folder for the bundle")
+    report.add_argument("--no-rt-dose", action="store_true", help="leave out the RT Dose and RT Plan")
+    report.set_defaults(handler=_run_report)
 
     gamma = commands.add_parser(
         "gamma", parents=[common], help="gamma index of two RT Dose files",
@@ -350,6 +368,7 @@ def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
     from models.body_mask import body_mask_from_mr
     from sct_node.dicom.reader import read_series
+    from sct_node.report.context import qa_context
     from sct_node.dicom.uids import CT_IMAGE_STORAGE
     from sct_node.errors import InputError
 
@@ -390,7 +409,12 @@ def _run_qa(args: argparse.Namespace) -> int:
     result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
                              reference_ct=reference.volume if reference else None, plan=plan,
                              structures=structures, compute_dose=not args.no_dose), thresholds)
-    path = write_qa(result, args.output)
+    context = qa_context(sct_dir=args.sct, model_card=None, mr_files=mr.files if mr else (),
+                         mr_series_uid=mr.series_instance_uid if mr else "",
+                         mr_series_description=str(mr.header.get("SeriesDescription", "") or "") if mr else "",
+                         reference_ct_files=reference.files if reference else (), structures_file=args.structures,
+                         plan_file=args.plan, site=args.site)
+    path = write_qa(result, args.output, context)
     if args.json:
         print(path.read_text())
     else:
@@ -398,6 +422,31 @@ def _run_qa(args: argparse.Namespace) -> int:
         for reason in result.reasons:
             print(f"  - {reason}")
     return EXIT_QA_FAIL if result.verdict == Verdict.FAIL else EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from sct_node.report.bundle import build_bundle
+
+    bundle = build_bundle(args.qa, args.output, rt_dose=not args.no_rt_dose, copy_sct=True)
+    print(f"QA {bundle.verdict}: report {bundle.pdf}")
+    for path in (*bundle.rt_files, *bundle.report_files):
+        print(f"  {path}")
+    return EXIT_OK
+
+
+def _run_release(args: argparse.Namespace) -> int:
+    from sct_node.qa_stage import release_held
+
+    from sct_node.errors import SctNodeError
+
+    state = _open_state(args.config)
+    job = state.job(args.job)
+    if job.state != "held":
+        raise SctNodeError(f"job {args.job} is {job.state}, not held; only held jobs can be released")
+    moved = release_held(job.output_dir) if job.output_dir else 0
+    new_state = state.release_job(args.job)
+    print(f"job {args.job}: {new_state} ({moved} held file(s) released)")
+    return EXIT_OK
 
 
 def _run_gamma(args: argparse.Namespace) -> int:

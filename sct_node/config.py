@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -113,6 +113,12 @@ class RouteConfig(_Strict):
     qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")
     qa_thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="override QA limits: {check: {pass_limit, fail_limit}} (docs/qa.md)")
+    qa_report: bool = Field(True, description="build and deliver the QA report bundle: PDF (as Encapsulated PDF), "
+                                              "Structured Report, RT Structure Set on the sCT")
+    qa_rt_dose: bool = Field(True, description="add the QA dose on the sCT as RT Dose (and the template RT Plan)")
+    on_qa_fail: Literal["deliver", "hold"] = Field(
+        "deliver", description="after a QA FAIL: deliver the sCT marked 'QA FAIL' with its report, or hold it back "
+                               "and deliver only the report until `sct-node release JOB`")
 
     @field_validator("qa_thresholds")
     @classmethod

@@ -24,6 +24,7 @@ from pynetdicom.presentation import build_context
 from sct_node.config import DestinationConfig, DispatchConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
+from sct_node.qa_stage import HELD_DIR
 from sct_node.receive import set_tcp_nodelay
 from sct_node.state import Delivery, StateStore
 from sct_node.tls import client_context
@@ -42,9 +43,11 @@ class DeliveryError(Exception):
 
 
 def ordered_outputs(output_dir: Path) -> list[Path]:
-    """Every DICOM file under a job's output folder, in delivery order."""
+    """Every DICOM file under a job's output folder, in delivery order, except what is held back (``held/``)."""
     files = []
     for path in sorted(Path(output_dir).rglob("*.dcm")):
+        if HELD_DIR in path.relative_to(output_dir).parts[:1]:
+            continue
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "InstanceNumber"])
         files.append((_ORDER.get(str(header.get("Modality", "")), 9), int(header.get("InstanceNumber", 0) or 0),
                       path))

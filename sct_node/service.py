@@ -46,10 +46,7 @@ class Node:
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self.scp = StorageSCP(config.network, config.storage, self.state, on_stored=None)
         routes = {route.name: route for route in config.routes}
-        self.processor = JobProcessor(
-            self.state, lambda name: routes[name].destinations if name in routes else (),
-            lambda name: (routes[name].qa, routes[name].qa_site, routes[name].qa_dose, routes[name].qa_thresholds)
-            if name in routes else (False, "pelvis", False, {}))
+        self.processor = JobProcessor(self.state, routes.get)
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
         self._threads: list[threading.Thread] = []
@@ -79,12 +76,12 @@ class Node:
         self.state.close()
 
     def wait_for_job(self, timeout_s: float, poll_interval_s: float = 0.1):
-        """Wait until the newest job is done or failed; returns it (or the newest unfinished one, or None)."""
+        """Wait until the newest job is done, held or failed; returns it (or the newest unfinished one, or None)."""
         deadline = time.monotonic() + timeout_s
         while True:
             jobs = self.state.jobs(limit=1)
             job = jobs[0] if jobs else None
-            if (job is not None and job.state in ("done", "failed")) or time.monotonic() >= deadline:
+            if (job is not None and job.state in ("done", "failed", "held")) or time.monotonic() >= deadline:
                 return job
             time.sleep(poll_interval_s)
 

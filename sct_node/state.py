@@ -3,8 +3,9 @@
 States (docs/node.md draws the diagram)::
 
     series:   receiving -> queued (a job was made) | unrouted (no rule matched) -> purged
-    job:      complete -> processing -> delivering -> done
+    job:      complete -> processing -> delivering -> done | held (sCT held back after a QA FAIL)
                               \\-> failed (reason)  \\-> failed (reason)   -- `sct-node retry JOB`
+              held -> delivering (everything) -> done                      -- `sct-node release JOB`
     delivery: pending -> done | failed                                     (one per destination)
 
 Every transition is one transaction, and every step a transition starts can be
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     timings TEXT,
+    held TEXT,
     UNIQUE (series_uid, generation, route)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -126,6 +128,8 @@ class Job:
     created_at: float
     updated_at: float
     timings: str | None
+    #: Why part of the outputs is held back (None when nothing is); the job ends ``held`` instead of ``done``.
+    held: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,9 @@ class StateStore:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
+            columns = {row[1] for row in self._connection.execute("PRAGMA table_info(jobs)")}
+            if "held" not in columns:  # a database made before held-back outputs existed
+                self._connection.execute("ALTER TABLE jobs ADD COLUMN held TEXT")
         except sqlite3.Error as error:
             raise SctNodeError(f"cannot open the state database {self.path}: {error}") from error
         self._lock = threading.RLock()
@@ -286,13 +293,18 @@ class StateStore:
             db.execute("UPDATE jobs SET state = 'processing', updated_at = ? WHERE id = ?", (time.time(), row[0]))
         return self.job(row[0])
 
-    def job_processed(self, job_id: int, destinations: tuple[str, ...], timings_json: str) -> None:
-        """Processing finished: deliver to every destination, or finish when there are none."""
+    def job_processed(self, job_id: int, destinations: tuple[str, ...], timings_json: str,
+                      hold_reason: str | None = None) -> None:
+        """Processing finished: deliver to every destination, or finish when there are none.
+
+        With ``hold_reason`` part of the outputs is held back: the job ends ``held`` (not ``done``) once what
+        may be delivered was delivered, keeping the reason, until :meth:`release_job`.
+        """
         now = time.time()
         with self._transaction() as db:
-            state = "delivering" if destinations else "done"
-            db.execute("UPDATE jobs SET state = ?, reason = NULL, timings = ?, updated_at = ? WHERE id = ?",
-                       (state, timings_json, now, job_id))
+            state = "delivering" if destinations else ("held" if hold_reason else "done")
+            db.execute("UPDATE jobs SET state = ?, reason = NULL, held = ?, timings = ?, updated_at = ? WHERE id = ?",
+                       (state, hold_reason, timings_json, now, job_id))
             for name in destinations:
                 db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
                            (job_id, name, now, now))
@@ -319,7 +331,8 @@ class StateStore:
             pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != 'done'",
                                  (job_id,)).fetchone()[0]
             if pending == 0:
-                db.execute("UPDATE jobs SET state = 'done', reason = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+                db.execute("UPDATE jobs SET state = CASE WHEN held IS NULL THEN 'done' ELSE 'held' END, reason = NULL, "
+                           "updated_at = ? WHERE id = ?", (now, job_id))
 
     def delivery_failed(self, job_id: int, destination: str, error: str, next_attempt_at: float | None) -> None:
         """Record a failed attempt; ``next_attempt_at=None`` means no attempts are left."""
@@ -351,6 +364,24 @@ class StateStore:
             db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
                        "WHERE job_id = ? AND state = 'failed'", (now, now, job_id))
             db.execute("UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?", (state, now, job_id))
+        return state
+
+    def release_job(self, job_id: int) -> str:
+        """A held job's outputs are complete again (moved back by the caller): deliver all of them.
+
+        Returns the new state. Raises SctNodeError for an unknown job or one that is not held.
+        """
+        job = self.job(job_id)
+        if job.state != "held":
+            raise SctNodeError(f"job {job_id} is {job.state}, not held; only held jobs can be released")
+        now = time.time()
+        with self._transaction() as db:
+            count = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ?", (job_id,)).fetchone()[0]
+            db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL, "
+                       "updated_at = ? WHERE job_id = ?", (now, now, job_id))
+            state = "delivering" if count else "done"
+            db.execute("UPDATE jobs SET state = ?, reason = NULL, held = NULL, updated_at = ? WHERE id = ?",
+                       (state, now, job_id))
         return state
 
     # --- reading ------------------------------------------------------------------------------------
