@@ -114,7 +114,10 @@ def node_config(workdir: Path, *, tps_port: int | None = None, quiet_period_s: f
         processing=ProcessingConfig(quiet_period_s=quiet_period_s, poll_interval_s=POLL_INTERVAL_S),
         dispatch=DispatchConfig(max_attempts=max_attempts, initial_delay_s=initial_delay_s, max_delay_s=max_delay_s,
                                 timeout_s=10),
-        routes=(RouteConfig(name="mr-to-sct", model="bulk", destinations=tuple(d.name for d in destinations)),),
+        # The node's receive/deliver/recover mechanics, on the sCT alone: the QA and its report bundle are
+        # delivered and checked in test_report_node.py and test_node_qa.py.
+        routes=(RouteConfig(name="mr-to-sct", model="bulk", destinations=tuple(d.name for d in destinations),
+                            qa=False),),
         destinations=destinations,
     )
 

@@ -254,9 +254,11 @@ def test_orthanc_routes_stable_mr_series_to_node_and_stores_the_sct(orthanc_and_
     _wait_for(lambda: node.state.job(job.id).state == "done", 10, "the node to record the delivery", diagnostics)
     assert [(d.destination, d.state) for d in node.state.deliveries(job.id)] == [("pacs", "done")]
 
-    # Orthanc holds, in the MR's study, a CT series marked synthetic, that came from the node by DICOM.
+    # Orthanc holds, in the MR's study, a CT series marked synthetic, that came from the node by DICOM, and the
+    # whole QA bundle beside it: Orthanc accepted every object the node writes.
     study_series = orthanc.get(f"/studies/{study_id}/series")
-    assert sorted(s["MainDicomTags"]["Modality"] for s in study_series) == ["CT", "MR"]
+    assert sorted(s["MainDicomTags"]["Modality"] for s in study_series) == [
+        "CT", "DOC", "MR", "RTDOSE", "RTPLAN", "RTSTRUCT", "SR"]
     for instance_id in ct["Instances"]:
         tags = orthanc.get(f"/instances/{instance_id}/tags")
         assert tags[SYNTHETIC_DATA_TAG]["Value"] == "YES"
