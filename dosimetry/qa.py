@@ -215,6 +215,8 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
                         "plan_definition": plan.as_dict(), "reference": reference_name,
                         "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
                         "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
+                        "gamma_criteria": {"dose_percent": 2.0, "distance_mm": 2.0, "low_dose_cutoff_percent": 10.0,
+                                           "normalisation": "global", "max_gamma": 2.0},
                         "max_abs_difference_percent": float(np.abs(difference[body_grid]).max() / prescription * 100)}
     arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array,
                   dose_difference_gy=difference, dose_difference_percent=difference / prescription * 100.0,

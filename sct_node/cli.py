@@ -491,9 +491,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"MR series sent ({result.instances_sent} instances): {result.mr_dir}")
     print(f"node spool and database:        {result.spool_dir}")
-    print(f"sCT received by the planning system ({result.instances_received} instances): {result.received_dir}")
+    print(f"sCT and QA bundle received by the planning system ({result.instances_received} instances): "
+          f"{result.received_dir}")
     print(f"dosimetric QA: {result.qa_verdict} ({result.qa_json}); the demo's bulk-density model has no bone, "
-          "so the QA is expected to FAIL its bone check")
+          "so the QA is expected to FAIL its bone check, and the Series Descriptions say QA FAIL")
+    print(f"QA report (PDF): {result.qa_report_pdf}")
     print(f"stages (s): phantom {result.phantom_s}, send {result.send_s}, quiet period {result.quiet_period_s}, "
           f"process incl. QA {result.process_s}, deliver {result.deliver_s}; total {result.total_s}")
     return EXIT_OK

@@ -141,6 +141,10 @@ class DestinationConfig(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: TlsConfig | None = None
+    bundle: Literal["all", "images-and-rt", "images"] = Field(
+        "all", description="what this destination gets: the sCT, its RT objects (structures, plan, dose) and the "
+                           "QA report (SR, Encapsulated PDF) = all; the sCT and RT objects = images-and-rt (planning "
+                           "systems that refuse SR or PDF); the sCT only = images")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

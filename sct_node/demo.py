@@ -61,6 +61,7 @@ class DemoResult:
     total_s: float
     qa_verdict: str
     qa_json: str
+    qa_report_pdf: str
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +78,8 @@ class PlanningSystemStandIn:
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
         ae.add_supported_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        for uid in ("1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.88.33",
+        for uid in ("1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.2",
+                    "1.2.840.10008.5.1.4.1.1.88.33",
                     "1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.88.22"):
             ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
@@ -173,6 +175,7 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
             total_s=round(total_s, 2),
             qa_verdict=str(timings.get("qa_verdict", "not run")),
             qa_json=str(Path(job.output_dir) / "qa" / "qa.json") if job.output_dir else "",
+            qa_report_pdf=str(Path(job.output_dir) / "report" / "sct-qa-report.pdf") if job.output_dir else "",
         )
     finally:
         node.stop()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
@@ -42,15 +43,26 @@ class DeliveryError(Exception):
     """A delivery attempt failed; the message says where and why."""
 
 
-def ordered_outputs(output_dir: Path) -> list[Path]:
-    """Every DICOM file under a job's output folder, in delivery order, except what is held back (``held/``)."""
+#: Modalities each ``bundle`` setting of a destination receives.
+_BUNDLE_MODALITIES = {"images": {"CT", "MR"}, "images-and-rt": {"CT", "MR", "RTSTRUCT", "RTPLAN", "RTDOSE"}}
+
+
+def ordered_outputs(output_dir: Path, bundle: str = "all") -> list[Path]:
+    """Every DICOM file under a job's output folder, in delivery order, except what is held back (``held/``).
+
+    ``bundle`` (a destination's setting) leaves out the report (``images-and-rt``) or everything but the
+    images (``images``).
+    """
+    wanted = _BUNDLE_MODALITIES.get(bundle)
     files = []
     for path in sorted(Path(output_dir).rglob("*.dcm")):
         if HELD_DIR in path.relative_to(output_dir).parts[:1]:
             continue
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "InstanceNumber"])
-        files.append((_ORDER.get(str(header.get("Modality", "")), 9), int(header.get("InstanceNumber", 0) or 0),
-                      path))
+        modality = str(header.get("Modality", ""))
+        if wanted is not None and modality not in wanted:
+            continue
+        files.append((_ORDER.get(modality, 9), int(header.get("InstanceNumber", 0) or 0), path))
     return [path for _, _, path in sorted(files)]
 
 
@@ -82,6 +94,13 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
         reason = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted and connected
                   else "could not connect")
         raise DeliveryError(f"association with {where} {reason}")
+    accepted = {str(context.abstract_syntax) for context in assoc.accepted_contexts}
+    refused = sorted({str(h.SOPClassUID) for h in headers} - accepted)
+    if refused:
+        assoc.release()
+        names = ", ".join(UID(uid).name for uid in refused)
+        raise DeliveryError(f"{where} does not accept {names}; nothing was sent. If it cannot store these objects, "
+                            "set the destination's bundle = \"images-and-rt\" (no SR/PDF) or \"images\" (node.toml)")
     try:
         for index, path in enumerate(files):
             status = assoc.send_c_store(path, msg_id=index % 65535 + 1)
@@ -117,7 +136,7 @@ class Dispatcher:
         try:
             if destination is None:
                 raise DeliveryError(f"destination {delivery.destination!r} is no longer configured")
-            files = ordered_outputs(job.output_dir) if job.output_dir else []
+            files = ordered_outputs(job.output_dir, destination.bundle) if job.output_dir else []
             deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
         except (DeliveryError, OSError, RuntimeError, ValueError) as error:
             if attempt >= self.dispatch.max_attempts or destination is None:

@@ -133,3 +133,40 @@ def test_rebuilding_gives_the_same_uids_and_no_rt_dose_when_asked(bundle, tmp_pa
 def test_report_refuses_a_folder_without_qa_json(tmp_path, capsys):
     assert main(["report", "--qa", str(tmp_path), "--output", str(tmp_path / "out")]) == 3
     assert "cannot read the QA result" in capsys.readouterr().err
+
+
+def test_destinations_get_their_part_of_the_bundle_in_order(bundle):
+    from sct_node.dispatch import ordered_outputs
+
+    root, _ = bundle
+    order = ["CT", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "DOC"]
+    everything = [pydicom.dcmread(p, stop_before_pixels=True).Modality for p in ordered_outputs(root / "out")]
+    assert everything == sorted(everything, key=order.index) and set(everything) == set(order)
+    rt = {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in ordered_outputs(root / "out", "images-and-rt")}
+    assert rt == {"CT", "RTSTRUCT", "RTPLAN", "RTDOSE"}
+    images = {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in ordered_outputs(root / "out", "images")}
+    assert images == {"CT"}
+
+
+def test_a_destination_that_refuses_part_of_the_bundle_gets_a_clear_error(bundle):
+    from pynetdicom import AE, evt
+
+    from sct_node.config import DestinationConfig
+    from sct_node.dispatch import DeliveryError, deliver_files, ordered_outputs
+
+    root, _ = bundle
+    scp = AE(ae_title="CT_ONLY")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    stored = []
+    server = scp.start_server(("127.0.0.1", 0), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, lambda event: stored.append(1) or 0x0000)])
+    destination = DestinationConfig(name="ct-only", ae_title="CT_ONLY", host="127.0.0.1",
+                                    port=server.server_address[1])
+    try:
+        with pytest.raises(DeliveryError, match="does not accept .*RT Structure Set Storage.* bundle = "):
+            deliver_files(ordered_outputs(root / "out"), destination, "SCT_NODE", 10)
+        assert stored == []  # refused before anything was sent
+        deliver_files(ordered_outputs(root / "out", "images"), destination, "SCT_NODE", 10)  # the sCT alone goes
+        assert len(stored) == SHAPE_ZYX[0]
+    finally:
+        server.shutdown()
