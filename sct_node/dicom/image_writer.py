@@ -204,3 +204,39 @@ def _ds(value: float) -> str:
     if len(text) > 16:
         text = f"{float(value):.10g}"
     return text
+
+
+def derived_object(sop_class_uid: str, sop_instance_uid: str, source: pydicom.Dataset, *, modality: str,
+                   series_instance_uid: str, series_number_offset: int, series_description: str, date: str,
+                   time: str, frame_of_reference: bool = True) -> pydicom.FileDataset:
+    """A new object in the patient, study (and frame of reference) of ``source``, an sCT instance.
+
+    Fills SOP Common (creation date/time; Synthetic Data YES when the source has it — the attribute is in
+    SOP Common, PS3.3 C.12.1, so every IOD may carry it), Patient and General Study (copied), the series
+    attributes (Series Number = the source's plus ``series_number_offset``), optionally Frame of Reference,
+    and General Equipment. The caller adds the IOD's own modules.
+    """
+    from sct_node import __version__
+
+    dataset = new_dataset(sop_class_uid, sop_instance_uid,
+                          character_set=source.get("SpecificCharacterSet", "ISO_IR 100"))
+    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
+    if source.get("SyntheticData", None) == "YES":
+        dataset.SyntheticData = "YES"  # derived from a synthetic image
+    copy_attributes(source, dataset, PATIENT_KEYWORDS,
+                    required_type2=("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
+    copy_attributes(source, dataset, STUDY_KEYWORDS,
+                    required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
+    dataset.Modality = modality
+    dataset.SeriesInstanceUID = series_instance_uid
+    dataset.SeriesNumber = int(source.get("SeriesNumber", 0) or 0) + series_number_offset
+    dataset.SeriesDate, dataset.SeriesTime = date, time
+    dataset.SeriesDescription = series_description[:64]
+    dataset.OperatorsName = None
+    if frame_of_reference:
+        dataset.FrameOfReferenceUID = source.FrameOfReferenceUID
+        dataset.PositionReferenceIndicator = source.get("PositionReferenceIndicator", None) or None
+    dataset.Manufacturer = "sct-node project"
+    dataset.ManufacturerModelName = "sct-node"
+    dataset.SoftwareVersions = __version__
+    return dataset

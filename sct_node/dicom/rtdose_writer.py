@@ -50,13 +50,9 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from models.volume import Volume
-from sct_node import __version__
 from sct_node.dicom.image_writer import (
-    PATIENT_KEYWORDS,
-    STUDY_KEYWORDS,
-    copy_attributes,
+    derived_object,
     dicom_date_time,
-    new_dataset,
     write_dataset_atomic,
 )
 from sct_node.errors import OutputError
@@ -160,30 +156,10 @@ def write_rt_dose(
     # The frames follow the volume's slice axis; offsets are measured along the normal (row x column).
     frame_step_mm = dose_gy.spacing_mm[2] * float(direction[:, 2] @ normal)
 
-    dataset = new_dataset(RT_DOSE_STORAGE, sop_instance_uid, character_set=first.get("SpecificCharacterSet", "ISO_IR 100"))
-    # SOP Common
-    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
-    if first.get("SyntheticData", None) == "YES":
-        dataset.SyntheticData = "YES"  # computed on a synthetic image
-    # Patient and General Study: the sCT's.
-    copy_attributes(first, dataset, PATIENT_KEYWORDS,
-                    required_type2=("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
-    copy_attributes(first, dataset, STUDY_KEYWORDS,
-                    required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
-    # RT Series
-    dataset.Modality = "RTDOSE"
-    dataset.SeriesInstanceUID = series_instance_uid
-    dataset.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
-    dataset.SeriesDate, dataset.SeriesTime = date, time
-    dataset.SeriesDescription = series_description[:64]
-    dataset.OperatorsName = None
-    # Frame of Reference: the sCT's.
-    dataset.FrameOfReferenceUID = first.FrameOfReferenceUID
-    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", None) or None
-    # General Equipment
-    dataset.Manufacturer = "sct-node project"
-    dataset.ManufacturerModelName = "sct-node"
-    dataset.SoftwareVersions = __version__
+    # SOP Common, Patient, General Study, RT Series, Frame of Reference (the sCT's), General Equipment.
+    dataset = derived_object(RT_DOSE_STORAGE, sop_instance_uid, first, modality="RTDOSE",
+                             series_instance_uid=series_instance_uid, series_number_offset=SERIES_NUMBER_OFFSET,
+                             series_description=series_description, date=date, time=time)
     # General Image
     dataset.InstanceNumber = 1
     dataset.ContentDate, dataset.ContentTime = date, time

@@ -46,13 +46,9 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from dosimetry.plans import ControlPoint, PhotonPlan, PlanBeam
-from sct_node import __version__
 from sct_node.dicom.image_writer import (
-    PATIENT_KEYWORDS,
-    STUDY_KEYWORDS,
-    copy_attributes,
+    derived_object,
     dicom_date_time,
-    new_dataset,
     write_dataset_atomic,
 )
 from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE, derive_uid
@@ -130,31 +126,11 @@ def write_rt_plan(
     _check_plan(plan)
     date, time = dicom_date_time(now or _dt.datetime.now())
 
-    dataset = new_dataset(RT_PLAN_STORAGE, sop_instance_uid,
-                          character_set=first.get("SpecificCharacterSet", "ISO_IR 100"))
-    # SOP Common
-    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
-    if first.get("SyntheticData", None) == "YES":
-        dataset.SyntheticData = "YES"  # placed on a synthetic image (Synthetic Data is in SOP Common, C.12.1)
-    # Patient and General Study: the sCT's.
-    copy_attributes(first, dataset, PATIENT_KEYWORDS,
-                    required_type2=("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
-    copy_attributes(first, dataset, STUDY_KEYWORDS,
-                    required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
-    # RT Series
-    dataset.Modality = "RTPLAN"
-    dataset.SeriesInstanceUID = series_instance_uid
-    dataset.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
-    dataset.SeriesDate, dataset.SeriesTime = date, time
-    dataset.SeriesDescription = series_description[:64]
-    dataset.OperatorsName = None
-    # Frame of Reference: the sCT's, so isocentres are in its patient coordinates.
-    dataset.FrameOfReferenceUID = frame_of_reference_uid
-    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", None) or None
-    # General Equipment
-    dataset.Manufacturer = "sct-node project"
-    dataset.ManufacturerModelName = "sct-node"
-    dataset.SoftwareVersions = __version__
+    # SOP Common, Patient, General Study, RT Series, Frame of Reference (the sCT's, so isocentres are in its
+    # patient coordinates), General Equipment.
+    dataset = derived_object(RT_PLAN_STORAGE, sop_instance_uid, first, modality="RTPLAN",
+                             series_instance_uid=series_instance_uid, series_number_offset=SERIES_NUMBER_OFFSET,
+                             series_description=series_description, date=date, time=time)
     # RT General Plan
     # RT Plan Label is SH (16 characters): a longer label would be cut mid-word, so it goes to the name.
     fallback_label = "QA TEMPLATE" if plan.is_template else "QA PLAN"
