@@ -33,15 +33,7 @@ import pydicom
 from pydicom.sequence import Sequence
 
 from models.volume import Volume
-from sct_node import __version__
-from sct_node.dicom.image_writer import (
-    PATIENT_KEYWORDS,
-    STUDY_KEYWORDS,
-    copy_attributes,
-    dicom_date_time,
-    new_dataset,
-    write_dataset_atomic,
-)
+from sct_node.dicom.image_writer import derived_object, dicom_date_time, write_dataset_atomic
 from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE
 from sct_node.errors import OutputError
 
@@ -174,27 +166,11 @@ def write_rtstruct(
     first = headers[0]
     date, time = dicom_date_time(now or _dt.datetime.now())
 
-    dataset = new_dataset(RT_STRUCTURE_SET_STORAGE, sop_instance_uid,
-                          character_set=first.get("SpecificCharacterSet", "ISO_IR 100"))
-    dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
-    if first.get("SyntheticData", None) == "YES":
-        dataset.SyntheticData = "YES"  # contours drawn on a synthetic image derive from it
-    copy_attributes(first, dataset, PATIENT_KEYWORDS,
-                    required_type2=("PatientName", "PatientID", "PatientBirthDate", "PatientSex"))
-    copy_attributes(first, dataset, STUDY_KEYWORDS,
-                    required_type2=("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"))
-    dataset.Modality = "RTSTRUCT"
-    # Frame of Reference module (part of the RT Structure Set IOD in current editions of PS3.3 A.19).
-    dataset.FrameOfReferenceUID = first.FrameOfReferenceUID
-    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", None) or None
-    dataset.SeriesInstanceUID = series_instance_uid
-    dataset.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 100
-    dataset.SeriesDate, dataset.SeriesTime = date, time
-    dataset.SeriesDescription = series_description[:64]
-    dataset.OperatorsName = None
-    dataset.Manufacturer = "sct-node project"
-    dataset.ManufacturerModelName = "sct-node"
-    dataset.SoftwareVersions = __version__
+    # SOP Common, Patient, General Study, RT Series, Frame of Reference (part of the RT Structure Set IOD in
+    # current editions of PS3.3 A.19), General Equipment.
+    dataset = derived_object(RT_STRUCTURE_SET_STORAGE, sop_instance_uid, first, modality="RTSTRUCT",
+                             series_instance_uid=series_instance_uid, series_number_offset=100,
+                             series_description=series_description, date=date, time=time)
     dataset.InstanceNumber = 1
     dataset.StructureSetLabel = label[:16]
     dataset.StructureSetName = label[:64]
