@@ -350,7 +350,7 @@ def _run_status(args: argparse.Namespace) -> int:
     for j in jobs:
         deliveries = ", ".join(f"{d.destination}:{d.state}({d.attempts})" for d in state.deliveries(j.id))
         print(f"{j.id:>5}  {when(j.updated_at):19}  {j.state:10}  {j.route[:12]:12}  {j.model[:8]:8}  "
-              f"{deliveries}{'  ' + j.reason if j.reason else ''}")
+              f"{deliveries}{'  ' + j.reason if j.reason else ''}{'  ' + j.held if j.held else ''}")
     return EXIT_OK
 
 

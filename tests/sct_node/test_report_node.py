@@ -94,6 +94,8 @@ def test_a_failed_sct_is_held_back_until_released(tmp_path):
         assert job.state == "held", (job.state, job.reason)
         assert sorted(_received_modalities_in_order(scp)) == ["DOC", "SR"]  # the verdict reaches the TPS at once
         assert not (job.output_dir / "sct").exists() and any((job.output_dir / "held" / "sct").glob("*.dcm"))
+        status = run_sct_node("status", "--config", str(config_path))
+        assert "held" in status.stdout and f"sct-node release {job.id}" in status.stdout
         released = run_sct_node("release", str(job.id), "--config", str(config_path))
         assert released.returncode == 0, released.stderr
         assert released.stdout.startswith(f"job {job.id}: delivering")
