@@ -25,7 +25,11 @@ from pathlib import Path
 
 from sct_node.config import RouteConfig
 from sct_node.dicom.reader import ImageSeries, read_series
-from sct_node.dicom.uids import CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE
+from sct_node.dicom.uids import (
+    CT_IMAGE_STORAGE,
+    RT_PLAN_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
+)
 from sct_node.errors import SctNodeError
 from sct_node.state import StateStore
 
@@ -33,7 +37,6 @@ __all__ = ["HELD_DIR", "References", "reference_data", "release_held", "run_qa_s
 
 logger = logging.getLogger(__name__)
 
-RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 #: Sub-folder of a job's outputs that the dispatcher never sends (a held-back sCT and its RT objects).
 HELD_DIR = "held"
 

@@ -47,7 +47,6 @@ import numpy as np
 import pydicom
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import UID
 
 from models.volume import Volume
 from sct_node.dicom.image_writer import (
@@ -55,12 +54,11 @@ from sct_node.dicom.image_writer import (
     dicom_date_time,
     write_dataset_atomic,
 )
+from sct_node.dicom.uids import RT_DOSE_STORAGE, RT_PLAN_STORAGE
 from sct_node.errors import OutputError
 
 __all__ = ["DOSE_COMMENT", "DOSE_SUMMATION_TYPE", "RT_DOSE_STORAGE", "write_rt_dose"]
 
-RT_DOSE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.2")
-RT_PLAN_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.5")
 DOSE_SUMMATION_TYPE = "FRACTION_SESSION"
 #: Dose Comment (LO, at most 64 characters).
 DOSE_COMMENT = "QA dose, sct-node simplified engine - NOT FOR TREATMENT"

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
 
 from dosimetry.plans import ControlPoint, PhotonPlan, PlanBeam
 from sct_node.dicom.image_writer import (
@@ -51,12 +50,11 @@ from sct_node.dicom.image_writer import (
     dicom_date_time,
     write_dataset_atomic,
 )
-from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE, derive_uid
+from sct_node.dicom.uids import RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, derive_uid
 from sct_node.errors import OutputError
 
 __all__ = ["MACHINE_NAME", "RT_PLAN_STORAGE", "write_rt_plan"]
 
-RT_PLAN_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.5")
 #: Treatment Machine Name of every beam: no real machine is meant, and a TPS must not match one.
 MACHINE_NAME = "QA-TEMPLATE"
 #: A plan sorts after the sCT (+0) and its structure set (+100) in a viewer.

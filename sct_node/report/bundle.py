@@ -97,9 +97,8 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     """
     from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
     from sct_node.dicom.qa_sr import write_qa_sr
-    from sct_node.dicom.rtstruct import write_rtstruct
     from sct_node.report.pdf import render_report_pdf
-    from sct_node.report.structures import sct_rois
+    from sct_node.report.structures import sct_rois, write_sct_structures
 
     folder = load_qa_folder(qa_dir)
     data, sct = folder.data, folder.sct
@@ -129,9 +128,9 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
                         float(data.qa["measurements"].get("uncertainty", {}).get("level_hu", 100.0)))
         if rois:
             structure_uid, series_uid = uids("rtstruct")
-            rt_files.append(write_rtstruct(
-                reference_files=sct.files, reference_volume=data.sct, rois=rois, path=rt_dir / "RS.sct.dcm",
-                sop_instance_uid=structure_uid, series_instance_uid=series_uid, label="sCT QA",
+            rt_files.append(write_sct_structures(
+                rois=rois, sct=data.sct, sct_files=sct.files, path=rt_dir / "RS.sct.dcm",
+                sop_instance_uid=structure_uid, series_instance_uid=series_uid,
                 series_description=f"{prefix}sCT structures (sct-node QA)"))
     if rt_dose and data.has_dose:
         rt_files.extend(_dose_objects(folder, headers, rt_dir, uids, prefix, structure_uid))
