@@ -74,17 +74,52 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--input", "-i", type=Path, nargs="+", required=True,
                            help="MR series folder(s) or files")
     translate.add_argument("--output", "-o", type=Path, required=True, help="folder for the sCT series")
-    translate.add_argument("--model", "-m", default="bulk", help="built-in model name or checkpoint (default bulk)")
+    translate.add_argument("--model", "-m", default=None,
+                           help="built-in model (diffusion, unet, bulk) or a checkpoint folder (default diffusion)")
+    _model_options(translate)
     translate.add_argument("--series-uid", help="Series Instance UID to read when the input holds several series")
     translate.add_argument("--echo-time-ms", type=float, help="echo to use from a multi-echo series")
     translate.add_argument("--temporal-position", type=int, help="time point to use from a dynamic series")
     translate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     translate.set_defaults(handler=_run_translate)
 
+    train = commands.add_parser(
+        "train", parents=[common], help="train a model on SynthRAD-layout cases",
+        description="Train an MR -> sCT model on cases in the SynthRAD2023/2025 layout (<case>/mr, ct, mask as "
+                    ".nii.gz or .mha; `sct-node phantom --no-dicom` writes the same). Resumes from the last "
+                    "checkpoint in --output when run again. See docs/models.md.")
+    train.add_argument("--data", type=Path, required=True, help="folder of case folders")
+    train.add_argument("--arch", choices=("diffusion", "unet", "pix2pix", "contourdiff"), default="diffusion")
+    train.add_argument("--output", "-o", type=Path, required=True, help="checkpoint folder")
+    train.add_argument("--steps", type=_positive_int, default=2000, help="optimiser steps (default 2000)")
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--patch-size", type=_positive_int, default=64, help="square patch, pixels (default 64)")
+    train.add_argument("--learning-rate", type=_positive_float, default=2e-4)
+    train.add_argument("--base-channels", type=_positive_int, default=32, help="U-Net width (default 32)")
+    train.add_argument("--context", type=_non_negative_int, default=1, help="neighbouring MR slices per side")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--validate-every", type=_positive_int, default=250)
+    train.add_argument("--checkpoint-every", type=_positive_int, default=250)
+    train.add_argument("--default-steps", type=_positive_int, default=10,
+                       help="DDIM steps the checkpoint uses by default (diffusion; see docs/models.md)")
+    train.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    train.set_defaults(handler=_run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common], help="SynthRAD metrics of a model on cases with a CT",
+        description="MAE inside the mask, PSNR and SSIM (clipped to [-1024, 3000], data range 4024) as SynthRAD "
+                    "defines them, MAE per tissue class and seconds per volume; a table on stdout, JSON with --json-output.")
+    evaluate.add_argument("--data", type=Path, required=True, help="folder of case folders (with ct)")
+    evaluate.add_argument("--model", "-m", required=True, help="built-in model name or checkpoint folder")
+    _model_options(evaluate)
+    evaluate.add_argument("--max-cases", type=_positive_int, help="evaluate at most this many cases")
+    evaluate.add_argument("--json-output", type=Path, help="write the results as JSON here")
+    evaluate.set_defaults(handler=_run_evaluate)
+
     serve = commands.add_parser(
         "serve", parents=[common], help="run the DICOM node",
         description="Run the DICOM node: Storage SCP, router, processors, dispatcher and cleaner. Without --config "
-                    "it runs on embedded defaults (127.0.0.1:11112, AE SCT_NODE, spool ./sct-node-spool, model bulk).",
+                    "it runs on embedded defaults (127.0.0.1:11112, AE SCT_NODE, spool ./sct-node-spool, model diffusion).",
     )
     serve.add_argument("--config", "-c", type=Path, help="node.toml (see deploy/node.toml)")
     serve.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
@@ -252,15 +287,57 @@ def _run_phantom(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=_positive_int, help="DDIM sampling steps (diffusion models; default: the "
+                                                           "checkpoint's, chosen from its quality-vs-steps curve)")
+    parser.add_argument("--ensemble", type=_positive_int, default=1,
+                        help="samples per volume; > 1 gives the mean and an uncertainty map (diffusion models)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def _load_model_from_args(args: argparse.Namespace):
+    from models.registry import DEFAULT_MODEL, load_model
+
+    name = args.model or DEFAULT_MODEL
+    if name == "bulk":
+        return load_model(name)
+    return load_model(name, steps=args.steps, ensemble=args.ensemble, seed=args.seed, device=args.device)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from models.learned.train import TrainConfig, train
+
+    config = TrainConfig(architecture=args.arch, steps=args.steps, batch_size=args.batch_size,
+                         patch_size=args.patch_size, learning_rate=args.learning_rate, context=args.context,
+                         base_channels=args.base_channels, seed=args.seed, validate_every=args.validate_every,
+                         checkpoint_every=args.checkpoint_every, default_steps=args.default_steps)
+    metrics = train(args.data, args.output, config, device=args.device, show_progress=not args.quiet)
+    print(f"{args.arch} checkpoint: {args.output} (validation MAE "
+          f"{metrics.get('validation_mae_hu', float('nan')):.1f} HU at step {metrics.get('step', '?')})")
+    return EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from sct_node.evaluate import evaluate_model, format_table, write_json
+
+    model = _load_model_from_args(args)
+    with _progress("evaluating", args.quiet) as progress:
+        evaluation = evaluate_model(model, args.data, max_cases=args.max_cases, progress=progress)
+    print(format_table(evaluation))
+    if args.json_output:
+        write_json(evaluation, args.json_output)
+    return EXIT_OK
+
+
 def _run_translate(args: argparse.Namespace) -> int:
     import time
 
-    from models.registry import load_model
     from sct_node.dicom.reader import ReaderOptions, read_series
     from sct_node.dicom.sct_writer import write_sct_series
 
     started = time.perf_counter()
-    model = load_model(args.model)
+    model = _load_model_from_args(args)
     options = ReaderOptions(echo_time_ms=args.echo_time_ms, temporal_position=args.temporal_position)
     with _progress("reading MR", args.quiet) as progress:
         series = read_series(args.input, series_instance_uid=args.series_uid, options=options, progress=progress)
@@ -493,8 +570,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"node spool and database:        {result.spool_dir}")
     print(f"sCT and QA bundle received by the planning system ({result.instances_received} instances): "
           f"{result.received_dir}")
-    print(f"dosimetric QA: {result.qa_verdict} ({result.qa_json}); the demo's bulk-density model has no bone, "
-          "so the QA is expected to FAIL its bone check, and the Series Descriptions say QA FAIL")
+    print(f"dosimetric QA: {result.qa_verdict} ({result.qa_json})")
+    if result.qa_json and Path(result.qa_json).exists():
+        for reason in json.loads(Path(result.qa_json).read_text()).get("reasons", []):
+            print(f"  - {reason}")
     print(f"QA report (PDF): {result.qa_report_pdf}")
     print(f"stages (s): phantom {result.phantom_s}, send {result.send_s}, quiet period {result.quiet_period_s}, "
           f"process incl. QA {result.process_s}, deliver {result.deliver_s}; total {result.total_s}")

@@ -106,7 +106,10 @@ class RouteConfig(_Strict):
 
     name: str
     match: SeriesMatch = SeriesMatch()
-    model: str = "bulk"
+    model: str = Field("diffusion", description="built-in model (diffusion, unet, bulk) or a checkpoint folder")
+    model_steps: int | None = Field(None, ge=1, description="DDIM steps of a diffusion model (default: the model's)")
+    model_ensemble: int = Field(1, ge=1, description="samples per volume of a diffusion model; > 1 adds an "
+                                                      "uncertainty map that the QA checks")
     destinations: tuple[str, ...] = ()
     qa: bool = Field(True, description="run the dosimetric QA (qa.json next to the outputs)")
     qa_site: str = Field("pelvis", pattern="^(pelvis|head)$", description="template plan when no RT Plan is known")

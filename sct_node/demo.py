@@ -23,6 +23,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 
 from models.phantoms import generate_phantom
+from models.registry import DEFAULT_MODEL
 from sct_node.config import (
     DestinationConfig,
     DispatchConfig,
@@ -40,6 +41,10 @@ from sct_node.service import Node
 __all__ = ["DemoResult", "PlanningSystemStandIn", "run_demo", "send_series"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Phantom seed of the demo: outside the seeds the bundled weights were trained (0-3) and validated (1000) on.
+DEMO_SEED = 3000
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,8 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
     for previous in ("scanner", "spool", "planning-system"):
         shutil.rmtree(workdir / previous, ignore_errors=True)
     started = time.perf_counter()
-    phantom = generate_phantom(site, 0, shape_zyx=shape_zyx)
-    written = write_phantom_dicom(phantom, f"{site}-0000", workdir / "scanner")
+    phantom = generate_phantom(site, DEMO_SEED, shape_zyx=shape_zyx)
+    written = write_phantom_dicom(phantom, f"{site}-{DEMO_SEED:04d}", workdir / "scanner")
     mr_files = sorted(written.mr_t1_dir.glob("*.dcm"))
     phantom_s = time.perf_counter() - started
 
@@ -148,7 +153,7 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
         storage=StorageConfig(spool_dir=workdir / "spool", min_free_space_mb=100),
         processing=ProcessingConfig(quiet_period_s=quiet_period_s, poll_interval_s=0.2),
         dispatch=DispatchConfig(initial_delay_s=1.0, max_attempts=3),
-        routes=(RouteConfig(name="demo", model="bulk", destinations=("tps",)),),
+        routes=(RouteConfig(name="demo", model=DEFAULT_MODEL, destinations=("tps",)),),
         destinations=(DestinationConfig(name="tps", ae_title=tps.ae_title, host="127.0.0.1", port=tps.port),),
     )
     node = Node(config)

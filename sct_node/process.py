@@ -43,14 +43,18 @@ class JobProcessor:
     def __init__(self, state: StateStore, route_of) -> None:
         self.state = state
         self.route_of = route_of
-        self._models: dict[str, TranslationModel] = {}
+        self._models: dict[tuple, TranslationModel] = {}
         self._models_lock = threading.Lock()
 
-    def model(self, name: str) -> TranslationModel:
+    def model(self, name: str, route=None) -> TranslationModel:
+        """The model of a job, loaded once per (name, sampling settings) and shared by the workers."""
+        options = {} if route is None or name == "bulk" else {"steps": route.model_steps,
+                                                               "ensemble": route.model_ensemble}
+        key = (name, tuple(sorted(options.items())))
         with self._models_lock:
-            if name not in self._models:
-                self._models[name] = load_model(name)
-            return self._models[name]
+            if key not in self._models:
+                self._models[key] = load_model(name, **options)
+            return self._models[key]
 
     def run_one(self) -> bool:
         """Claim and process one job; False when there was none."""
@@ -74,7 +78,7 @@ class JobProcessor:
             series = read_series(images, series_instance_uid=job.series_uid)
             timings["read_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            model = self.model(job.model)
+            model = self.model(job.model, route)
             result = model.translate(series.volume)
             timings["model_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -24,7 +24,7 @@ def test_defaults_run_on_loopback():
     assert config.network.bind_address == "127.0.0.1"
     assert config.network.ae_title == "SCT_NODE"
     assert config.processing.quiet_period_s == 60.0
-    assert config.routes[0].model == "bulk" and config.routes[0].match.modality == ("MR",)
+    assert config.routes[0].model == "diffusion" and config.routes[0].match.modality == ("MR",)  # issue 4: the default
 
 
 def test_the_documented_example_is_valid_and_uses_every_section():

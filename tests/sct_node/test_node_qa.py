@@ -39,7 +39,7 @@ def _run(tmp_path: Path, send_references: bool) -> dict:
     config = NodeConfig(network=NetworkConfig(port=free_port()),
                         storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
                         processing=ProcessingConfig(quiet_period_s=0.5, poll_interval_s=0.1),
-                        routes=(RouteConfig(name="mr", qa_site="pelvis"),))
+                        routes=(RouteConfig(name="mr", model="bulk", qa_site="pelvis"),))
     node = Node(config)
     node.start()
     try:

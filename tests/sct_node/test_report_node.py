@@ -46,7 +46,7 @@ def _config(tmp_path: Path, tps_port: int, on_qa_fail: str) -> NodeConfig:
         storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
         processing=ProcessingConfig(quiet_period_s=0.5, poll_interval_s=0.1),
         dispatch=DispatchConfig(max_attempts=3, initial_delay_s=0.1, max_delay_s=0.2, timeout_s=10),
-        routes=(RouteConfig(name="mr", destinations=("tps",), on_qa_fail=on_qa_fail),),
+        routes=(RouteConfig(name="mr", model="bulk", destinations=("tps",), on_qa_fail=on_qa_fail),),
         destinations=(DestinationConfig(name="tps", ae_title="TPS", host="127.0.0.1", port=tps_port),),
     )
 

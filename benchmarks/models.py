@@ -1,0 +1,162 @@
+"""Every model on held-out phantoms in one run: SynthRAD metrics, seconds per volume, peak memory, steps curve.
+
+Run from the repository root::
+
+    python benchmarks/models.py [--shape 96 256 256] [--cases 1] [--steps-curve 1 2 5 10 20 50 250]
+                                [--checkpoint pix2pix=DIR contourdiff=DIR] [--memory-shape 200 512 512]
+
+Method
+------
+Held-out phantoms (head and pelvis, seeds from 2000 up: never used for the bundled weights, whose
+training seeds are 0-3 and validation seed 1000) at ``--shape`` (default 96 x 256 x 256, the issue's volume).
+Each method runs in its own subprocess on the same machine, one after the other, so its peak resident
+memory (``ru_maxrss``) is its own; times are model-only (``translate``), after loading. Methods: ``bulk``,
+the bundled ``unet`` and ``diffusion`` (its default steps), and any ``--checkpoint NAME=DIR``. Metrics
+are :mod:`sct_node.evaluate`'s (SynthRAD definitions; MAE per tissue class of the real CT).
+
+Then the diffusion model's MAE and time at each ``--steps-curve`` value, and the peak memory of the
+default diffusion model on one ``--memory-shape`` volume (default 200 x 512 x 512) on the CPU.
+
+Targets (issue 4): diffusion body MAE <= U-Net's and bone MAE < U-Net's; MAE at the default steps within
+5 % of the 250-step MAE; <= 60 s per 256 x 256 x 96 volume on this 2-core CPU; < 4 GB peak for
+512 x 512 x 200. The script prints each ratio and says MET or NOT MET.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+HELD_OUT_SEED = 2000
+
+
+def _cases(folder: Path, shape: tuple[int, int, int], count: int) -> Path:
+    from models.phantoms import generate_phantom
+    from models.phantoms.synthrad import write_synthrad_case
+
+    for site in ("head", "pelvis"):
+        for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + count):
+            case = folder / f"{site}-{seed:04d}"
+            if not (case / "mask.mha").exists():
+                write_synthrad_case(generate_phantom(site, seed, shape_zyx=shape), case)
+    return folder
+
+
+def _one(model_name: str, data: Path, steps: int | None) -> dict:
+    """Child process: evaluate one model; report metrics, seconds and peak RSS."""
+    from models.registry import load_model
+    from sct_node.evaluate import evaluate_model
+
+    options = {} if model_name == "bulk" else ({"steps": steps} if steps else {})
+    model = load_model(model_name, **options)
+    evaluation = evaluate_model(model, data)
+    summary = evaluation.summary
+    return {"model": model_name, "identity": model.card.identity, "mae_hu": summary["mae_hu"],
+            "mae_bone_hu": summary["mae_per_tissue_hu"].get("bone"),
+            "mae_soft_tissue_hu": summary["mae_per_tissue_hu"].get("soft_tissue"),
+            "psnr_db": summary["psnr_db"], "ssim": summary["ssim"],
+            "seconds_per_volume": summary["seconds_per_volume"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+
+
+def _memory(model_name: str, shape: tuple[int, int, int]) -> dict:
+    """Child process: translate one large volume; peak RSS above what loading took."""
+    from models.phantoms import generate_phantom
+    from models.registry import load_model
+
+    mr = generate_phantom("pelvis", HELD_OUT_SEED, shape_zyx=shape).mr_t1
+    model = load_model(model_name)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    started = time.perf_counter()
+    model.translate(mr)
+    return {"model": model_name, "shape": list(shape), "seconds": time.perf_counter() - started,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
+            "peak_rss_before_translate_gb": before}
+
+
+def _child(*arguments: str) -> dict:
+    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark child {arguments} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _row(r: dict) -> str:
+    def n(value, digits=1):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return (f"{r['model'][:28]:28} {n(r['mae_hu']):>8} {n(r['mae_bone_hu']):>9} {n(r['mae_soft_tissue_hu']):>9} "
+            f"{n(r['psnr_db'], 2):>8} {n(r['ssim'], 3):>6} {n(r['seconds_per_volume'], 1):>9} {n(r['peak_rss_gb'], 2):>8}")
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=(96, 256, 256))
+    parser.add_argument("--cases", type=int, default=1, help="held-out cases per site")
+    parser.add_argument("--steps-curve", type=int, nargs="*", default=[1, 2, 5, 10, 20, 50, 250])
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="NAME=DIR of further checkpoints")
+    parser.add_argument("--memory-shape", type=int, nargs=3, default=(200, 512, 512))
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "DATA", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-one", nargs=4, metavar=("MODEL", "Z", "Y", "X"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(_one(args.one[0], Path(args.one[1]), int(args.one[2]) or None)))
+        return 0
+    if args.memory_one:
+        print(json.dumps(_memory(args.memory_one[0], tuple(int(v) for v in args.memory_one[1:]))))
+        return 0
+
+    import torch
+
+    data = _cases(Path(tempfile.gettempdir()) / f"sct-bench-{'x'.join(map(str, args.shape))}", tuple(args.shape),
+                  args.cases)
+    print(f"held-out phantoms: {2 * args.cases} x {tuple(args.shape)} in {data}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    methods = ["bulk", "unet", "diffusion"] + [item.split("=", 1)[1] for item in args.checkpoint]
+    print(f"{'method':28} {'MAE HU':>8} {'bone MAE':>9} {'soft MAE':>9} {'PSNR dB':>8} {'SSIM':>6} "
+          f"{'s/volume':>9} {'peak GB':>8}")
+    results = {}
+    for method in methods:
+        results[method] = _child("--one", method, str(data), "0")
+        print(_row(results[method]), flush=True)
+    unet, diffusion = results["unet"], results["diffusion"]
+    print("\ndiffusion (default steps) vs U-Net:")
+    print(f"  body MAE ratio {diffusion['mae_hu'] / unet['mae_hu']:.3f} (target <= 1): "
+          f"{_verdict(diffusion['mae_hu'] <= unet['mae_hu'])}")
+    print(f"  bone MAE ratio {diffusion['mae_bone_hu'] / unet['mae_bone_hu']:.3f} (target < 1): "
+          f"{_verdict(diffusion['mae_bone_hu'] < unet['mae_bone_hu'])}")
+    print(f"  seconds per volume {diffusion['seconds_per_volume']:.1f} (target <= 60 s for 96 x 256 x 256 on CPU): "
+          f"{_verdict(diffusion['seconds_per_volume'] <= 60)}")
+    if args.steps_curve:
+        print("\ndiffusion steps curve:")
+        curve = {}
+        for steps in args.steps_curve:
+            curve[steps] = _child("--one", "diffusion", str(data), str(steps))
+            print(f"  {steps:>4} steps: MAE {curve[steps]['mae_hu']:.1f} HU, "
+                  f"{curve[steps]['seconds_per_volume']:.1f} s/volume", flush=True)
+        most = curve[max(curve)]
+        ratio = diffusion["mae_hu"] / most["mae_hu"]
+        print(f"  default-steps MAE / {max(curve)}-step MAE = {ratio:.3f} (target <= 1.05): {_verdict(ratio <= 1.05)}")
+    if not args.skip_memory:
+        memory = _child("--memory-one", "diffusion", *map(str, args.memory_shape))
+        print(f"\npeak memory, diffusion on {tuple(args.memory_shape)}: {memory['peak_rss_gb']:.2f} GB "
+              f"({memory['seconds']:.0f} s; target < 4 GB): {_verdict(memory['peak_rss_gb'] < 4)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

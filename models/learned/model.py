@@ -1,0 +1,200 @@
+"""A trained checkpoint as a :class:`~models.base.TranslationModel`: volume inference for every architecture.
+
+Inference runs slice by slice (2.5D: each slice with its ``context``
+neighbours), in batches, on any in-plane size (the networks are fully
+convolutional; slices are padded with the background value to the network's
+size multiple and cropped back). The body mask comes from the MR
+(:func:`models.body_mask.body_mask_from_mr`); outside it the sCT is
+-1024 HU, inside it is clipped to [-1024, 3071] HU.
+
+Diffusion models sample with deterministic DDIM in ``steps`` steps (default:
+the checkpoint's, chosen from the measured quality-vs-steps curve). With
+``ensemble = N > 1`` they draw N samples from N seeded starting noises and
+return the mean as the sCT and the per-voxel standard deviation as the
+uncertainty map. The result depends only on the MR, the weights, ``steps``,
+``ensemble`` and ``seed``.
+
+The device is CUDA when available (bf16 autocast there), else the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.base import HU_MAX, HU_MIN, ModelCard, ProgressCallback, SyntheticCT
+from models.body_mask import body_mask_from_mr
+from models.errors import ModelError
+from models.learned.checkpoint import load_checkpoint
+from models.learned.data import context_stack
+from models.learned.diffusion import ddim_sample
+from models.learned.edges import edge_map, outline
+from models.learned.networks import UNet
+from models.learned.normalisation import denormalise_ct, normalise_mr
+from models.volume import Volume
+
+__all__ = ["ARCHITECTURES", "LearnedModel", "build_network", "pick_device"]
+
+ARCHITECTURES = ("diffusion", "unet", "pix2pix", "contourdiff")
+#: CT value outside the body (HU): air as the sCT writer stores it.
+OUTSIDE_HU = -1024.0
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` ("cpu", "cuda", "cuda:1"), else CUDA when available, else the CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device {requested!r} requested but CUDA is not available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def input_channels(architecture: str, context: int) -> int:
+    """Channels the network of an architecture takes."""
+    mr = 2 * context + 1
+    return {"diffusion": 1 + mr, "unet": mr, "pix2pix": mr, "contourdiff": 3}[architecture]
+
+
+def build_network(config: dict) -> UNet:
+    """The generator / denoiser network described by a checkpoint's ``config``."""
+    architecture = config["architecture"]
+    if architecture not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+    return UNet(input_channels(architecture, int(config["context"])), 1,
+                base_channels=int(config.get("base_channels", 32)),
+                channel_mults=tuple(config.get("channel_mults", (1, 2, 2, 4))),
+                attention_levels=tuple(config.get("attention_levels", (-1,))),
+                time_embedding=architecture in ("diffusion", "contourdiff"))
+
+
+class LearnedModel:
+    """A checkpoint folder written by ``sct-node train`` (or a bundled one).
+
+    Parameters
+    ----------
+    folder : path
+        Checkpoint folder (``model.pt``, ``card.json``).
+    steps : int or None
+        DDIM steps for diffusion models (default: the checkpoint's ``default_steps``).
+    ensemble : int
+        Samples per volume (diffusion models); > 1 adds the uncertainty map.
+    seed : int
+        Seed of the starting noise.
+    device : str or None
+        Torch device; default CUDA when available.
+    batch_size : int
+        Slices per forward pass.
+    """
+
+    def __init__(self, folder: Path | str, *, steps: int | None = None, ensemble: int = 1, seed: int = 0,
+                 device: str | None = None, batch_size: int = 8) -> None:
+        config, state, card = load_checkpoint(Path(folder))
+        self.config = config
+        self.architecture = config["architecture"]
+        self.context = int(config["context"])
+        self.diffusion = self.architecture in ("diffusion", "contourdiff")
+        self.steps = int(steps if steps is not None else config.get("default_steps", 10))
+        if self.steps < 1:
+            raise ModelError(f"steps must be at least 1; found {self.steps}")
+        if ensemble < 1:
+            raise ModelError(f"ensemble must be at least 1; found {ensemble}")
+        self.ensemble = ensemble if self.diffusion else 1
+        self.seed, self.batch_size = int(seed), int(batch_size)
+        self.device = pick_device(device)
+        self.network = build_network(config)
+        try:
+            self.network.load_state_dict(state)
+        except RuntimeError as error:
+            raise ModelError(f"{folder}: weights do not fit the architecture in its config ({error})") from None
+        self.network.to(self.device).eval()
+        sampling = f", {self.steps} DDIM steps" if self.diffusion else ""
+        sampling += f", ensemble of {self.ensemble}" if self.ensemble > 1 else ""
+        self.card = ModelCard(
+            name=str(card.get("name", self.architecture)),
+            version=str(card.get("version", "")),
+            description=str(card.get("description", "")),
+            # Sampling settings change the output: they are part of the identity, hence of the output UIDs.
+            content_hash=f"{card.get('content_hash', 'none')}"
+                         + (f"-s{self.steps}-e{self.ensemble}-seed{self.seed}" if self.diffusion else ""),
+            intended_use=str(card.get("intended_use", "")) + sampling,
+        )
+        self.model_card = card
+
+    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None) -> SyntheticCT:
+        """The sCT of an MR volume (see the module docstring)."""
+        body = body_mask_from_mr(mr)
+        mr_norm = normalise_mr(np.asarray(mr.array, dtype=np.float32), body)
+        conditions = self._conditions(mr_norm, body)
+        total = self.ensemble * mr.shape[0]
+        # Running mean and sum of squares: memory does not grow with the ensemble size.
+        mean = np.zeros(mr.shape, dtype=np.float64)
+        squares = np.zeros(mr.shape, dtype=np.float64) if self.ensemble > 1 else None
+        for member in range(self.ensemble):
+            done = member * mr.shape[0]
+            sample = self._predict(conditions, mr.shape, member,
+                                   None if progress is None else (lambda k, n, d=done: progress(d + k, total)))
+            mean += sample / self.ensemble
+            if squares is not None:
+                squares += sample.astype(np.float64) ** 2 / self.ensemble
+        hu = denormalise_ct(mean.astype(np.float32))
+        hu = np.where(body, np.clip(hu, HU_MIN, HU_MAX), OUTSIDE_HU).astype(np.float32)
+        uncertainty = None
+        if squares is not None:
+            std = np.sqrt(np.maximum(squares - mean ** 2, 0.0)) * (HU_MAX - HU_MIN) / 2.0
+            uncertainty = mr.with_array(np.where(body, std, 0.0).astype(np.float32))
+        return SyntheticCT(hu=mr.with_array(hu), body_mask=body, uncertainty_hu=uncertainty)
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _conditions(self, mr_norm: np.ndarray, body: np.ndarray):
+        """A function (start, stop) -> the conditioning channels of those slices, (n, C, y, x) float32.
+
+        Made per batch, so a 512 x 512 x 200 volume never holds all its context stacks at once.
+        """
+        if self.architecture == "contourdiff":
+            edges, filled = edge_map(mr_norm, body), outline(body)
+            return lambda start, stop: np.stack([edges[start:stop], filled[start:stop]], axis=1).astype(np.float32)
+        return lambda start, stop: np.stack([context_stack(mr_norm, k, self.context)
+                                             for k in range(start, stop)]).astype(np.float32)
+
+    @torch.no_grad()
+    def _predict(self, conditions, shape: tuple[int, int, int], member: int, progress) -> np.ndarray:
+        nz, ny, nx = shape
+        multiple = self.network.size_multiple
+        pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
+        background = 0.0 if self.architecture == "contourdiff" else -1.0  # no edge / outside the body
+        generator = torch.Generator(device="cpu").manual_seed(self.seed * 1000 + member)
+        result = np.empty((nz, ny, nx), dtype=np.float32)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+        for start in range(0, nz, self.batch_size):
+            stop = min(start + self.batch_size, nz)
+            batch = np.pad(conditions(start, stop), ((0, 0), (0, 0), (0, pad_y), (0, pad_x)),
+                           constant_values=background)
+            cond = torch.from_numpy(batch).to(self.device)
+            with autocast:
+                if self.diffusion:
+                    # The starting noise is drawn on the CPU from the seeded generator: the same on every device.
+                    noise = torch.randn((stop - start, 1, ny + pad_y, nx + pad_x), generator=generator)
+                    out = ddim_sample(self.network, cond, self.steps, x_T=noise.to(self.device))
+                else:
+                    out = self.network(cond)
+            result[start:stop] = out.float().clamp(-1, 1)[:, 0, :ny, :nx].cpu().numpy()
+            if progress is not None:
+                progress(stop, nz)
+        return result
+
+
+def default_steps_from_curve(curve: dict[int, float], tolerance: float = 0.05) -> int:
+    """The fewest steps whose MAE is within ``tolerance`` (relative) of the most-steps MAE."""
+    if not curve:
+        raise ModelError("no quality-vs-steps measurements to choose the default from")
+    reference = curve[max(curve)]
+    for steps in sorted(curve):
+        if math.isfinite(curve[steps]) and curve[steps] <= reference * (1 + tolerance):
+            return steps
+    return max(curve)

@@ -1,0 +1,270 @@
+"""Train any of the learned architectures on SynthRAD-layout cases (or the phantom generator's output).
+
+One loop for all four architectures; what differs is the loss:
+
+* ``diffusion``: DDPM objective with v-prediction on the cosine schedule
+  (:func:`models.learned.diffusion.training_loss`), conditioned on the MR
+  slice and its neighbours;
+* ``unet``: L1 between the predicted and the real CT (the CNN approach);
+* ``pix2pix``: L1 (weight 100) plus the adversarial loss of a PatchGAN that
+  sees MR and CT together (Isola et al. 2017);
+* ``contourdiff``: the diffusion objective on CT alone, conditioned on the
+  CT's own edge map and body outline: no paired MR is needed (Chen et al. 2025).
+
+Training samples patches inside the body (:class:`models.learned.data.SliceDataset`),
+keeps an exponential moving average (EMA) of the weights (the EMA weights are
+what is saved and used), is seeded, runs mixed precision (bf16) on CUDA, shows
+a progress bar with the loss and throughput, measures the validation MAE
+(HU, inside the body) every ``validate_every`` steps on held-out cases, and
+saves a checkpoint every ``checkpoint_every`` steps and at the end. Running
+the same command again resumes from the last checkpoint (optimizer, EMA, step
+and random state included) until ``steps`` is reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import __version__
+from models.errors import ModelError
+from models.learned.checkpoint import load_train_state, save_checkpoint
+from models.learned.data import SliceDataset, load_cases, validation_slices
+from models.learned.diffusion import ddim_sample, training_loss
+from models.learned.model import ARCHITECTURES, build_network, pick_device
+from models.learned.networks import PatchDiscriminator
+from models.learned.normalisation import denormalise_ct
+
+__all__ = ["TrainConfig", "train"]
+
+logger = logging.getLogger(__name__)
+
+#: What each architecture is, for its model card.
+DESCRIPTIONS = {
+    "diffusion": "Conditional denoising diffusion model (v-prediction, cosine schedule, DDIM sampling); U-Net "
+                 "denoiser with attention, conditioned on the MR slice and its neighbours (2.5D).",
+    "unet": "U-Net regression with an L1 loss, MR slice and neighbours (2.5D) to CT (the CNN baseline).",
+    "pix2pix": "pix2pix conditional GAN: U-Net generator, PatchGAN discriminator, L1 + adversarial loss (2.5D).",
+    "contourdiff": "ContourDiff-style unpaired diffusion model: trained on CT alone, conditioned on edge maps and "
+                   "the body outline; at inference the edges come from the MR.",
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in the checkpoint)."""
+
+    architecture: str = "diffusion"
+    steps: int = 2000
+    batch_size: int = 8
+    patch_size: int | None = 64
+    learning_rate: float = 2e-4
+    context: int = 1
+    base_channels: int = 32
+    # Three downsamplings: attention runs at 1/8 of the slice (32 x 32 for 256 x 256, 64 x 64 for 512 x 512),
+    # which keeps its memory (quadratic in positions) within the CPU budget for 512 x 512 slices.
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
+    attention_levels: tuple[int, ...] = (-1,)
+    ema_decay: float = 0.999
+    seed: int = 0
+    validate_every: int = 250
+    checkpoint_every: int = 250
+    validation_cases: int = 1
+    default_steps: int = 10
+    half_weights: bool = True
+    training_data: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ModelError(f"unknown architecture {self.architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+        for name in ("steps", "batch_size", "validate_every", "checkpoint_every", "default_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ModelError(f"{name} must be at least 1; found {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ModelError(f"ema_decay must lie in [0, 1); found {self.ema_decay}")
+
+    def network_config(self) -> dict:
+        return {"architecture": self.architecture, "context": self.context, "base_channels": self.base_channels,
+                "channel_mults": list(self.channel_mults), "attention_levels": list(self.attention_levels),
+                "default_steps": self.default_steps, "normalisation": "mr: p99.5 in body, [-1,1]; ct: [-1024,3071]"}
+
+
+def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | None = None,
+          show_progress: bool = True) -> dict:
+    """Train (or resume) and write the checkpoint to ``output``; returns the last validation metrics.
+
+    Raises
+    ------
+    ModelError
+        No usable cases, a checkpoint in ``output`` made with another architecture, or bad settings.
+    """
+    output = Path(output)
+    cases = load_cases(Path(data_dir))
+    paired = config.architecture != "contourdiff"
+    if paired and any(case.ct is None for case in cases):
+        raise ModelError(f"{data_dir}: the {config.architecture} model needs a CT for every case")
+    held_out = min(config.validation_cases, len(cases) - 1) if len(cases) > 1 else 0
+    training, validation = cases[: len(cases) - held_out], cases[len(cases) - held_out:]
+    torch.manual_seed(config.seed)
+    run_device = pick_device(device)
+    network = build_network(config.network_config()).to(run_device)
+    ema = copy.deepcopy(network).eval()
+    for parameter in ema.parameters():
+        parameter.requires_grad_(False)
+    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    discriminator = optimiser_d = None
+    if config.architecture == "pix2pix":
+        discriminator = PatchDiscriminator(2 * config.context + 2).to(run_device)
+        optimiser_d = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    state = load_train_state(output) if (output / "train_state.pt").exists() else None
+    if state is not None:
+        if state["config"]["architecture"] != config.architecture:
+            raise ModelError(f"{output} holds a {state['config']['architecture']} checkpoint; "
+                             f"choose another --output for {config.architecture}")
+        network.load_state_dict(state["network"])
+        ema.load_state_dict(state["ema"])
+        optimiser.load_state_dict(state["optimiser"])
+        if discriminator is not None and state.get("discriminator"):
+            discriminator.load_state_dict(state["discriminator"])
+            optimiser_d.load_state_dict(state["optimiser_d"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+        logger.info("resuming %s training at step %d of %d", config.architecture, step, config.steps)
+    dataset = SliceDataset(training, context=config.context, patch_size=config.patch_size, seed=config.seed,
+                           ct_only=not paired)
+    val_slices = validation_slices(validation or training, config.context, max_slices=8)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run_device.type == "cuda" \
+        else torch.autocast("cpu", enabled=False)
+    bar = _progress(config.steps, step, show_progress)
+    metrics: dict = state.get("metrics", {}) if state else {}
+    started, started_step = time.perf_counter(), step
+    losses: list[float] = []
+    while step < config.steps:
+        batch = {k: v.to(run_device) for k, v in dataset.sample_batch(config.batch_size, generator).items()}
+        network.train()
+        with autocast:
+            loss = _loss(config.architecture, network, batch, generator, discriminator, optimiser_d, autocast)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimiser.step()
+        _ema_update(ema, network, config.ema_decay if step >= 100 else 0.0)
+        losses.append(float(loss.item()))
+        step += 1
+        if bar is not None:
+            rate = (step - started_step) * config.batch_size / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss.item():.4f}", slices_per_s=f"{rate:.1f}")
+            bar.update(1)
+        if step % config.validate_every == 0 or step == config.steps:
+            metrics = {"step": step, "validation_mae_hu": _validate(ema, config, val_slices, run_device),
+                       "loss": float(np.mean(losses[-10:]))}
+            logger.info("step %d: validation MAE %.1f HU", step, metrics["validation_mae_hu"])
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save(output, config, network, ema, optimiser, discriminator, optimiser_d, generator, step, metrics,
+                  training, validation)
+    if bar is not None:
+        bar.close()
+    if losses:  # how this run's loss moved (first and last ten steps), e.g. to check that training learns
+        metrics = {**metrics, "run_loss_start": float(np.mean(losses[:10])), "run_loss_end": float(np.mean(losses[-10:]))}
+    return metrics
+
+
+def _loss(architecture, network, batch, generator, discriminator, optimiser_d, autocast) -> torch.Tensor:
+    ct = batch["ct"]
+    if architecture == "diffusion":
+        return training_loss(network, ct, batch["mr"], generator=generator)
+    if architecture == "contourdiff":
+        return training_loss(network, ct, torch.cat([batch["edges"], batch["outline"]], 1), generator=generator)
+    prediction = network(batch["mr"])
+    l1 = F.l1_loss(prediction, ct)
+    if architecture == "unet":
+        return l1
+    # pix2pix: one discriminator step on (MR, real) vs (MR, fake), then the generator's L1 + adversarial loss.
+    real, fake = torch.cat([batch["mr"], ct], 1), torch.cat([batch["mr"], prediction], 1)
+    logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
+    loss_d = 0.5 * (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+                    + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+    optimiser_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    optimiser_d.step()
+    logits = discriminator(fake)
+    return 100.0 * l1 + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, network: torch.nn.Module, decay: float) -> None:
+    for target, source in zip(ema.state_dict().values(), network.state_dict().values()):
+        if target.dtype.is_floating_point:
+            target.mul_(decay).add_(source.detach(), alpha=1.0 - decay)
+        else:
+            target.copy_(source)
+
+
+@torch.no_grad()
+def _validate(network, config: TrainConfig, slices: list[dict], device: torch.device) -> float:
+    """MAE (HU) inside the body on validation slices, with the EMA weights (diffusion: 5 DDIM steps)."""
+    errors = []
+    generator = torch.Generator().manual_seed(1234)
+    for item in slices:
+        if config.architecture == "contourdiff":
+            cond = torch.from_numpy(np.concatenate([item["mr_edges"], item["outline"]], axis=0))[None]
+        else:
+            cond = torch.from_numpy(item["mr"])[None]
+        ny, nx = cond.shape[-2:]
+        multiple = network.size_multiple
+        pad = (0, (-nx) % multiple, 0, (-ny) % multiple)
+        cond = F.pad(cond, pad, value=0.0 if config.architecture == "contourdiff" else -1.0).to(device)
+        if config.architecture in ("diffusion", "contourdiff"):
+            noise = torch.randn((1, 1, *cond.shape[-2:]), generator=generator).to(device)
+            out = ddim_sample(network, cond, 5, x_T=noise)
+        else:
+            out = network(cond)
+        predicted = denormalise_ct(out.float().clamp(-1, 1)[0, 0, :ny, :nx].cpu().numpy())
+        truth = denormalise_ct(item["ct"][0])
+        body = item["body"][0] > 0.5
+        errors.append(np.abs(predicted - truth)[body])
+    return float(np.concatenate(errors).mean()) if errors else math.nan
+
+
+def _save(output: Path, config: TrainConfig, network, ema, optimiser, discriminator, optimiser_d, generator, step,
+          metrics, training, validation) -> None:
+    card = {
+        "name": config.architecture, "version": f"{__version__}+step{step}",
+        "architecture": config.architecture, "description": DESCRIPTIONS[config.architecture],
+        "training_data": config.training_data or (f"{len(training)} case(s): "
+                                                  + ", ".join(c.case_id for c in training[:10])
+                                                  + (" ..." if len(training) > 10 else "")),
+        "validation_data": ", ".join(c.case_id for c in validation) or "(training cases)",
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "code_version": __version__, "training_steps": step, "evaluation": metrics,
+        "training_config": {k: v for k, v in asdict(config).items() if k != "extra"},
+        "intended_use": config.extra.get("intended_use", "Research; validate on your own data before any use."),
+    }
+    train_state = {"config": asdict(config), "network": network.state_dict(), "ema": ema.state_dict(),
+                   "optimiser": optimiser.state_dict(), "generator": generator.get_state(), "step": step,
+                   "metrics": metrics,
+                   "discriminator": discriminator.state_dict() if discriminator is not None else None,
+                   "optimiser_d": optimiser_d.state_dict() if optimiser_d is not None else None}
+    save_checkpoint(output, model_state=ema.state_dict(), config=config.network_config(), card=card,
+                    train_state=train_state, half=config.half_weights)
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)
+
