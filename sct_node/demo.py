@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: Phantom seed of the demo: outside the seeds the bundled weights were trained (0-3) and validated (1000) on.
 DEMO_SEED = 3000
+#: 40 slices of 256 x 256: the default diffusion model takes about half a second per slice and sampling step
+#: on a 2-core CPU, so a full 100-slice volume would keep a newcomer waiting for minutes.
+DEMO_SHAPE_ZYX = (40, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def send_series(files: list[Path], host: str, port: int, called_ae: str, calling
 
 
 def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0, timeout_s: float = 300.0,
-             shape_zyx: tuple[int, int, int] | None = None) -> DemoResult:
+             shape_zyx: tuple[int, int, int] | None = DEMO_SHAPE_ZYX) -> DemoResult:
     """Run the whole path once. See the module docstring."""
     workdir = Path(workdir)
     # The demo owns its folder: a previous run's spool would recognise the (deterministic) phantom as duplicates.

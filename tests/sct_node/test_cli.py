@@ -117,7 +117,7 @@ def test_translate_end_to_end_on_a_phantom(phantom_dir, tmp_path):
                        "--json", "--quiet")
     assert result.returncode == EXIT_OK, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["instances"] == int(SHAPE[0]) and summary["model"].startswith("bulk:")
+    assert summary["instances"] == int(SHAPE[0]) and summary["model"].startswith("diffusion:")  # the default
 
     mr = read_series([phantom_dir / "dicom" / "MR_T1"])
     sct = read_series([output], sop_classes=[CT_IMAGE_STORAGE])
