@@ -113,11 +113,13 @@ def test_phantom_structure_set_reproduces_the_masks(phantom_dir):
 
 def test_translate_end_to_end_on_a_phantom(phantom_dir, tmp_path):
     output = tmp_path / "sct"
+    # bulk: its output is known exactly (water body, air outside); the default diffusion model's CLI run is
+    # tests/models/test_bundled_models.py.
     result = _sct_node("translate", "--input", str(phantom_dir / "dicom" / "MR_T1"), "--output", str(output),
-                       "--json", "--quiet")
+                       "--model", "bulk", "--json", "--quiet")
     assert result.returncode == EXIT_OK, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["instances"] == int(SHAPE[0]) and summary["model"].startswith("diffusion:")  # the default
+    assert summary["instances"] == int(SHAPE[0]) and summary["model"].startswith("bulk:")
 
     mr = read_series([phantom_dir / "dicom" / "MR_T1"])
     sct = read_series([output], sop_classes=[CT_IMAGE_STORAGE])
