@@ -171,8 +171,11 @@ class LearnedModel:
         result = np.empty((nz, ny, nx), dtype=np.float32)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
             else torch.autocast("cpu", enabled=False)
-        for start in range(0, nz, self.batch_size):
-            stop = min(start + self.batch_size, nz)
+        # batch_size is meant for 256 x 256 slices: larger slices go in smaller batches, so activation and
+        # attention memory (quadratic in the positions at 1/8 resolution) stays about constant.
+        batch_size = max(1, min(self.batch_size, self.batch_size * 256 * 256 // ((ny + pad_y) * (nx + pad_x))))
+        for start in range(0, nz, batch_size):
+            stop = min(start + batch_size, nz)
             batch = np.pad(conditions(start, stop), ((0, 0), (0, 0), (0, pad_y), (0, pad_x)),
                            constant_values=background)
             cond = torch.from_numpy(batch).to(self.device)
