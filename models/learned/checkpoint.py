@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from models.errors import ModelError
+from models.fileio import fsync_directory
 
 __all__ = [
     "CARD_FIELDS",
@@ -82,18 +83,6 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:HASH_HEX_DIGITS]
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Persist the renames themselves; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -226,7 +215,7 @@ def save_checkpoint(
         (folder / TRAIN_STATE_FILE).unlink()
     _write_atomic(folder / MODEL_FILE, model_bytes)
     _write_atomic(folder / CARD_FILE, card_bytes)
-    _fsync_dir(folder)
+    fsync_directory(folder)
     return digest
 
 

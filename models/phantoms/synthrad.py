@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import GeometryError, PhantomError
+from models.fileio import fsync_directory
 from models.phantoms.generator import Phantom
 from models.volume import Volume
 
@@ -75,18 +76,6 @@ class SynthradImages:
     mask: Volume
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Persist the rename itself; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_image(volume: Volume, path: Path, compress: bool) -> None:
@@ -104,7 +93,7 @@ def _write_image(volume: Volume, path: Path, compress: bool) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compress: bool = True) -> SynthradCase:
