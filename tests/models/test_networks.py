@@ -168,3 +168,28 @@ def test_a_tiny_unet_overfits_one_pair():
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 5
+
+
+def test_space_to_depth_works_on_pixel_blocks_but_answers_per_pixel():
+    torch.manual_seed(0)
+    net = UNet(3, 1, base_channels=8, channel_mults=(1, 2), attention_levels=(-1,), space_to_depth=2)
+    assert net.size_multiple == 4
+    out = net(torch.randn(2, 3, 8, 12))
+    assert out.shape == (2, 1, 8, 12)
+    # The four pixels of a 2 x 2 block come from four output channels: not one value per block.
+    blocks = out[:, 0].unfold(1, 2, 2).unfold(2, 2, 2).reshape(2, 4, 6, 4)
+    assert (blocks.max(-1).values - blocks.min(-1).values).abs().min() > 0
+    with pytest.raises(ModelError, match="multiples of 4 .*space_to_depth 2"):
+        net(torch.randn(1, 3, 6, 8))
+    with pytest.raises(ModelError, match="space_to_depth"):
+        UNet(3, 1, space_to_depth=0)
+
+
+def test_checkpoints_from_before_space_to_depth_load_at_full_resolution():
+    from models.learned.model import build_network
+
+    old = build_network({"architecture": "unet", "context": 1, "base_channels": 8, "channel_mults": [1, 2]})
+    assert old.space_to_depth == 1 and old.conv_in.in_channels == 3
+    new = build_network({"architecture": "unet", "context": 1, "base_channels": 8, "channel_mults": [1, 2],
+                         "space_to_depth": 2})
+    assert new.conv_in.in_channels == 12 and new.conv_out.out_channels == 4
