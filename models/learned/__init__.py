@@ -11,8 +11,8 @@ Contracts shared by the modules of this package (every tensor is float32, NCHW):
   CT: HU clipped to [-1024, 3071] and mapped linearly to [-1, 1].
 * **Networks** (:mod:`models.learned.networks`). ``UNet(in_channels,
   out_channels, base_channels, channel_mults, attention_levels,
-  time_embedding)``: fully convolutional, any H and W divisible by
-  ``2 ** (len(channel_mults) - 1)`` (inference pads), ``forward(x, t=None)``
+  time_embedding, space_to_depth)``: fully convolutional, any H and W divisible by
+  ``space_to_depth * 2 ** (len(channel_mults) - 1)`` (inference pads), ``forward(x, t=None)``
   with ``t`` a (N,) float tensor of timesteps in [0, 1] when time_embedding.
   ``PatchDiscriminator(in_channels)`` for pix2pix.
 * **Diffusion** (:mod:`models.learned.diffusion`). Cosine schedule over
@@ -20,7 +20,8 @@ Contracts shared by the modules of this package (every tensor is float32, NCHW):
   cos^2(s/(1+s) * pi/2), s = 0.008, clipped), v-prediction, deterministic DDIM
   sampling with any number of steps.
 * **Architectures**: ``diffusion`` (denoiser input = noisy CT (1) + MR context
-  channels), ``unet`` (MR context -> CT, L1), ``pix2pix`` (same generator,
+  channels; corrective, :mod:`models.learned.corrective`: noisy residual (1) +
+  MR context + the frozen regression U-Net's CT (1)), ``unet`` (MR context -> CT, L1), ``pix2pix`` (same generator,
   PatchGAN, L1 + adversarial), ``contourdiff`` (denoiser input = noisy CT (1) +
   edge map (1) + body outline (1); trained on CT alone, edges from the MR at
   inference).
