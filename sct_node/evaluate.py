@@ -25,7 +25,7 @@ from dosimetry.image_metrics import image_metrics
 from models.base import TranslationModel
 from models.errors import ModelError
 
-__all__ = ["CaseResult", "Evaluation", "evaluate_model", "format_table"]
+__all__ = ["CaseResult", "Evaluation", "evaluate_cases", "evaluate_model", "format_table"]
 
 #: Tissue classes shown in the table (the others are in the JSON).
 TABLE_TISSUES = ("air", "soft_tissue", "bone")
@@ -66,6 +66,19 @@ def evaluate_model(model: TranslationModel, data_dir: Path, *, max_cases: int | 
     cases = [case for case in load_cases(Path(data_dir)) if case.ct is not None][: max_cases or None]
     if not cases:
         raise ModelError(f"{data_dir}: no case with a CT to evaluate against")
+    return evaluate_cases(model, cases, progress=progress)
+
+
+def evaluate_cases(model: TranslationModel, cases, *, progress=None) -> Evaluation:
+    """:func:`evaluate_model` on cases already in memory (``models.learned.data.Case``: id, MR, CT, body mask).
+
+    Raises
+    ------
+    ModelError
+        No cases, or a case without a CT.
+    """
+    if not cases or any(case.ct is None for case in cases):
+        raise ModelError("evaluation needs at least one case, each with a CT")
     results = []
     for index, case in enumerate(cases):
         started = time.perf_counter()

@@ -33,7 +33,8 @@ from models.fileio import fsync_directory
 from models.phantoms.generator import Phantom
 from models.volume import Volume
 
-__all__ = ["SYNTHRAD_EXTENSIONS", "SynthradCase", "SynthradImages", "read_synthrad_case", "write_synthrad_case"]
+__all__ = ["SYNTHRAD_EXTENSIONS", "SynthradCase", "SynthradImages", "read_synthrad_case", "write_central_slab",
+           "write_synthrad_case"]
 
 #: File name endings accepted by :func:`read_synthrad_case`, in SynthRAD2025 then 2023 order.
 SYNTHRAD_EXTENSIONS = (".mha", ".nii.gz")
@@ -196,3 +197,38 @@ def read_synthrad_case(case_dir: Path) -> SynthradImages:
                 f"spacing {volumes['mr'].spacing_mm}, origin {volumes['mr'].origin_mm})"
             )
     return SynthradImages(case_dir, volumes["mr"], volumes["ct"], volumes["mask"])
+
+
+def write_central_slab(case_dir: Path, out_dir: Path, slices: int) -> Path:
+    """Copy the central ``slices`` axial slices of a case (mr, ct, mask) into ``out_dir`` as ``.mha``.
+
+    The slab keeps its patient position (origin of its first slice), so it is the same anatomy on
+    the same grid, only thinner: what the benchmarks use to run many-step samplers on a subset
+    of a volume.
+
+    Raises
+    ------
+    PhantomError
+        ``slices`` is not a positive integer, the case has fewer slices, or a file cannot be read or written.
+    """
+    import SimpleITK as sitk
+
+    if isinstance(slices, bool) or not isinstance(slices, int) or slices < 1:
+        raise PhantomError(f"slices must be a positive integer; found {slices!r}")
+    case_dir, out_dir = Path(case_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("mr", "ct", "mask"):
+        path = _find(case_dir, name)
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise PhantomError(f"cannot read {path}: {exc}") from exc
+        depth = image.GetSize()[2]
+        if depth < slices:
+            raise PhantomError(f"case {case_dir} has {depth} slices; a slab of {slices} was asked for")
+        start = (depth - slices) // 2
+        try:
+            sitk.WriteImage(image[:, :, start:start + slices], str(out_dir / f"{name}.mha"), True)
+        except RuntimeError as exc:
+            raise PhantomError(f"cannot write {out_dir / (name + '.mha')}: {exc}") from exc
+    return out_dir

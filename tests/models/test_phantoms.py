@@ -336,6 +336,23 @@ def test_synthrad_round_trip_keeps_geometry_and_values(tmp_path: Path, head: Pha
     np.testing.assert_array_equal(images.mask.array.astype(bool), head.body_mask)
 
 
+def test_central_slab_is_the_same_anatomy_on_the_same_grid(tmp_path: Path, head: Phantom):
+    from models.phantoms.synthrad import write_central_slab
+
+    case = write_synthrad_case(head, tmp_path / "whole")
+    depth = head.ct_hu.shape[0]
+    slab = read_synthrad_case(write_central_slab(case.case_dir, tmp_path / "slab", 3))
+    start = (depth - 3) // 2
+    np.testing.assert_array_equal(slab.ct.array, head.ct_hu.array[start:start + 3])
+    np.testing.assert_array_equal(slab.mr.array, head.mr_t1.array[start:start + 3])
+    np.testing.assert_allclose(slab.ct.origin_mm, head.ct_hu.slice_position_mm(start), atol=1e-6)
+    assert slab.ct.spacing_mm == pytest.approx(head.ct_hu.spacing_mm)
+    with pytest.raises(PhantomError, match=f"has {depth} slices"):
+        write_central_slab(case.case_dir, tmp_path / "too-thick", depth + 1)
+    with pytest.raises(PhantomError, match="positive integer"):
+        write_central_slab(case.case_dir, tmp_path / "none", 0)
+
+
 def test_synthrad_reads_nifti_cases(tmp_path: Path, pelvis: Phantom):
     import SimpleITK as sitk
 
