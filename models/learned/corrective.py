@@ -113,8 +113,14 @@ class CorrectiveDiffusion(nn.Module):
 
     @torch.no_grad()
     def predict_mean(self, mr: Tensor) -> Tensor:
-        """``mu``, the regression network's normalised CT for MR context channels ``mr`` (N, C, H, W)."""
-        return self.mean(mr)
+        """``mu``, the regression network's normalised CT for MR context channels ``mr`` (N, C, H, W).
+
+        Always float32, also under autocast: in bf16 ``mu`` would carry steps of about 4 HU into both the
+        residual the denoiser learns and the sCT. Scaled by ``residual_scale``, the denoiser's own bf16
+        output is ~25x finer.
+        """
+        with torch.autocast(mr.device.type, enabled=False):
+            return self.mean(mr.float())
 
     def residual_and_condition(self, ct: Tensor, mr: Tensor) -> tuple[Tensor, Tensor]:
         """Training pair: the scaled residual ``(ct - mu) / residual_scale`` and the condition ``cat(mr, mu)``."""

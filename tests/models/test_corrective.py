@@ -54,6 +54,16 @@ def test_the_training_pair_is_the_scaled_residual_and_the_mean_as_a_condition():
     assert all(p.requires_grad for p in network.denoiser.parameters())
 
 
+def test_the_mean_is_computed_in_float32_under_autocast():
+    # bf16 would put ~4 HU steps into mu, and so into the residual target and the sCT.
+    network = _pair()
+    mr = torch.randn(2, 3, 8, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu = network.predict_mean(mr)
+    assert mu.dtype == torch.float32
+    torch.testing.assert_close(mu, network.mean(mr), rtol=0, atol=0)
+
+
 def test_residual_scale_is_the_standard_deviation_inside_the_body():
     torch.manual_seed(1)
     mean = UNet(3, 1, **SMALL)
