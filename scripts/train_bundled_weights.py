@@ -10,12 +10,12 @@
    it (``--mean-model WORK/unet``, see models/learned/corrective.py).
 3. For diffusion: measures MAE at 1, 2, 3, 5, 10, 20, 50 and 250 DDIM steps on held-out phantoms (seed
    1000, the central 8 slices of 32-slice volumes) and picks the fewest steps within 5 % of the 250-step
-   MAE as the default, and the fewest steps from which on the MAE stays within 5 % of it either way (the
-   sampler has converged) as the steps of ensembles; records the curve in the model card. Running the script again after training
-   finished only redoes this step.
+   MAE as the default, and the fewest steps whose MAE is within 5 % of it either way (the sampler has
+   converged) as the steps of ensembles; records the curve in the model card. Running the script again
+   after training finished only redoes this step.
 4. Copies ``model.pt`` (float16) and ``card.json`` into ``models/weights/<arch>/``.
 
-Everything is seeded. On this project's 2-core CI-class CPU each model trains in about 45 minutes
+Everything is seeded. On this project's 2-core CI-class CPU each model trains in 35-45 minutes
 (4000 steps) and the steps curve takes about 10 minutes.
 """
 

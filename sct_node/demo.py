@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: Phantom seed of the demo: outside the seeds the bundled weights were trained (0-3) and validated (1000) on.
 DEMO_SEED = 3000
-#: 40 slices of 256 x 256: the default diffusion model takes about half a second per slice and sampling step
-#: on a 2-core CPU, so a full 100-slice volume would keep a newcomer waiting for minutes.
+#: 40 slices of 256 x 256: the default diffusion model takes about 0.15 s per slice on a 2-core CPU (15 s for
+#: 96 slices, benchmarks/models.py), but the QA's dose calculations grow with the volume too, and a
+#: newcomer's first run should take seconds, not minutes.
 DEMO_SHAPE_ZYX = (40, 256, 256)
 
 
