@@ -93,7 +93,6 @@ def main() -> int:
     parser.add_argument("--no-install", action="store_true", help="do not copy into models/weights")
     args = parser.parse_args()
     data = write_phantoms(args.work / "data", range(CASES_PER_SITE), "train")
-    validation = write_phantoms(args.work / "validation", range(HELD_OUT_SEED, HELD_OUT_SEED + 1), "val")
     for arch in args.arch:
         started = time.perf_counter()
         mean_model = str(args.work / "unet") if arch == "diffusion" else None
