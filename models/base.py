@@ -21,6 +21,11 @@ __all__ = ["HU_MAX", "HU_MIN", "ModelCard", "ProgressCallback", "SyntheticCT", "
 #: Range of CT numbers a synthetic CT may hold; the writer stores exactly this range.
 HU_MIN = -1024
 HU_MAX = 3071
+#: Fewest DDIM steps an ensemble of a diffusion model may use. One step from t = 1 returns the network's
+#: estimate of the clean image given the MR, whatever the starting noise: members would agree to a
+#: fraction of an HU and the uncertainty map would say "sure" everywhere. Checkpoints made by the
+#: bundled-weights script carry ``ensemble_steps``, the fewest steps at which the sampler has converged.
+MIN_ENSEMBLE_STEPS = 2
 
 #: ``progress(done, total)``; models call it as they finish slices or steps.
 ProgressCallback = Callable[[int, int], None]

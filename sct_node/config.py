@@ -107,7 +107,8 @@ class RouteConfig(_Strict):
     name: str
     match: SeriesMatch = SeriesMatch()
     model: str = Field("diffusion", description="built-in model (diffusion, unet, bulk) or a checkpoint folder")
-    model_steps: int | None = Field(None, ge=1, description="DDIM steps of a diffusion model (default: the model's)")
+    model_steps: int | None = Field(None, ge=1, description="DDIM steps of a diffusion model (default: the model's; "
+                                                            "with model_ensemble > 1 its ensemble steps, at least 2)")
     model_ensemble: int = Field(1, ge=1, description="samples per volume of a diffusion model; > 1 adds an "
                                                       "uncertainty map that the QA checks")
     destinations: tuple[str, ...] = ()
@@ -122,6 +123,16 @@ class RouteConfig(_Strict):
     on_qa_fail: Literal["deliver", "hold"] = Field(
         "deliver", description="after a QA FAIL: deliver the sCT marked 'QA FAIL' with its report, or hold it back "
                                "and deliver only the report until `sct-node release JOB`")
+
+    @model_validator(mode="after")
+    def _ensemble_needs_steps(self) -> RouteConfig:
+        from models.base import MIN_ENSEMBLE_STEPS
+
+        if self.model_ensemble > 1 and self.model_steps is not None and self.model_steps < MIN_ENSEMBLE_STEPS:
+            raise ValueError(f"model_ensemble = {self.model_ensemble} needs model_steps >= {MIN_ENSEMBLE_STEPS} (or no "
+                             f"model_steps: the model's ensemble steps): one sampling step gives members that do not "
+                             f"differ")
+        return self
 
     @field_validator("qa_thresholds")
     @classmethod

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.base import HU_MAX, HU_MIN, ModelCard, ProgressCallback, SyntheticCT
+from models.base import HU_MAX, HU_MIN, MIN_ENSEMBLE_STEPS, ModelCard, ProgressCallback, SyntheticCT
 from models.body_mask import body_mask_from_mr
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint
@@ -44,11 +44,6 @@ __all__ = ["ARCHITECTURES", "MIN_ENSEMBLE_STEPS", "LearnedModel", "build_network
 ARCHITECTURES = ("diffusion", "unet", "pix2pix", "contourdiff")
 #: CT value outside the body (HU): air as the sCT writer stores it.
 OUTSIDE_HU = -1024.0
-#: Fewest DDIM steps an ensemble may use. One step from t = 1 returns the network's estimate of the
-#: clean image given the MR, whatever the starting noise: members would agree to a fraction of an HU
-#: and the uncertainty map would say "sure" everywhere. Checkpoints made by the bundled-weights script
-#: carry ``ensemble_steps``, the fewest steps at which the sampler has converged on the steps curve.
-MIN_ENSEMBLE_STEPS = 2
 
 
 def pick_device(requested: str | None = None) -> torch.device:

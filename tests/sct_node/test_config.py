@@ -86,3 +86,11 @@ def test_unknown_qa_threshold_is_an_error(tmp_path):
     text = '[[routes]]\nname = "r"\n[routes.qa_thresholds]\ngamma = { pass_limit = 97.0 }\n'
     with pytest.raises(ConfigError, match=r"routes\.0\.qa_thresholds: .*unknown QA threshold 'gamma'"):
         load_config(_write(tmp_path, text))
+
+
+def test_an_ensemble_route_with_one_sampling_step_is_an_error(tmp_path):
+    text = '[[routes]]\nname = "r"\nmodel_steps = 1\nmodel_ensemble = 4\n'
+    with pytest.raises(ConfigError, match="model_ensemble = 4 needs model_steps >= 2"):
+        load_config(_write(tmp_path, text))
+    ok = load_config(_write(tmp_path, '[[routes]]\nname = "r"\nmodel_ensemble = 4\n'))  # the model's ensemble steps
+    assert ok.routes[0].model_ensemble == 4 and ok.routes[0].model_steps is None
