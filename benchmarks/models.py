@@ -77,10 +77,8 @@ def _read_cases(folder: Path, slices: int) -> list:
         depth = data["mr"].shape[0]
         start = (depth - slices) // 2 if 0 < slices < depth else 0
         stop = start + slices if 0 < slices < depth else depth
-        grid = Volume(data["ct"], tuple(data["spacing"]), tuple(data["origin"]), data["direction"])
-        origin = grid.slice_position_mm(start)
-        cases.append(Case(path.stem, Volume(data["mr"][start:stop], grid.spacing_mm, origin, grid.direction),
-                          Volume(data["ct"][start:stop], grid.spacing_mm, origin, grid.direction),
+        mr = Volume(data["mr"], tuple(data["spacing"]), tuple(data["origin"]), data["direction"])
+        cases.append(Case(path.stem, mr.slab(start, stop), mr.with_array(data["ct"]).slab(start, stop),
                           data["body"][start:stop]))
     return cases
 
@@ -95,8 +93,7 @@ def _one(model_name: str, data: str, steps: int | None) -> dict:
     options = {} if model_name == "bulk" else ({"steps": steps} if steps else {})
     model = load_model(model_name, **options)
     # One warm-up pass on a few slices (kernel selection, CUDA context, allocator), not timed.
-    mr = cases[0].mr
-    model.translate(type(mr)(mr.array[: min(8, mr.shape[0])], mr.spacing_mm, mr.origin_mm, mr.direction))
+    model.translate(cases[0].mr.slab(0, min(8, cases[0].mr.shape[0])))
     evaluation = evaluate_cases(model, cases)
     summary = evaluation.summary
     return {"model": model_name, "identity": model.card.identity, "mae_hu": summary["mae_hu"],

@@ -115,6 +115,18 @@ class Volume:
         """Patient position of the first voxel of slice ``k`` (its Image Position (Patient))."""
         return tuple(float(v) for v in self.index_to_patient(np.array([0.0, 0.0, float(k)])))  # type: ignore[return-value]
 
+    def slab(self, start: int, stop: int) -> Volume:
+        """Slices ``start`` to ``stop`` (exclusive) as a volume at their own patient position.
+
+        Raises
+        ------
+        GeometryError
+            If the range is empty or outside ``0 .. depth``.
+        """
+        if not 0 <= start < stop <= self.shape[0]:
+            raise GeometryError(f"slab {start}:{stop} is empty or outside the volume's {self.shape[0]} slices")
+        return Volume(self.array[start:stop], self.spacing_mm, self.slice_position_mm(start), self.direction)
+
     def with_array(self, array: np.ndarray) -> Volume:
         """A volume on the same grid holding ``array``.
 

@@ -97,10 +97,6 @@ class CorrectiveDiffusion(nn.Module):
         """H and W must be multiples of both networks' size multiples."""
         return math.lcm(self.denoiser.size_multiple, self.mean.size_multiple)
 
-    @property
-    def time_embedding(self) -> bool:
-        return True
-
     def train(self, mode: bool = True) -> CorrectiveDiffusion:
         """Train mode for the denoiser only: the mean network is frozen and stays in eval mode."""
         super().train(mode)

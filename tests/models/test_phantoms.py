@@ -353,6 +353,17 @@ def test_central_slab_is_the_same_anatomy_on_the_same_grid(tmp_path: Path, head:
         write_central_slab(case.case_dir, tmp_path / "none", 0)
 
 
+def test_volume_slab_keeps_its_slices_where_they_were(head: Phantom):
+    ct = head.ct_hu
+    slab = ct.slab(2, 5)
+    np.testing.assert_array_equal(slab.array, ct.array[2:5])
+    np.testing.assert_allclose(slab.slice_position_mm(1), ct.slice_position_mm(3), atol=1e-9)
+    assert slab.spacing_mm == ct.spacing_mm
+    for start, stop in ((3, 3), (-1, 2), (0, ct.shape[0] + 1)):
+        with pytest.raises(GeometryError, match="slab"):
+            ct.slab(start, stop)
+
+
 def test_synthrad_reads_nifti_cases(tmp_path: Path, pelvis: Phantom):
     import SimpleITK as sitk
 
