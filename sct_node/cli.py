@@ -9,9 +9,14 @@ Exit codes (documented in docs/cli.md):
 * 4 — output could not be written
 * 5 — model error
 * 6 — ``qa`` ran and its verdict is FAIL
+* 141 — stdout was closed before everything was written (``sct-node status | head -1``)
 
 Errors are printed as one line ``sct-node: error: ...``; ``--debug`` adds the
-traceback.
+traceback. Once ``serve`` has set up JSON logs, that line is a JSON log record
+instead, so that every line on stderr is JSON. A closed stdout ends the command
+quietly, with nothing on stderr and exit code 141 (128 + SIGPIPE), which is what
+a shell reports for any tool that a closed pipe stops; 0 would tell a script
+with ``set -o pipefail`` that all output was written when it was not.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,10 +33,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sct_node import __version__
+from sct_node.logs import configure_logging, json_lines_enabled
 
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL, EXIT_QA_FAIL = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE (13): what a shell reports for a command that a closed pipe stopped.
+EXIT_BROKEN_PIPE = 141
 
 logger = logging.getLogger("sct_node")
 
@@ -151,6 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("job", type=_positive_int, help="job ID (see sct-node status)")
     release.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
     release.set_defaults(handler=_run_release)
+    dismiss = commands.add_parser(
+        "dismiss", parents=[common], help="give up on a failed or held job, saying why",
+        description="A failed or held job that will be neither retried nor released ends 'dismissed': its row, "
+                    "reason and your comment stay in the history (sct-node status), deliveries still pending are "
+                    "cancelled, and the cleaner removes its inputs and outputs after storage.done_retention_h.")
+    dismiss.add_argument("job", type=_positive_int, help="job ID (see sct-node status)")
+    dismiss.add_argument("--comment", required=True, type=_comment,
+                         help="why the job is given up (required; kept with the job; no patient identifiers)")
+    dismiss.add_argument("--config", "-c", type=Path, help="the node's configuration (for its spool folder)")
+    dismiss.set_defaults(handler=_run_dismiss)
 
     qa = commands.add_parser(
         "qa", parents=[common], help="dosimetric QA of a synthetic CT",
@@ -210,14 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.debug, args.quiet)
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # `sct-node --help | head -1`
+        return _stdout_closed()
+    configure_logging("DEBUG" if args.debug else "WARNING" if args.quiet else "INFO")
     from dosimetry.errors import DosimetryError
     from models.errors import ModelsError
     from sct_node.errors import InputError, OutputError, SctNodeError
 
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader gone away shows here, not as "Exception ignored" at interpreter exit
+        return code
+    except BrokenPipeError as error:
+        if _stdout_is_a_pipe():
+            return _stdout_closed()
+        return _fail(error, EXIT_INTERNAL, args.debug, prefix="internal error (please report with --debug): ")
     except InputError as error:
         return _fail(error, EXIT_INPUT, args.debug)
     except OutputError as error:
@@ -229,26 +259,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SctNodeError as error:
         return _fail(error, EXIT_INPUT, args.debug)
     except KeyboardInterrupt:
-        print("sct-node: interrupted", file=sys.stderr)
-        return 130
+        _error_line("sct-node: interrupted")
+        return EXIT_INTERRUPTED
     except Exception as error:  # the last line of defence: one line, not a traceback
         return _fail(error, EXIT_INTERNAL, args.debug, prefix="internal error (please report with --debug): ")
 
 
 def _fail(error: BaseException, code: int, debug: bool, prefix: str = "") -> int:
-    if debug:
-        traceback.print_exc()
     message = " ".join(str(error).split()) or type(error).__name__
-    print(f"sct-node: error: {prefix}{message}", file=sys.stderr)
+    _error_line(f"sct-node: error: {prefix}{message}", error if debug else None)
     return code
 
 
-def _configure_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # pynetdicom and pydicom are chatty at INFO and may log identifiers; keep them at WARNING unless debugging.
-    for name in ("pydicom", "pynetdicom"):
-        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+def _error_line(line: str, traceback_of: BaseException | None = None) -> None:
+    """The command's own error: one plain line on stderr, or one JSON log record once JSON logs are set up."""
+    if json_lines_enabled():
+        logger.error("%s", line, exc_info=traceback_of)
+        return
+    if traceback_of is not None:
+        traceback.print_exception(traceback_of)
+    print(line, file=sys.stderr)
+
+
+def _stdout_is_a_pipe() -> bool:
+    """Whether stdout is a pipe or socket, the only kinds of file a write to can fail with EPIPE.
+
+    A BrokenPipeError while stdout is a terminal or a file came from somewhere else (a socket) and is a bug.
+    """
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError):  # no file descriptor (stdout replaced in-process)
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``sct-node status | head -1``): stop quietly, as the Python docs advise.
+
+    What is still buffered for stdout would fail again when the interpreter flushes it at exit ("Exception
+    ignored ... BrokenPipeError" on stderr), so stdout is pointed at /dev/null first (docs.python.org, "Note on
+    SIGPIPE"). Nothing is written to stderr: a closed pipe is the reader's choice, not an error of the command.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (stdout replaced in-process): nothing left to protect
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 @contextmanager
@@ -375,14 +433,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     import signal
 
     from sct_node.config import load_config
-    from sct_node.logs import configure_logging
-    from sct_node.service import Node
 
     config = load_config(args.config)
     if args.check:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return EXIT_OK
     configure_logging("DEBUG" if args.debug else config.logging.level, config.logging.json_lines)
+    # Imported once the node's log format is set: importing the models (torch) may warn, and in JSON mode even
+    # that must be a JSON line.
+    from sct_node.service import Node
+
     node = Node(config)
     node.start()
 
@@ -414,9 +474,12 @@ def _run_status(args: argparse.Namespace) -> int:
     import datetime as dt
 
     state = _open_state(args.config)
-    series, jobs = state.series(args.limit), state.jobs(args.limit)
+    series, jobs = state.series_status(args.limit), state.jobs(args.limit)
     if args.json:
-        print(json.dumps({"series": [dataclasses.asdict(s) for s in series],
+        # "state" is what the table shows (the job's state once there is a job); "series_state" is the
+        # generation's own (receiving, queued, unrouted, purged).
+        print(json.dumps({"series": [{**dataclasses.asdict(s.series), "state": s.state, "series_state": s.series.state,
+                                      "job_id": s.job_id, "job_state": s.job_state} for s in series],
                           "jobs": [{**dataclasses.asdict(j), "output_dir": str(j.output_dir),
                                     "deliveries": [dataclasses.asdict(d) for d in state.deliveries(j.id)]}
                                    for j in jobs]}, default=str))
@@ -426,16 +489,20 @@ def _run_status(args: argparse.Namespace) -> int:
         return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
     print("SERIES")
-    print(f"{'last instance':19}  {'state':9}  {'gen':>3}  {'n':>5}  {'modality':8}  series instance UID")
+    print(f"{'last instance':19}  {'state':10}  {'gen':>3}  {'n':>5}  {'job':>5}  {'modality':8}  series instance UID")
     for s in series:
-        print(f"{when(s.last_received_at):19}  {s.state:9}  {s.generation:>3}  {s.instances:>5}  "
-              f"{s.modality or '':8}  {s.series_uid}")
+        job = str(s.job_id) if s.job_id is not None else ""
+        print(f"{when(s.series.last_received_at):19}  {s.state:10}  {s.series.generation:>3}  {s.series.instances:>5}  "
+              f"{job:>5}  {s.series.modality or '':8}  {s.series.series_uid}")
     print("\nJOBS")
     print(f"{'id':>5}  {'updated':19}  {'state':10}  {'route':12}  {'model':8}  deliveries / reason")
     for j in jobs:
         deliveries = ", ".join(f"{d.destination}:{d.state}({d.attempts})" for d in state.deliveries(j.id))
+        notes = [note for note in (j.reason, j.held) if note]
+        if j.dismissed_comment:
+            notes.append(f"dismissed: {j.dismissed_comment}")
         print(f"{j.id:>5}  {when(j.updated_at):19}  {j.state:10}  {j.route[:12]:12}  {j.model[:8]:8}  "
-              f"{deliveries}{'  ' + j.reason if j.reason else ''}{'  ' + j.held if j.held else ''}")
+              f"{'  '.join(part for part in (deliveries, *notes) if part)}")
     return EXIT_OK
 
 
@@ -443,6 +510,15 @@ def _run_retry(args: argparse.Namespace) -> int:
     state = _open_state(args.config)
     new_state = state.retry_job(args.job)
     print(f"job {args.job}: {new_state}")
+    return EXIT_OK
+
+
+def _run_dismiss(args: argparse.Namespace) -> int:
+    state = _open_state(args.config)
+    job = state.dismiss_job(args.job, args.comment)
+    cancelled = sum(1 for delivery in state.deliveries(job.id) if delivery.state == "cancelled")
+    print(f"job {job.id}: dismissed ({cancelled} pending deliver{'y' if cancelled == 1 else 'ies'} cancelled; "
+          "inputs and outputs are removed after storage.done_retention_h)")
     return EXIT_OK
 
 
@@ -609,3 +685,10 @@ _positive_int = _typed(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
 _positive_float = _typed(float, lambda v: v > 0, "a positive number")
 _non_negative_float = _typed(float, lambda v: v >= 0, "a non-negative number")
+
+
+def _comment(text: str) -> str:
+    """A comment a person must write: not empty, not only blanks."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a comment saying why; found {text!r}")
+    return text.strip()

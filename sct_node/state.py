@@ -6,14 +6,29 @@ States (docs/node.md draws the diagram)::
     job:      complete -> processing -> delivering -> done | held (sCT held back after a QA FAIL)
                               \\-> failed (reason)  \\-> failed (reason)   -- `sct-node retry JOB`
               held -> delivering (everything) -> done                      -- `sct-node release JOB`
-    delivery: pending -> done | failed                                     (one per destination)
+              failed | held -> dismissed (reason and comment kept)         -- `sct-node dismiss JOB --comment`
+    delivery: pending -> done | failed | cancelled (its job was dismissed)  (one per destination)
+
+``done`` and ``dismissed`` are final. ``failed`` and ``held`` wait for a person (retry, release or
+dismiss) unless the job is *superseded*: a later generation of the same series (late instances, a
+re-send) has a job that is ``done``, ``held`` or ``dismissed``. That later job was made from every
+instance the earlier one had, and more; it is the one whose sCT is delivered, released or given up,
+and delivering the earlier one now would replace a newer sCT at the destination with an older one
+(same UIDs). A later job that is still running, or that failed too, supersedes nothing yet: it may
+still fail, or be the one to retry or dismiss, and until then the earlier job is kept as it is.
+
+The cleaner (``Node.clean``) forgets a series once every generation of it is finished and older than
+its retention: unrouted, or with a job that is done, dismissed or superseded (all timestamps, the
+superseding job's included, older than ``done_retention_h``). A failed or held job that is not
+superseded keeps its series and its outputs. `sct-node status` shows a queued series generation by
+its job's state.
 
 Every transition is one transaction, and every step a transition starts can be
 redone: a job found in ``processing`` after a crash goes back to ``complete``
 and is processed again (deterministic output UIDs make the repeat harmless).
 The database runs in WAL mode with ``synchronous=FULL``, so a committed
-transition survives power loss; `sct-node status` and `sct-node retry` open
-the same file from another process.
+transition survives power loss; `sct-node status`, `retry`, `release` and
+`dismiss` open the same file from another process.
 
 References
 ----------
@@ -28,12 +43,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from sct_node.errors import SctNodeError
 
-__all__ = ["Delivery", "InstanceRecord", "Job", "SeriesRecord", "StateStore"]
+__all__ = ["Delivery", "InstanceRecord", "Job", "SeriesRecord", "SeriesStatus", "StateStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -71,6 +86,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL,
     timings TEXT,
     held TEXT,
+    dismissed_comment TEXT,
+    dismissed_at REAL,
     UNIQUE (series_uid, generation, route)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -116,6 +133,27 @@ class SeriesRecord:
 
 
 @dataclass(frozen=True)
+class SeriesStatus:
+    """A series generation as `sct-node status` shows it: with its job, once it has one."""
+
+    series: SeriesRecord
+    job_id: int | None
+    job_state: str | None
+
+    @property
+    def state(self) -> str:
+        """What happened to the generation: its job's state once it has a job, else its own.
+
+        ``queued`` only says that a job was made; after that the job's state (``processing``, ``done``,
+        ``failed``, ``held``, ``dismissed``, ...) is what an operator needs. ``receiving``, ``unrouted``
+        and ``purged`` are the series' own and are shown as they are.
+        """
+        if self.series.state == "queued" and self.job_state is not None:
+            return self.job_state
+        return self.series.state
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     series_uid: str
@@ -130,6 +168,9 @@ class Job:
     timings: str | None
     #: Why part of the outputs is held back (None when nothing is); the job ends ``held`` instead of ``done``.
     held: str | None = None
+    #: Why a person dismissed the job (``sct-node dismiss``), and when (seconds since the epoch).
+    dismissed_comment: str | None = None
+    dismissed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -165,10 +206,13 @@ class StateStore:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
+            # Columns added since the first release: a database made before held-back outputs (held) or
+            # dismissals (dismissed_*) existed gets them here (rows are read by column name, _JOB_COLUMNS).
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(jobs)")}
-            if "held" not in columns:  # a database made before held-back outputs existed
-                self._connection.execute("ALTER TABLE jobs ADD COLUMN held TEXT")
-        except sqlite3.Error as error:
+            for name, kind in (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL")):
+                if name not in columns:
+                    self._connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        except (sqlite3.Error, OSError) as error:  # OSError: the folder cannot be made (a file is in the way)
             raise SctNodeError(f"cannot open the state database {self.path}: {error}") from error
         self._lock = threading.RLock()
 
@@ -187,7 +231,7 @@ class StateStore:
                 raise
             self._connection.execute("COMMIT")
 
-    def _query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+    def _query(self, sql: str, parameters: tuple | dict = ()) -> list[tuple]:
         with self._lock:
             return self._connection.execute(sql, parameters).fetchall()
 
@@ -330,18 +374,22 @@ class StateStore:
                        "updated_at = ? WHERE job_id = ? AND destination = ?", (now, job_id, destination))
             pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != 'done'",
                                  (job_id,)).fetchone()[0]
-            if pending == 0:
+            if pending == 0:  # only a job still delivering finishes: a dismissal meanwhile stays a dismissal
                 db.execute("UPDATE jobs SET state = CASE WHEN held IS NULL THEN 'done' ELSE 'held' END, reason = NULL, "
-                           "updated_at = ? WHERE id = ?", (now, job_id))
+                           "updated_at = ? WHERE id = ? AND state = 'delivering'", (now, job_id))
 
     def delivery_failed(self, job_id: int, destination: str, error: str, next_attempt_at: float | None) -> None:
         """Record a failed attempt; ``next_attempt_at=None`` means no attempts are left."""
         now = time.time()
         with self._transaction() as db:
             if next_attempt_at is None:
-                db.execute("UPDATE deliveries SET state = 'failed', attempts = attempts + 1, last_error = ?, "
-                           "updated_at = ? WHERE job_id = ? AND destination = ?", (error, now, job_id, destination))
-                db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
+                # An attempt that was under way when the job was dismissed leaves the dismissal (and the
+                # cancelled delivery) as the person left them.
+                db.execute("UPDATE deliveries SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'failed' END, "
+                           "attempts = attempts + 1, last_error = ?, updated_at = ? WHERE job_id = ? "
+                           "AND destination = ?", (error, now, job_id, destination))
+                db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ? "
+                           "AND state != 'dismissed'",
                            (f"delivery to {destination} failed: {error}"[:2000], now, job_id))
             else:
                 db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
@@ -356,6 +404,13 @@ class StateStore:
         job = self.job(job_id)
         if job.state != "failed":
             raise SctNodeError(f"job {job_id} is {job.state}, not failed; only failed jobs can be retried")
+        later = self._query("SELECT id, state FROM jobs WHERE series_uid = ? AND generation > ? "
+                            "AND state IN ('done', 'held', 'dismissed') ORDER BY id DESC LIMIT 1",
+                            (job.series_uid, job.generation))
+        if later:  # its sCT has the same UIDs as the newer one: delivering it would replace newer with older
+            raise SctNodeError(f"job {job_id} is superseded by job {later[0][0]} ({later[0][1]}) of a later generation "
+                               f"of the same series; retrying it would replace the newer sCT at the destination. "
+                               f"`sct-node dismiss {job_id} --comment ...` closes it")
         now = time.time()
         with self._transaction() as db:
             failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = 'failed'",
@@ -384,20 +439,67 @@ class StateStore:
                        (state, now, job_id))
         return state
 
+    def dismiss_job(self, job_id: int, comment: str, now: float | None = None) -> Job:
+        """A person gives up on a failed or held job: it ends ``dismissed``, keeping its row, reason and outputs.
+
+        Deliveries still pending are cancelled, so the dispatcher never sends them; delivered and failed
+        ones stay as they were (history). The cleaner then removes the job's inputs and outputs after
+        ``done_retention_h``, as for a done job. The check and the change are one transaction, so a
+        ``retry`` or ``release`` from another process cannot slip in between.
+
+        Parameters
+        ----------
+        comment : str
+            Why (required: whoever reads the history must learn why the job was given up). Kept as given,
+            up to 2000 characters; never logged, since it is free text.
+
+        Returns the dismissed job. Raises SctNodeError for an empty comment, an unknown job, or a job that
+        is neither failed nor held.
+        """
+        comment = comment.strip()
+        if not comment:
+            raise SctNodeError(f"job {job_id}: a comment saying why it is dismissed is required; found none")
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise SctNodeError(f"no job {job_id} in {self.path}; `sct-node status` lists the jobs")
+            if row[0] not in ("failed", "held"):
+                raise SctNodeError(f"job {job_id} is {row[0]}; only failed or held jobs can be dismissed")
+            db.execute("UPDATE jobs SET state = 'dismissed', dismissed_comment = ?, dismissed_at = ?, updated_at = ? "
+                       "WHERE id = ?", (comment[:2000], now, now, job_id))
+            db.execute("UPDATE deliveries SET state = 'cancelled', updated_at = ? "
+                       "WHERE job_id = ? AND state = 'pending'", (now, job_id))
+        return self.job(job_id)
+
     # --- reading ------------------------------------------------------------------------------------
 
     def job(self, job_id: int) -> Job:
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise SctNodeError(f"no job {job_id}")
         return _job(rows[0])
 
     def jobs(self, limit: int = 50) -> list[Job]:
-        return [_job(row) for row in self._query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+        return [_job(row) for row in self._query(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?",
+                                                 (limit,))]
 
     def series(self, limit: int = 50) -> list[SeriesRecord]:
         return [SeriesRecord(*row) for row in
                 self._query("SELECT * FROM series ORDER BY updated_at DESC LIMIT ?", (limit,))]
+
+    def series_status(self, limit: int = 50) -> list[SeriesStatus]:
+        """Recent series generations with their job (the newest, should there be several), newest first.
+
+        What `sct-node status` shows: a generation's own state stops at ``queued`` when its job is made;
+        what happened next is the job's state.
+        """
+        rows = self._query(
+            "SELECT s.*, j.id, j.state FROM series s LEFT JOIN jobs j ON j.id = ("
+            "    SELECT MAX(k.id) FROM jobs k WHERE k.series_uid = s.series_uid AND k.generation = s.generation) "
+            "ORDER BY s.updated_at DESC LIMIT ?", (limit,))
+        width = len(fields(SeriesRecord))
+        return [SeriesStatus(SeriesRecord(*row[:width]), row[width], row[width + 1]) for row in rows]
 
     def deliveries(self, job_id: int) -> list[Delivery]:
         rows = self._query("SELECT job_id, destination, state, attempts, next_attempt_at, last_error "
@@ -410,15 +512,28 @@ class StateStore:
     # --- cleaning -----------------------------------------------------------------------------------
 
     def purgeable_series(self, done_before: float, unrouted_before: float) -> list[str]:
-        """Series whose every generation is finished (done or unrouted) long enough ago."""
+        """Series whose every generation is finished long enough ago (the module docstring says when).
+
+        A generation is finished when it is unrouted since ``unrouted_before`` or earlier, or when its job
+        is settled (:data:`_SETTLED`: done, dismissed or superseded, all since ``done_before`` or earlier);
+        purged generations do not count, and a series needs one generation that is not purged yet.
+        """
         rows = self._query(
             "SELECT s.series_uid FROM series s GROUP BY s.series_uid HAVING "
-            "SUM(CASE WHEN s.state = 'unrouted' AND s.updated_at <= ? THEN 0 "
+            "SUM(CASE WHEN s.state = 'purged' THEN 0 "
+            "         WHEN s.state = 'unrouted' AND s.updated_at <= :unrouted_before THEN 0 "
             "         WHEN s.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid "
-            "              AND j.generation = s.generation AND (j.state != 'done' OR j.updated_at > ?)) THEN 0 "
-            "         WHEN s.state = 'purged' THEN 0 ELSE 1 END) = 0 "
-            "AND SUM(CASE WHEN s.state = 'purged' THEN 0 ELSE 1 END) > 0", (unrouted_before, done_before))
+            f"              AND j.generation = s.generation AND NOT {_SETTLED}) THEN 0 "
+            "         ELSE 1 END) = 0 "
+            "AND SUM(CASE WHEN s.state = 'purged' THEN 0 ELSE 1 END) > 0",
+            {"done_before": done_before, "unrouted_before": unrouted_before})
         return [row[0] for row in rows]
+
+    def settled_jobs(self, done_before: float) -> list[Job]:
+        """Jobs whose outputs have outlived their retention: done, dismissed or superseded (see :data:`_SETTLED`)."""
+        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE {_SETTLED} ORDER BY id",
+                           {"done_before": done_before})
+        return [_job(row) for row in rows]
 
     def purge_series(self, series_uid: str) -> list[Path]:
         """Forget a finished series' instances; returns their files (to delete after the commit)."""
@@ -428,6 +543,21 @@ class StateStore:
             db.execute("UPDATE series SET state = 'purged', updated_at = ? WHERE series_uid = ?",
                        (time.time(), series_uid))
         return paths
+
+
+#: The jobs columns in :class:`Job`'s order, named (a migrated database may hold them in another order).
+_JOB_COLUMNS = ("id, series_uid, generation, route, model, state, reason, output_dir, created_at, updated_at, timings, "
+                "held, dismissed_comment, dismissed_at")
+
+#: SQL: job ``j`` needs nothing any more, and has not for ``done_retention_h`` (``:done_before``): it is done or
+#: dismissed, or it is failed or held and superseded by the job of a later generation of the same series that is
+#: done, held or dismissed (a later job still running, or failed too, does not supersede: it may be the one to
+#: retry). Both the job and the superseding job must be older than the retention.
+_SETTLED = """(j.updated_at <= :done_before AND (
+    j.state IN ('done', 'dismissed')
+    OR (j.state IN ('failed', 'held') AND EXISTS (
+        SELECT 1 FROM jobs later WHERE later.series_uid = j.series_uid AND later.generation > j.generation
+        AND later.state IN ('done', 'held', 'dismissed') AND later.updated_at <= :done_before))))"""
 
 
 def _instance(row: tuple) -> InstanceRecord:

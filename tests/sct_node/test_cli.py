@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,21 @@ def _sct_node(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     executable = shutil.which("sct-node")
     command = [executable] if executable else [sys.executable, "-m", "sct_node"]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """``main()`` run in-process sets up the process's logging (level, handler, warnings, hooks): undo it after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in ("pydicom", "pynetdicom")}
+    hooks = threading.excepthook, sys.unraisablehook
+    yield
+    root.handlers[:], root.level = handlers, level
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(False)
+    threading.excepthook, sys.unraisablehook = hooks
 
 
 @pytest.fixture(scope="module")
