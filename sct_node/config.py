@@ -62,11 +62,18 @@ class NetworkConfig(_Strict):
     ae_title: AeTitle = "SCT_NODE"
     bind_address: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
-    max_associations: int = Field(10, ge=1, le=1000)
+    max_associations: int = Field(10, ge=1, le=1000, description="established associations at the same time; "
+                                                                   "more are rejected (transient, local limit)")
+    max_connections: int = Field(40, ge=1, le=10000, description="open TCP connections at the same time, in any "
+                                                                 "state (before and after association); more are "
+                                                                 "closed at once")
+    max_connections_per_host: int = Field(10, ge=1, le=10000, description="open TCP connections from one IP "
+                                                                          "address; more are closed at once")
     allowed_callers: tuple[AllowedCaller, ...] | None = Field(
         None, description="None accepts any calling AE (only sensible on loopback); otherwise only these")
     tls: TlsConfig | None = None
-    network_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0, description="idle association, whole PDU, TLS handshake and "
+                                                             "association request deadline")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -76,6 +83,9 @@ class StorageConfig(_Strict):
 
     spool_dir: Path = Path("sct-node-spool")
     min_free_space_mb: float = Field(1024.0, ge=0, description="refuse instances (Out of Resources) below this")
+    max_instance_mb: float = Field(1024.0, gt=0, description="largest data set accepted (an enhanced MR of 400 "
+                                                             "512 x 512 frames is 200 MB); larger ones abort the "
+                                                             "association before they fill memory")
     unrouted_retention_h: float = Field(72.0, ge=0, description="keep series that match no route this long")
     done_retention_h: float = Field(24.0, ge=0, description="keep inputs and outputs of finished jobs this long")
 

@@ -10,9 +10,20 @@ instance that cannot be understood (no UIDs, pixel data shorter than its
 header says) gets a Cannot Understand failure naming why, and nothing else
 of its series is affected.
 
+Nothing from the network becomes a path unless it is a valid UID
+(:func:`sct_node.dicom.uids.uid_problem`); spool paths are made by
+:class:`sct_node.spool.Spool`. An instance with an invalid UID, or with an
+element whose declared length runs past the data
+(:func:`sct_node.dicom.sanity.encoding_problem`), is refused with a
+Cannot Understand status (0xC000) and a comment naming what is wrong, and
+logged once as a WARNING naming the peer. What a peer can do before and
+around that (connections, PDU sizes and deadlines, TLS, the allow-list)
+is bounded by :mod:`sct_node.netguard`.
+
 The DICOM event handlers are the one place exceptions stop: they are logged
 with the SOP Instance UID (never the patient's name or ID) and turned into a
-named status.
+named status. Each association that stored instances gets one INFO line
+(calling AE, address, counts, series UIDs).
 
 References
 ----------
@@ -28,16 +39,26 @@ import shutil
 import socket
 import threading
 from collections.abc import Callable
-from pathlib import Path
+from datetime import datetime
 
 import pydicom
 from pynetdicom import AE, evt
-from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification
 
 from sct_node.config import NetworkConfig, StorageConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME, fsync_directory, write_atomic
-from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
+from sct_node.dicom.sanity import encoding_problem
+from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID, uid_problem
+from sct_node.netguard import (
+    Connection,
+    GuardedRequestHandler,
+    GuardedServer,
+    GuardLimits,
+    connection_of,
+    install_noise_filter,
+    relax_uid_validation,
+)
+from sct_node.spool import Spool
 from sct_node.state import StateStore
 from sct_node.tls import server_context
 
@@ -96,86 +117,32 @@ def set_tcp_nodelay(event: evt.Event) -> None:
         logger.debug("could not set TCP_NODELAY: %s", error)
 
 
-def acknowledge_quickly(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler for the SCP: answer every received segment with an immediate TCP ACK.
-
-    Our own TCP_NODELAY does not help when the *sender* leaves Nagle's
-    algorithm on (dcmtk and Orthanc do by default): it holds the last small
-    segment of each C-STORE until our delayed ACK (~40 ms) arrives. Linux
-    resets TCP_QUICKACK after a while, so it is set again before every read.
-    Measured with a default ``storescu``: 21 -> about 200 instances/s
-    (benchmarks/receive_throughput.py). No effect, and no harm, off Linux.
-    """
-    if not hasattr(socket, "TCP_QUICKACK"):
-        return
-    try:
-        transport = event.assoc.dul.socket
-        raw, read = transport.socket, transport.recv
-    except AttributeError:
-        return
-
-    def recv_with_quickack(nr_bytes: int) -> bytearray:
-        try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:  # closed meanwhile: the read below reports it
-            pass
-        return read(nr_bytes)
-
-    transport.recv = recv_with_quickack
-
-
-class _CallerCheckingACSE(ACSE):
-    """ACSE that also checks the calling host of allowed callers before negotiation.
-
-    pynetdicom checks only the calling AE title (``require_calling_aet``); a
-    caller that is allowed from one host only is rejected the same way,
-    with A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title
-    not recognized), when it comes from another address.
-    """
-
-    allowed: dict[str, set[str | None]] = {}
-
-    def _negotiate_as_acceptor(self) -> None:
-        request = self.requestor.primitive
-        title = str(request.calling_ae_title).strip()
-        hosts = self.allowed.get(title)
-        if self.allowed and (hosts is None or (None not in hosts and self.requestor.address not in hosts)):
-            logger.warning("rejected association from AE %s at %s: not an allowed caller", title,
-                           self.requestor.address)
-            self.send_reject(0x01, 0x01, 0x03)
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
-            return
-        super()._negotiate_as_acceptor()
-
-
 class StorageSCP:
     """The node's Storage SCP.
 
     Parameters
     ----------
     network : NetworkConfig
-        AE title, address, allowed callers, TLS, association limit.
+        AE title, address, allowed callers, TLS, connection and association limits, timeouts.
     storage : StorageConfig
-        Spool folder and free-space reserve.
+        Free-space reserve and largest data set.
     state : StateStore
         Where stored instances are recorded.
+    spool : Spool
+        Where they are written (the one place spool paths are made).
     on_stored : callable or None
         Called after each newly stored instance (e.g. to wake the router).
     """
 
-    def __init__(self, network: NetworkConfig, storage: StorageConfig, state: StateStore,
+    def __init__(self, network: NetworkConfig, storage: StorageConfig, state: StateStore, spool: Spool,
                  on_stored: Callable[[], None] | None = None) -> None:
-        self.network, self.storage, self.state = network, storage, state
-        self.instances_dir = Path(storage.spool_dir) / "instances"
-        self.incoming_dir = Path(storage.spool_dir) / "incoming"
+        self.network, self.storage, self.state, self.spool = network, storage, state, spool
         self.on_stored = on_stored
-        self._server = None
-        self._lock = threading.Lock()
-        for folder in (self.instances_dir, self.incoming_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        self._server: GuardedServer | None = None
+        self._ae: AE | None = None
+        spool.make_folders()
         # Temporary files of instances never acknowledged (a crash while writing): the sender will resend them.
-        for stale in self.incoming_dir.glob("*.part"):
+        for stale in spool.incoming_dir.glob("*.part"):
             stale.unlink(missing_ok=True)
 
     def start(self) -> None:
@@ -183,7 +150,9 @@ class StorageSCP:
         ae = AE(ae_title=self.network.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ae.maximum_associations = self.network.max_associations
+        # pynetdicom counts every connection, even one that never asked for an association, against
+        # maximum_associations; the guard counts connections and established associations itself.
+        ae.maximum_associations = self.network.max_connections
         ae.network_timeout = self.network.network_timeout_s
         ae.acse_timeout = self.network.network_timeout_s
         ae.dimse_timeout = self.network.network_timeout_s
@@ -193,29 +162,42 @@ class StorageSCP:
         allowed: dict[str, set[str | None]] = {}
         for caller in self.network.allowed_callers or ():
             allowed.setdefault(caller.ae_title, set()).add(caller.host)
-        checking_acse = type("_ConfiguredACSE", (_CallerCheckingACSE,), {"allowed": allowed})
-
-        def use_checking_acse(event: evt.Event) -> None:
-            set_tcp_nodelay(event)
-            acknowledge_quickly(event)
-            if event.assoc.is_acceptor:
-                event.assoc.acse = checking_acse(event.assoc)
-
+        limits = GuardLimits(
+            max_connections=self.network.max_connections,
+            max_connections_per_host=self.network.max_connections_per_host,
+            max_associations=self.network.max_associations,
+            deadline_s=self.network.network_timeout_s,
+            max_message_bytes=int(self.storage.max_instance_mb * 2**20),
+            allowed={title: frozenset(hosts) for title, hosts in allowed.items()} or None,
+            tls=server_context(self.network.tls) if self.network.tls else None,
+        )
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
-            (evt.EVT_CONN_OPEN, use_checking_acse),
         ]
-        ssl_context = server_context(self.network.tls) if self.network.tls else None
-        self._server = ae.start_server((self.network.bind_address, self.network.port), block=False,
-                                       evt_handlers=handlers, ssl_context=ssl_context)
+        install_noise_filter()
+        relax_uid_validation()
+        server = ae.make_server((self.network.bind_address, self.network.port), evt_handlers=handlers,
+                                server_class=GuardedServer, request_handler=GuardedRequestHandler,
+                                limits=limits, on_connection_end=_log_stored)
+        # What AE.start_server(block=False) does: serve in a daemon thread, and register the server so
+        # that server.shutdown() (which removes itself from ae._servers) works.
+        thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{datetime.now():%H%M%S}",
+                                  daemon=True)
+        thread.start()
+        ae._servers.append(server)
+        self._server, self._ae = server, ae
         logger.info("Storage SCP %s listening on %s:%d%s", self.network.ae_title, self.network.bind_address,
-                    self.network.port, " (TLS)" if ssl_context else "")
+                    self.port, " (TLS)" if limits.tls else "")
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
         return int(self._server.server_address[1]) if self._server else self.network.port
+
+    @property
+    def server(self) -> GuardedServer | None:
+        return self._server
 
     def stop(self) -> None:
         if self._server is not None:
@@ -223,17 +205,40 @@ class StorageSCP:
             self._server = None
 
     def _handle_store(self, event: evt.Event) -> int | pydicom.Dataset:
+        connection = connection_of(event.assoc)
         sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         try:
-            return self._store(event, sop_uid)
+            status = self._store(event, sop_uid, connection)
         except Exception:  # the handler is where exceptions stop: log, answer with a named status
-            logger.exception("instance %s: unexpected error while storing; answered Out of Resources", sop_uid)
-            return _status(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
+            shown = sop_uid if uid_problem(sop_uid) is None else "(invalid UID)"
+            logger.exception("instance %s: unexpected error while storing; answered Out of Resources", shown)
+            status = _status(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
+        if connection is not None and not isinstance(status, int) and status.Status != StorageStatus.SUCCESS:
+            connection.refused_instances += 1
+        return status
 
-    def _store(self, event: evt.Event, sop_uid: str) -> int | pydicom.Dataset:
+    def _refuse(self, connection: Connection | None, sop_uid: str, problem: str) -> pydicom.Dataset:
+        """Cannot Understand, with the problem as Error Comment and one WARNING naming the peer."""
+        shown = sop_uid if uid_problem(sop_uid) is None else "with an invalid SOP Instance UID"
+        message, args = "refused instance %s from %s: %s", (shown, connection.peer if connection else "a peer", problem)
+        if self._server is not None and connection is not None:  # rate-limited with the peer's other warnings
+            self._server.warnings.warning(connection.host, message, *args)
+        else:
+            logger.warning(message, *args)
+        return _status(StorageStatus.CANNOT_UNDERSTAND, problem)
+
+    def _store(self, event: evt.Event, sop_uid: str, connection: Connection | None) -> int | pydicom.Dataset:
+        problem = uid_problem(sop_uid, "Affected SOP Instance UID")
+        if problem:
+            return self._refuse(connection, sop_uid, problem)
+        raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+        problem = encoding_problem(raw, str(event.context.transfer_syntax),
+                                   int(self.storage.max_instance_mb * 2**20))
+        if problem:
+            return self._refuse(connection, sop_uid, problem)
         encoded = event.encoded_dataset(include_meta=True)
         reserve_bytes = self.storage.min_free_space_mb * 1024 * 1024
-        free_bytes = shutil.disk_usage(self.instances_dir).free
+        free_bytes = shutil.disk_usage(self.spool.instances_dir).free
         if free_bytes - len(encoded) < reserve_bytes:
             logger.error("instance %s refused: %.0f MB free, reserve is %.0f MB", sop_uid, free_bytes / 2**20,
                          self.storage.min_free_space_mb)
@@ -244,24 +249,23 @@ class StorageSCP:
         except Exception as error:  # pydicom raises many types on malformed data
             problem = f"data set cannot be parsed ({type(error).__name__})"
         if problem:
-            logger.warning("instance %s refused: %s", sop_uid, problem)
-            return _status(StorageStatus.CANNOT_UNDERSTAND, problem)
+            return self._refuse(connection, sop_uid, problem)
 
         series_uid = str(header.SeriesInstanceUID)
-        folder = self.instances_dir / series_uid
-        final = folder / f"{sop_uid}.dcm"
+        final = self.spool.instance_path(series_uid, sop_uid)  # both UIDs were validated above
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
             # Temporary files live in incoming/, so those of a crash are found and removed at start.
-            write_atomic(final, lambda stream: stream.write(encoded), self.incoming_dir, ".part")
-            fsync_directory(folder)
+            write_atomic(final, lambda stream: stream.write(encoded), self.spool.incoming_dir, ".part")
+            fsync_directory(final.parent)
         except OSError as error:
             logger.error("instance %s not stored: %s; answered Out of Resources", sop_uid, error.strerror or error)
             return _status(StorageStatus.OUT_OF_RESOURCES, "instance could not be written")
         image_type = header.get("ImageType", None)
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
         new = self.state.record_instance(
             sop_instance_uid=sop_uid, series_uid=series_uid, sop_class_uid=str(header.SOPClassUID), path=final,
-            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            calling_ae=calling_ae,
             study_uid=str(header.get("StudyInstanceUID", "")) or None,
             modality=str(header.get("Modality", "")) or None,
             description=str(header.get("SeriesDescription", "")) or None,
@@ -270,17 +274,47 @@ class StorageSCP:
             body_part=str(header.get("BodyPartExamined", "")) or None,
             frame_of_reference_uid=_frame_of_reference(header),
         )
+        if connection is not None:
+            if new:
+                connection.stored += 1
+            else:
+                connection.duplicates += 1
+            if series_uid not in connection.series:
+                connection.series.append(series_uid)
         logger.debug("stored instance %s of series %s%s", sop_uid, series_uid, "" if new else " (duplicate)")
         if self.on_stored is not None:
             self.on_stored()
         return StorageStatus.SUCCESS
 
 
+def _log_stored(connection: Connection) -> None:
+    """One INFO line per association that stored (or was refused) instances: the first sign of life in set-up."""
+    if not (connection.stored or connection.duplicates or connection.refused_instances):
+        return
+    shown = ", ".join(connection.series[:5]) + (f" and {len(connection.series) - 5} more"
+                                                 if len(connection.series) > 5 else "")
+    logger.info("association from %s: %d instance(s) stored, %d duplicate(s), %d refused; series %s",
+                connection.peer, connection.stored, connection.duplicates, connection.refused_instances,
+                shown or "none")
+
+
+_IDENTIFYING_UIDS = (("SOPInstanceUID", "SOP Instance UID"), ("SOPClassUID", "SOP Class UID"),
+                     ("SeriesInstanceUID", "Series Instance UID"), ("StudyInstanceUID", "Study Instance UID"))
+
+
 def _header_problem(header: pydicom.Dataset, sop_uid: str, sop_class_uid: str) -> str | None:
     """Why an instance cannot be processed, or None."""
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID"):
+    for keyword, name in _IDENTIFYING_UIDS:
         if not header.get(keyword, None):
             return f"{keyword} is missing"
+        problem = uid_problem(header.get(keyword), name)
+        if problem:
+            return problem
+    for keyword, name in (("FrameOfReferenceUID", "Frame of Reference UID"),
+                          ("TransferSyntaxUID", "Transfer Syntax UID")):
+        value = header.get(keyword, None) if keyword != "TransferSyntaxUID" else header.file_meta.get(keyword)
+        if value and (problem := uid_problem(value, name)):
+            return problem
     if str(header.SOPInstanceUID) != sop_uid:
         return "SOP Instance UID in the data set differs from the C-STORE request"
     if str(header.SOPClassUID) != sop_class_uid:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from pathlib import Path
 
 from sct_node.config import NodeConfig, RouteConfig, SeriesMatch
+from sct_node.spool import Spool
 from sct_node.state import SeriesRecord, StateStore
 
 __all__ = ["matching_route", "route_complete_series"]
@@ -47,7 +47,7 @@ def _matches(series: SeriesRecord, match: SeriesMatch) -> bool:
 def route_complete_series(state: StateStore, config: NodeConfig, now: float | None = None) -> list[int]:
     """Turn every quiet series into a job or mark it unrouted. Returns the new job IDs."""
     created = []
-    output_root = Path(config.storage.spool_dir) / "outputs"
+    output_root = Spool(config.storage.spool_dir).outputs_dir
     for series in state.quiet_series(config.processing.quiet_period_s, now=now):
         if series.generation > 1:
             # A later generation is processed with every instance of the earlier ones (series_instances), but

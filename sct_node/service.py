@@ -13,7 +13,6 @@ deliveries resume; series still receiving complete after their quiet period.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from sct_node.dispatch import Dispatcher
 from sct_node.process import JobProcessor
 from sct_node.receive import StorageSCP
 from sct_node.route import route_complete_series
+from sct_node.spool import Spool, SpoolPathError
 from sct_node.state import StateStore
 
 __all__ = ["Node", "state_path"]
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def state_path(config: NodeConfig) -> Path:
     """Where the node's database lives."""
-    return Path(config.storage.spool_dir) / "state.sqlite3"
+    return Spool(config.storage.spool_dir).state_db
 
 
 class Node:
@@ -40,11 +40,12 @@ class Node:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.state = StateStore(state_path(config))
+        self.spool = Spool(config.storage.spool_dir)
+        self.state = StateStore(self.spool.state_db)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
-        self.scp = StorageSCP(config.network, config.storage, self.state, on_stored=None)
+        self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None)
         routes = {route.name: route for route in config.routes}
         self.processor = JobProcessor(self.state, routes.get)
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
@@ -134,19 +135,35 @@ class Node:
             self.clean()
 
     def clean(self, now: float | None = None) -> int:
-        """Remove inputs and outputs past their retention; returns the number of series purged."""
+        """Remove inputs and outputs past their retention; returns the number of series purged.
+
+        A series goes once every generation of it is finished: unrouted for ``unrouted_retention_h``, or
+        with a job that is done, dismissed or superseded for ``done_retention_h``
+        (:meth:`StateStore.purgeable_series`). The outputs of such jobs go after ``done_retention_h`` too
+        (:meth:`StateStore.settled_jobs`), even while the series is kept for a later generation. A failed or
+        held job that is not superseded keeps its inputs and outputs: it waits for retry, release or dismiss.
+        Every deletion goes through the spool, which refuses paths outside it.
+        """
         now = time.time() if now is None else now
         done_before = now - self.config.storage.done_retention_h * 3600
         unrouted_before = now - self.config.storage.unrouted_retention_h * 3600
         purged = 0
         for series_uid in self.state.purgeable_series(done_before, unrouted_before):
             for path in self.state.purge_series(series_uid):
-                path.unlink(missing_ok=True)
-            shutil.rmtree(Path(self.config.storage.spool_dir) / "instances" / series_uid, ignore_errors=True)
+                try:
+                    self.spool.remove_instance_file(path)
+                except SpoolPathError as error:  # a recorded path outside instances/: never follow it
+                    logger.warning("cleaner: instance file not removed: %s", error)
+            self.spool.remove_series_dir(series_uid)
             purged += 1
-        for job in self.state.jobs(limit=10_000):
-            if job.state == "done" and job.updated_at <= done_before and job.output_dir and job.output_dir.exists():
-                shutil.rmtree(job.output_dir, ignore_errors=True)
-        if purged:
-            logger.info("cleaner: removed %d finished series past retention", purged)
+        removed_outputs = 0
+        for job in self.state.settled_jobs(done_before):
+            if job.output_dir and job.output_dir.exists():
+                try:
+                    removed_outputs += self.spool.remove_job_dir(job.output_dir)
+                except (SpoolPathError, OSError) as error:
+                    logger.warning("cleaner: outputs of job %d (%s) not removed: %s", job.id, job.state, error)
+        if purged or removed_outputs:
+            logger.info("cleaner: removed %d finished series and the outputs of %d job(s) past retention", purged,
+                        removed_outputs)
         return purged

@@ -37,10 +37,18 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
 
 
 def client_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A client context that verifies the destination against ``ca_certificates`` (or the system CAs)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """A client context that verifies the destination against ``ca_certificates`` only (or the system CAs).
+
+    With ``ca_certificates`` the system's public CAs are *not* trusted: the host name is not checked
+    (DICOM peers are addressed by IP more often than by name), so the private CA is what pins who the
+    destination is, and a certificate any public CA issued to anyone must not pass.
+    """
+    if tls.ca_certificates is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # DICOM peers are addressed by IP more often than by name; the CA pins who they are.
     context.check_hostname = False
     _load(context, tls)
     return context

@@ -5,6 +5,9 @@ version 5) written under the UUID-derived ``2.25`` root of PS3.5 B.2,
 so re-processing the same source series with the same model gives the same
 UIDs and a repeated delivery replaces, rather than duplicates, the output.
 
+UIDs that arrive from the network are checked with :func:`uid_problem`
+before anything else uses them (they name spool files and folders).
+
 References
 ----------
 DICOM PS3.5 9 and B.2 (UID encoding, UUID-derived UIDs); PS3.4 B.5 (Standard
@@ -13,6 +16,7 @@ SOP Classes).
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from pydicom.uid import UID
@@ -28,6 +32,7 @@ __all__ = [
     "RT_PLAN_STORAGE",
     "RT_STRUCTURE_SET_STORAGE",
     "derive_uid",
+    "uid_problem",
 ]
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
@@ -69,3 +74,29 @@ def derive_uid(*parts: str | int) -> UID:
     # The separator cannot occur in a UID or an int, so ("a|b",) and ("a", "b") stay distinct
     # for the inputs this is used with.
     return _uuid_uid("|".join(str(p) for p in parts))
+
+
+#: PS3.5 9.1: digits and dots, components separated by single dots. Components with a leading zero
+#: ("1.2.05") break the rule but occur in the wild (older modalities); they are accepted, since they are
+#: still only digits and dots and cannot become anything but a plain file name.
+_UID_SHAPE = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_LENGTH = 64
+
+
+def uid_problem(value: object, what: str = "UID") -> str | None:
+    """Why ``value`` is not a UID that may be used (as a file name, a database key), or None.
+
+    The check is PS3.5 9.1 less the leading-zero rule: at most 64 characters, only digits and dots, no
+    empty component (so never ``.``, ``..``, a leading or trailing dot), nothing else — no slash,
+    backslash, space, NUL or other character. Trailing NUL padding is stripped by pydicom before this.
+    The message is short enough for a DIMSE Error Comment (64 characters) and never repeats the value,
+    which came from the network.
+    """
+    text = "" if value is None else str(value)
+    if not text:
+        return f"{what} is empty"
+    if len(text) > MAX_UID_LENGTH:
+        return f"{what} is longer than 64 characters"
+    if not _UID_SHAPE.fullmatch(text):
+        return f"{what} is not digits and dots (PS3.5 9.1)"
+    return None
