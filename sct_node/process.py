@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from sct_node.dicom.reader import read_series
 from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.errors import SctNodeError
 from sct_node.qa_stage import reference_data, run_qa_stage, run_report_stage
+from sct_node.spool import Spool
 from sct_node.state import Job, StateStore
 
 __all__ = ["JobProcessor"]
@@ -38,11 +38,14 @@ class JobProcessor:
     route_of : callable
         Route name -> its :class:`~sct_node.config.RouteConfig` (None for a route no longer configured:
         the sCT is made without QA and delivered nowhere).
+    spool : Spool
+        The node's spool: a job's output folder must be one of its ``outputs/job-N`` folders.
     """
 
-    def __init__(self, state: StateStore, route_of) -> None:
+    def __init__(self, state: StateStore, route_of, spool: Spool) -> None:
         self.state = state
         self.route_of = route_of
+        self.spool = spool
         self._models: dict[tuple, TranslationModel] = {}
         self._models_lock = threading.Lock()
 
@@ -82,10 +85,11 @@ class JobProcessor:
             result = model.translate(series.volume)
             timings["model_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            output_dir = Path(job.output_dir or f"job-{job.id}")
+            output_dir = Path(job.output_dir) if job.output_dir else self.spool.job_dir(job.id)
             # A run killed part-way leaves the writer's staging folder (partial CT.*.dcm) in here, and the
             # dispatcher sends every *.dcm under the job's folder: start empty, since processing remakes it all.
-            shutil.rmtree(output_dir, ignore_errors=True)
+            # The spool removes only outputs/job-N folders (SpoolPathError, an SctNodeError, fails the job).
+            self.spool.remove_job_dir(output_dir)
             written = write_sct_series(result.hu, series, model.card, output_dir / "sct")
             timings["write_s"] = time.perf_counter() - t0
             if route is not None and route.qa:

@@ -47,7 +47,7 @@ class Node:
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None)
         routes = {route.name: route for route in config.routes}
-        self.processor = JobProcessor(self.state, routes.get)
+        self.processor = JobProcessor(self.state, routes.get, self.spool)
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
         self._threads: list[threading.Thread] = []

@@ -111,3 +111,31 @@ def test_spool_paths_are_absolute_whatever_the_working_directory(tmp_path, monke
     spool = Spool("relative-spool")
     assert spool.root.is_absolute() and spool.root == tmp_path / "relative-spool"
     assert os.path.isabs(spool.instance_path("1.2", "1.2.3"))
+
+
+def test_processing_never_empties_an_output_folder_outside_the_spool(tmp_path):
+    """The processor empties a job's folder before writing; a row pointing elsewhere fails the job instead."""
+    from sct_node.config import RouteConfig
+    from tests.sct_node.node_helpers import phantom_mr_series
+
+    mr = phantom_mr_series(tmp_path / "mr", slices=8, rows=32)
+    config = NodeConfig(network=NetworkConfig(port=free_port()),
+                        storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
+                        processing=ProcessingConfig(quiet_period_s=0.01),
+                        routes=(RouteConfig(name="r", model="bulk", qa=False),))
+    node = Node(config)
+    for index, path in enumerate(mr.files):
+        node.state.record_instance(sop_instance_uid=f"1.2.3.{index}", series_uid=mr.series_uid,
+                                   sop_class_uid="1.2.840.10008.5.1.4.1.1.4", path=path, calling_ae="PACS",
+                                   study_uid=mr.study_uid, modality="MR", description=None, image_type=None,
+                                   body_part=None, now=time.time() - 60)
+    (series,) = node.state.quiet_series(0.01)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "job-1").mkdir(parents=True)
+    (elsewhere / "job-1" / "keep.txt").write_text("keep")
+    job_id = node.state.create_job(series, "r", "bulk", elsewhere)
+    node.processor.process(node.state.claim_job())
+    job = node.state.job(job_id)
+    assert job.state == "failed" and "not inside" in job.reason
+    assert (elsewhere / "job-1" / "keep.txt").read_text() == "keep"
+    node.state.close()
