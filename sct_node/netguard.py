@@ -220,7 +220,9 @@ class PeerNoiseFilter(logging.Filter):
         connection = _CONNECTIONS.get(assoc) if assoc is not None else None
         if connection is None:
             return True
-        if record.levelno >= logging.WARNING:
+        # Only pynetdicom's own words become the reason logged at WARNING: pydicom's messages about a
+        # received data set may quote its values (a patient's name), and stay at DEBUG.
+        if record.levelno >= logging.WARNING and record.name.startswith("pynetdicom"):
             connection.pynetdicom_reason = printable(record.getMessage(), 120)
         if not logging.getLogger().isEnabledFor(logging.DEBUG):
             return False

@@ -200,3 +200,27 @@ def test_pynetdicom_acse_and_state_machine_hooks_exist():
     assert callable(ACSE._negotiate_as_acceptor) and callable(ACSE.send_reject)
     assert "def do_action" in inspect.getsource(StateMachine)
     assert "UI" in _config.VALIDATORS
+
+
+def test_noise_in_acceptor_threads_is_demoted_and_only_pynetdicom_words_become_the_reason(caplog):
+    """pydicom may quote a received value (a patient's name) in its warnings: that must never reach the
+    WARNING logged when the connection ends; pynetdicom's own complaint becomes the reason."""
+    from sct_node.netguard import _CONNECTIONS, install_noise_filter
+
+    install_noise_filter()
+
+    class Acceptor(Association):
+        def run(self) -> None:
+            logging.getLogger("pynetdicom.dul").error("Unable to decode the received PDU data")
+            logging.getLogger("pydicom").warning("Invalid value for VR PN: 'Leak^Canary'")  # the later one
+
+    assoc = Acceptor(AE(), "acceptor")
+    connection = Connection("127.0.0.9", 4242)
+    _CONNECTIONS[assoc] = connection
+    caplog.set_level(logging.INFO)
+    assoc.start()
+    assoc.join(timeout=10)
+    assert connection.pynetdicom_reason == "Unable to decode the received PDU data"
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith(("pydicom", "pynetdicom"))]
+    logging.getLogger("pynetdicom.dul").error("an SCU-side error outside acceptor threads")
+    assert any("SCU-side" in r.getMessage() for r in caplog.records)  # other threads are not filtered
