@@ -23,8 +23,21 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from sct_node.config import AllowedCaller, NetworkConfig, NodeConfig, ProcessingConfig, StorageConfig, TlsConfig
-from tests.sct_node.node_helpers import NodeProcess, db_rows, free_port, wait_for, write_toml
+from sct_node.config import (
+    AllowedCaller,
+    NetworkConfig,
+    NodeConfig,
+    ProcessingConfig,
+    StorageConfig,
+    TlsConfig,
+)
+from tests.sct_node.node_helpers import (
+    NodeProcess,
+    db_rows,
+    free_port,
+    wait_for,
+    write_toml,
+)
 from tests.sct_node.raw_dicom import MR_IMAGE_STORAGE, RawAssociation, associate_rq
 
 NETWORK_TIMEOUT_S = 2.0
@@ -95,21 +108,29 @@ def files_outside(root: Path, spool: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if spool not in p.parents and p != spool}
 
 
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
-    """One node for the module: allowed caller PACS, 2 s network timeout, no processing."""
-    root = tmp_path_factory.mktemp("hostile")
+def start_guarded_node(root: Path, *, max_instance_mb: float = 64, **network) -> NodeProcess:
+    """``sct-node serve`` allowing caller PACS (any host), no processing, with a canary file beside its spool.
+
+    ``node.root`` is ``root``; ``node.spool`` the spool, under ``root/data`` next to ``root/data/canary``.
+    """
     port = free_port()
     config = NodeConfig(
-        network=NetworkConfig(port=port, network_timeout_s=NETWORK_TIMEOUT_S, max_connections=40,
-                              max_connections_per_host=10, allowed_callers=(AllowedCaller(ae_title="PACS"),)),
-        storage=StorageConfig(spool_dir=root / "data" / "spool", min_free_space_mb=0, max_instance_mb=64),
+        network=NetworkConfig(port=port, allowed_callers=(AllowedCaller(ae_title="PACS"),), **network),
+        storage=StorageConfig(spool_dir=root / "data" / "spool", min_free_space_mb=0, max_instance_mb=max_instance_mb),
         processing=ProcessingConfig(quiet_period_s=3600, poll_interval_s=0.2),
     )
     (root / "data" / "canary").mkdir(parents=True)
     (root / "data" / "canary" / "keep.txt").write_text("must survive")
     node = NodeProcess(write_toml(config, root / "node.toml"), port, root / "node.log")
     node.root, node.spool = root, root / "data" / "spool"
+    return node
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """One node for the module: allowed caller PACS, 2 s network timeout, no processing."""
+    node = start_guarded_node(tmp_path_factory.mktemp("hostile"), network_timeout_s=NETWORK_TIMEOUT_S,
+                              max_connections=40, max_connections_per_host=10)
     yield node
     node.stop()
 
@@ -382,28 +403,6 @@ def test_idle_tcp_connection_on_the_tls_port_blocks_no_tls_client(tmp_path, pki)
     finally:
         idle.close()
         node.stop()
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Path]:
-    """A throw-away CA and server certificate made with openssl."""
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed: cannot make test certificates")
-    folder = tmp_path_factory.mktemp("pki")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=sct-node test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=sct-node test server")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2")
-    return {name: folder / name for name in ("ca.pem", "server.pem", "server.key")}
 
 
 def test_node_threads_and_descriptors_return_to_idle(hostile):

@@ -20,7 +20,11 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
-from pynetdicom.transport import AssociationServer, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import (
+    AssociationServer,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 from sct_node.netguard import (
     MAX_ASSOCIATE_RQ_BYTES,
@@ -52,15 +56,21 @@ class _Assoc:
         self.dul = _Dul()
 
 
+def _recording_logger(name: str) -> tuple[logging.Logger, list[str]]:
+    """A logger whose messages land in the returned list (one fresh list per call)."""
+    records: list[str] = []
+    log = logging.getLogger(name)
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    return log, records
+
+
 def _reader(established: bool = False, deadline_s: float = 0.5, max_message_bytes: int = 1 << 20):
     server_side, client_side = socket.socketpair()
     connection = Connection("127.0.0.9", 4242)
-    records: list[str] = []
-    log = logging.getLogger("test.netguard")
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log, records = _recording_logger("test.netguard")
     limits = GuardLimits(max_connections=4, max_connections_per_host=2, max_associations=2, deadline_s=deadline_s,
                          max_message_bytes=max_message_bytes)
     assoc = _Assoc(established)
@@ -136,12 +146,7 @@ def test_a_new_message_starts_counting_from_zero():
 
 
 def test_peer_warnings_are_limited_per_address_and_report_what_was_suppressed():
-    records: list[str] = []
-    log = logging.getLogger("test.netguard.rate")
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log, records = _recording_logger("test.netguard.rate")
     warnings = PeerWarnings(log, burst=3, per_s=0.0001, total_burst=10, total_per_s=0.0001)
     for n in range(50):
         warnings.warning("10.0.0.1", "flood %d", n)
@@ -162,18 +167,11 @@ def test_text_from_the_network_is_made_printable():
     assert printable("") == "''"
 
 
-def test_client_context_with_a_ca_bundle_trusts_only_that_bundle(tmp_path):
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed: cannot make a test CA")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-                    "-days", "2", "-subj", "/CN=sct-node test CA"], cwd=tmp_path, check=True, capture_output=True)
+def test_client_context_with_a_ca_bundle_trusts_only_that_bundle(pki):
     from sct_node.config import TlsConfig
     from sct_node.tls import client_context
 
-    assert len(client_context(TlsConfig(ca_certificates=tmp_path / "ca.pem")).get_ca_certs()) == 1
+    assert len(client_context(TlsConfig(ca_certificates=pki["ca.pem"])).get_ca_certs()) == 1
 
 
 # --- pynetdicom internals the guard relies on ---------------------------------------------------------

@@ -18,12 +18,12 @@ import random
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from sct_node.config import AllowedCaller, NetworkConfig, NodeConfig, ProcessingConfig, StorageConfig
-from tests.sct_node.node_helpers import NodeProcess, db_rows, free_port, write_toml
+from tests.sct_node.node_helpers import db_rows
 from tests.sct_node.raw_dicom import (
     MR_IMAGE_STORAGE,
     RawAssociation,
@@ -32,7 +32,15 @@ from tests.sct_node.raw_dicom import (
     pdata,
     pdv,
 )
-from tests.sct_node.test_hostile_network import echo, files_outside, mr_dataset, rss_kib, store_valid, valid_uid
+from tests.sct_node.test_hostile_network import (
+    echo,
+    files_outside,
+    mr_dataset,
+    rss_kib,
+    start_guarded_node,
+    store_valid,
+    valid_uid,
+)
 
 SEED = int(os.environ.get("SCT_NODE_FUZZ_SEED", "20261203"))
 PDU_CASES_PER_BATCH = int(os.environ.get("SCT_NODE_FUZZ_CASES", "600"))
@@ -106,12 +114,17 @@ def pdu_case(rng: random.Random, n: int) -> bytes:
 
 def dataset_cases(port: int, source: str, rng: random.Random, count: int) -> int:
     """Mutated data sets inside well-formed C-STOREs on associations of the allowed AE; returns cases sent."""
-    sent = 0
+    sent, refused = 0, 0
     while sent < count:
         try:
             assoc = RawAssociation(port, "PACS", source=source, timeout_s=5)
-        except Exception:
-            return sent
+        except Exception as error:  # e.g. the association limit while other senders' aborts wind down
+            refused += 1
+            if refused > 50:
+                raise AssertionError(f"the allowed AE was refused 50 times in a row: {error}") from None
+            time.sleep(0.1)
+            continue
+        refused = 0
         try:
             for _ in range(20):
                 n = rng.randrange(10**6)
@@ -132,18 +145,8 @@ def dataset_cases(port: int, source: str, rng: random.Random, count: int) -> int
 
 @pytest.fixture(scope="module")
 def fuzz_node(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    config = NodeConfig(
-        network=NetworkConfig(port=port, network_timeout_s=2.0, max_connections=200, max_connections_per_host=50,
-                              allowed_callers=(AllowedCaller(ae_title="PACS"),)),
-        storage=StorageConfig(spool_dir=root / "data" / "spool", min_free_space_mb=0, max_instance_mb=16),
-        processing=ProcessingConfig(quiet_period_s=3600, poll_interval_s=0.5),
-    )
-    (root / "data" / "canary").mkdir(parents=True)
-    (root / "data" / "canary" / "keep.txt").write_text("must survive")
-    node = NodeProcess(write_toml(config, root / "node.toml"), port, root / "node.log")
-    node.root, node.spool = root, root / "data" / "spool"
+    node = start_guarded_node(tmp_path_factory.mktemp("fuzz"), max_instance_mb=16, network_timeout_s=2.0,
+                              max_connections=200, max_connections_per_host=50)
     yield node
     node.stop()
 

@@ -16,11 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from sct_node.config import NetworkConfig, NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
+from sct_node.config import (
+    NetworkConfig,
+    NodeConfig,
+    ProcessingConfig,
+    RouteConfig,
+    SeriesMatch,
+    StorageConfig,
+)
 from tests.sct_node.node_helpers import (
     NodeProcess,
-    dcmtk,
     db_rows,
+    dcmtk,
     free_port,
     phantom_mr_series,
     storescu,

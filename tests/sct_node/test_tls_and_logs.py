@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
 import pydicom
-import pytest
 from pynetdicom import AE
 
 from models.phantoms import generate_phantom
@@ -30,26 +27,6 @@ from tests.sct_node.node_helpers import free_port
 VERIFICATION = "1.2.840.10008.1.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Path]:
-    """A throw-away CA, a server certificate and a client certificate made with openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed: cannot make test certificates")
-    folder = tmp_path_factory.mktemp("pki")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=sct-node test CA")
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=sct-node test {name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2")
-    return {name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
 def _start_node(tmp_path: Path, tls: TlsConfig | None) -> Node:
