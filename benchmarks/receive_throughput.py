@@ -97,7 +97,11 @@ from typing import ClassVar
 import pynetdicom
 from pynetdicom import evt
 
-from models.phantoms import generate_phantom
+# Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/models.py would shadow the
+# models package: the repository root goes first instead (as in benchmarks/models.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.phantoms import generate_phantom  # noqa: E402
 from sct_node.config import (
     DestinationConfig,
     DispatchConfig,
