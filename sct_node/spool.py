@@ -57,6 +57,7 @@ class Spool:
         self.incoming_dir = self.root / "incoming"
         self.outputs_dir = self.root / "outputs"
         self.state_db = self.root / "state.sqlite3"
+        self._real_paths: dict[str, Path] = {}
 
     def make_folders(self) -> None:
         for folder in (self.instances_dir, self.incoming_dir, self.outputs_dir):
@@ -66,12 +67,12 @@ class Spool:
 
     def series_dir(self, series_uid: str) -> Path:
         """``instances/<series UID>``; raises SpoolPathError unless the UID is valid."""
-        return self.inside(self.instances_dir / _uid_name(series_uid, "Series Instance UID"))
+        return self.inside(self.instances_dir / _uid_name(series_uid, "Series Instance UID"), resolve=False)
 
     def instance_path(self, series_uid: str, sop_instance_uid: str) -> Path:
         """``instances/<series UID>/<SOP Instance UID>.dcm``; raises SpoolPathError unless both UIDs are valid."""
         name = _uid_name(sop_instance_uid, "SOP Instance UID")
-        return self.inside(self.series_dir(series_uid) / f"{name}.dcm")
+        return self.inside(self.series_dir(series_uid) / f"{name}.dcm", resolve=False)
 
     def job_dir(self, job_id: int) -> Path:
         """``outputs/job-<N>``."""
@@ -81,17 +82,29 @@ class Spool:
 
     # --- checking -----------------------------------------------------------------------------------
 
-    def inside(self, path: Path | str, within: Path | None = None) -> Path:
+    def inside(self, path: Path | str, within: Path | None = None, *, resolve: bool = True) -> Path:
         """``path`` made absolute, if it lies strictly inside ``within`` (default: the spool); else SpoolPathError.
 
-        Symbolic links are resolved, so a link planted in the spool cannot lead a deletion elsewhere.
+        With ``resolve`` (every deletion) symbolic links are resolved, so a link planted in the spool cannot
+        lead a deletion elsewhere. Paths made here from validated UIDs are checked lexically
+        (``resolve=False``): such a name cannot leave its folder, and resolving every component of every
+        received instance's path cost about a tenth of the C-STORE handler's time (py-spy, 470 instances).
         """
-        base = Path(os.path.realpath(within or self.root))
         absolute = Path(os.path.abspath(path))
-        resolved = Path(os.path.realpath(absolute))
-        if resolved == base or base not in resolved.parents:
+        if resolve:
+            base, target = self._real(within or self.root), Path(os.path.realpath(absolute))
+        else:
+            base, target = Path(os.path.abspath(within or self.root)), absolute
+        if target == base or base not in target.parents:
             raise SpoolPathError(f"{absolute} is not inside {base}; refusing to touch it")
         return absolute
+
+    def _real(self, folder: Path) -> Path:
+        """The real path of one of the spool's folders, resolved once."""
+        key = str(folder)
+        if key not in self._real_paths:
+            self._real_paths[key] = Path(os.path.realpath(folder))
+        return self._real_paths[key]
 
     # --- removing -----------------------------------------------------------------------------------
 
