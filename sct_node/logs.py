@@ -2,8 +2,9 @@
 
 Nothing the node logs at INFO or above contains a patient's name, ID or
 birth date: records name instances and series by UID and peers by AE title.
-pydicom and pynetdicom are kept at WARNING unless debugging, because their
-INFO/DEBUG output can include data set contents.
+pydicom, pynetdicom and highdicom are kept at WARNING unless debugging, because
+their INFO/DEBUG output can include data set contents (and highdicom's is a line
+per copied module).
 
 With ``json_lines`` every line the process writes to stderr must be JSON, so
 that a log collector can parse all of it. Besides the log records themselves,
@@ -87,7 +88,8 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("pydicom", "pynetdicom"):
+    # highdicom narrates every module it copies at INFO (one line per module per object): noise for an operator.
+    for name in ("pydicom", "pynetdicom", "highdicom"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception

@@ -127,4 +127,5 @@ def test_json_lines_format():
     configure_logging("INFO", json_lines=True)
     assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
     assert logging.getLogger("pynetdicom").level == logging.WARNING
+    assert logging.getLogger("highdicom").level == logging.WARNING  # one INFO line per copied module otherwise
     configure_logging("INFO", json_lines=False)
