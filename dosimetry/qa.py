@@ -2,8 +2,10 @@
 
 Steps (every measurement and threshold ends up in ``qa.json``):
 
-1. HU checks inside the body (always): tissue fractions, soft-tissue mean,
-   values outside [-1024, 3071].
+1. HU checks inside the body (always): tissue fractions, values outside
+   [-1024, 3071]; tissue plausibility (:mod:`dosimetry.tissue_composition`):
+   the soft-tissue peak of the body histogram, the fat share against the
+   site's limits, bone in every body slice.
 2. Geometry: the sCT outline against the MR body outline (Dice, 95th
    percentile surface distance), field-of-view truncation, slice coverage.
 3. Uncertainty (when the model produced a map): share of the body above the level.
@@ -47,6 +49,7 @@ from dosimetry.hu_checks import (
 from dosimetry.image_metrics import image_metrics
 from dosimetry.plans import PhotonPlan, template_plan
 from dosimetry.structures import StructureMask
+from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composition
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
@@ -54,8 +57,11 @@ __all__ = ["QaInputs", "QaResult", "run_qa", "write_qa"]
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
-#: The soft-tissue mean is judged by its distance from this typical value (muscle/organs 20-60 HU).
-SOFT_TISSUE_EXPECTED_HU = 30.0
+#: The soft-tissue peak is judged by its distance from this typical value: brain white matter about 30,
+#: grey matter about 40, muscle 40-50 HU (Bushberg et al. 2012; Schneider et al. 2000).
+SOFT_TISSUE_EXPECTED_HU = 35.0
+#: Sites the QA knows (template plans and the fat share's limits).
+SITES = ("pelvis", "head")
 #: Dose points of each DVH curve kept for the report (0 to 102 % of the highest dose).
 DVH_CURVE_POINTS = 201
 
@@ -103,6 +109,8 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
         For inputs on different grids or without a body.
     """
     sct = inputs.sct
+    if inputs.site not in SITES:
+        raise DosimetryError(f"QA site must be one of {', '.join(SITES)}; found {inputs.site!r}")
     body = inputs.mr_body_mask if inputs.mr_body_mask is not None else sct_body_outline(sct)
     if body.shape != sct.shape:
         raise DosimetryError(f"MR body mask shape {body.shape} differs from the sCT grid {sct.shape}")
@@ -120,11 +128,7 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
                         "voxels outside [-1024, 3071] HU or not finite"))
     checks.append(judge("bone_fraction", fractions.get("bone", 0.0), thresholds.bone_fraction_percent,
                         f"bone (>= {BONE_FROM_HU:g} HU) inside the body"))
-    soft = stats.soft_tissue_mean_hu
-    checks.append(judge("soft_tissue_mean", abs(soft - SOFT_TISSUE_EXPECTED_HU) if soft is not None else np.nan,
-                        thresholds.soft_tissue_mean_hu_deviation,
-                        f"soft-tissue mean {soft if soft is None else round(soft, 1)} HU, deviation from "
-                        f"{SOFT_TISSUE_EXPECTED_HU:g} HU"))
+    checks.extend(_composition_checks(sct, body, inputs.site, thresholds, measured))
 
     if inputs.mr_body_mask is not None:
         agreement = body_outline_agreement(sct, inputs.mr_body_mask)
@@ -175,6 +179,39 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
         checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
     verdict, reasons = overall(checks)
     return QaResult(verdict, reasons, tuple(checks), measured, arrays)
+
+
+def _composition_checks(sct: Volume, body: np.ndarray, site: str, thresholds: QaThresholds,
+                        measured: dict) -> list[Check]:
+    """Soft-tissue peak, fat share (site limits) and bone per slice (:mod:`dosimetry.tissue_composition`)."""
+    composition = tissue_composition(sct, body)
+    measured["composition"] = ({"site": site, "soft_tissue_expected_hu": SOFT_TISSUE_EXPECTED_HU}
+                               | composition.as_dict())
+    peak = composition.soft_tissue_peak_hu
+    shown = "none" if np.isnan(peak) else f"{peak:.0f} HU"
+    fat_limit = thresholds.fat_share_head_percent if site == "head" else thresholds.fat_share_pelvis_percent
+    missing = composition.slices_without_bone
+    where = f"; slices without bone: {_index_ranges(missing)}" if missing else ""
+    return [
+        judge("soft_tissue_peak", abs(peak - SOFT_TISSUE_EXPECTED_HU), thresholds.soft_tissue_peak_hu_deviation,
+              f"soft-tissue peak of the body histogram {shown}, deviation from {SOFT_TISSUE_EXPECTED_HU:g} HU"),
+        judge("fat_share", composition.fat_share_percent, fat_limit,
+              f"fat (-190...-30 HU) in a {site}"),
+        judge("bone_slices", composition.bone_slice_percent, thresholds.bone_slices_percent,
+              f"body slices holding bone (>= {BONE_FROM_HU:g} HU in >= {SLICE_BONE_MIN_PERCENT:g} % of the "
+              f"section{where})"),
+    ]
+
+
+def _index_ranges(indices: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 7)`` as ``"0-2, 7"``."""
+    ranges: list[list[int]] = []
+    for k in indices:
+        if ranges and k == ranges[-1][1] + 1:
+            ranges[-1][1] = k
+        else:
+            ranges.append([k, k])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges)
 
 
 def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, measured: dict,

@@ -126,7 +126,11 @@ def _limit(pass_limit: float, fail_limit: float, higher: bool, unit: str, source
 
 @dataclass(frozen=True)
 class QaThresholds:
-    """Default thresholds of every check, with sources. Override any of them per site in the node's config."""
+    """Default thresholds of every check, with sources. Override any of them per site in the node's config.
+
+    ``fat_share_head_percent`` and ``fat_share_pelvis_percent`` are the limits of one check, ``fat_share``;
+    the QA uses the one of its site.
+    """
 
     gamma_pass_rate_percent: Limit = _limit(
         95.0, 90.0, True, "%", "gamma 2 %/2 mm pass rate: 95 % action level (Hussein et al. 2017); "
@@ -145,8 +149,26 @@ class QaThresholds:
         1.0, 0.2, True, "% of body voxels",
         "head and pelvis hold 5-20 % bone; an sCT without bone misplaces dose by several % "
         "(Thomas, BJR 1999: >8 % bone density error for 1 % dose error)")
-    soft_tissue_mean_hu_deviation: Limit = _limit(
-        40.0, 80.0, False, "HU", "soft tissue about 0-60 HU (Schneider et al. 2000); mean deviation from 30 HU")
+    soft_tissue_peak_hu_deviation: Limit = _limit(
+        25.0, 50.0, False, "HU",
+        "distance of the body histogram's soft-tissue peak from 35 HU: brain white matter about 30, grey matter "
+        "about 40, muscle 40-50 HU (Bushberg et al. 2012, ch. 10; Schneider et al. 2000); pass 10-60, fail outside "
+        "-15...85 HU; fat lies at -100 +/- 20 HU")
+    fat_share_head_percent: Limit = _limit(
+        30.0, 35.0, False, "% of fat and soft-tissue voxels",
+        "head: brain (20-45 HU) and muscle dominate, fat is a thin scalp layer plus orbital fat (fat -100 HU, "
+        "Schneider et al. 2000); head phantoms hold 15-28 % with partial volume at 1-5 mm voxels; half the brain "
+        "turned to fat gives 38-44 %")
+    fat_share_pelvis_percent: Limit = _limit(
+        70.0, 85.0, False, "% of fat and soft-tissue voxels",
+        "pelvis: subcutaneous and visceral fat may outweigh muscle and organs in obese patients, but muscle "
+        "(gluteal, obturator, pelvic floor), bladder, prostate and rectum always remain (Kvist et al. 1988 "
+        "adipose volumes); WARN for review above 70 %")
+    bone_slices_percent: Limit = _limit(
+        85.0, 60.0, True, "% of body slices",
+        "every axial slice of a head (skull, skull base, mandible, spine) and of a pelvis (ilium, sacrum, "
+        "acetabula, femoral heads) cuts bone; a slice holds bone when >= 1 % of its body section is >= 200 HU "
+        "(spongiosa 200-400, cortical bone > 700 HU, Schneider et al. 2000)")
     uncertainty_fraction_percent: Limit = _limit(
         5.0, 15.0, False, "% of body voxels", "share of the body where the model's ensemble disagrees")
     slice_coverage_missing_slices: Limit = _limit(
@@ -158,6 +180,14 @@ class QaThresholds:
         "depths of lateral beams are too short")
     out_of_range_fraction_percent: Limit = _limit(
         0.0, 0.1, False, "% of voxels", "values outside [-1024, 3071] HU are invalid")
+
+
+#: Threshold names of checks that were replaced, with what replaced them (a clear error instead of "unknown").
+_REPLACED = {
+    "soft_tissue_mean_hu_deviation": (
+        "the soft-tissue check now judges the body histogram's soft-tissue peak, not the mean of the voxels already "
+        "in the soft-tissue window; use soft_tissue_peak_hu_deviation (docs/qa.md)"),
+}
 
 
 def thresholds_from_mapping(overrides: dict, base: QaThresholds | None = None) -> QaThresholds:
@@ -182,6 +212,8 @@ def thresholds_from_mapping(overrides: dict, base: QaThresholds | None = None) -
     known = {f.name for f in dataclasses.fields(QaThresholds)}
     changes = {}
     for name, values in overrides.items():
+        if name in _REPLACED:
+            raise DosimetryError(f"QA threshold {name!r} no longer exists: {_REPLACED[name]}")
         if name not in known:
             raise DosimetryError(f"unknown QA threshold {name!r}; known: {', '.join(sorted(known))}")
         if not isinstance(values, dict) or not set(values) <= {"pass_limit", "fail_limit"} or not values:

@@ -131,7 +131,11 @@ QA_CODES: dict[str, Code] = {
     # "check" for a check this table does not know yet (its tracking identifier still names it).
     "check:out_of_range": _private("OUTOFRANGE", "Voxels outside the CT number range"),
     "check:bone_fraction": _private("BONEFRACTION", "Bone fraction of the body"),
+    # Kept so that an SR of an older qa.json (before the soft-tissue peak replaced the mean) still reads.
     "check:soft_tissue_mean": _private("SOFTTISSUEDEV", "Soft-tissue mean CT number deviation"),
+    "check:soft_tissue_peak": _private("SOFTPEAKDEV", "Soft-tissue peak CT number deviation"),
+    "check:fat_share": _private("FATSHARE", "Fat share of fat and soft tissue in the body"),
+    "check:bone_slices": _private("BONESLICES", "Body slices holding bone"),
     "check:body_dice": _private("BODYDICE", "Body outline Dice coefficient, sCT vs MR"),
     "check:body_surface_distance_95": _private("BODYSD95", "Body outline 95th percentile surface distance"),
     "check:slice_coverage": _private("MISSINGSLICES", "Missing sCT slices"),
@@ -151,6 +155,7 @@ UCUM_UNITS: dict[str, Code] = {
     "% of body voxels": Code("%", "UCUM", "% of body voxels"),
     "% of voxels": Code("%", "UCUM", "% of voxels"),
     "% of body slices": Code("%", "UCUM", "% of body slices"),
+    "% of fat and soft-tissue voxels": Code("%", "UCUM", "% of fat and soft-tissue voxels"),
     "HU": codes.UCUM.HounsfieldUnit,                             # ("[hnsf'U]", UCUM, "Hounsfield unit")
     "mm": Code("mm", "UCUM", "mm"),
     "": codes.UCUM.NoUnits,                                      # ("1", UCUM, "no units")

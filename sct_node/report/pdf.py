@@ -651,8 +651,8 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
     _page_title(figure, "HU histogram and model uncertainty",
                 f"Share of voxels {inside} per 10 HU bin; dotted lines mark the expected tissue peaks "
                 "(Schneider et al. 2000; ICRU Report 44), which shift with scanner and kVp.")
-    ax = figure.add_axes(((_MARGIN_X_IN + 0.45) / _PAGE_IN[0], 0.56, 1 - (2 * _MARGIN_X_IN + 0.6) / _PAGE_IN[0],
-                          0.3))
+    ax = figure.add_axes(((_MARGIN_X_IN + 0.45) / _PAGE_IN[0], 0.6, 1 - (2 * _MARGIN_X_IN + 0.6) / _PAGE_IN[0],
+                          0.26))
     edges = np.arange(-1100.0, 2110.0, 10.0)
     for label, volume, style in (("sCT", data.sct, "-"), ("real CT", data.reference_ct, "--")):
         if volume is None:
@@ -672,7 +672,14 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         ax.text(hu + 12, 0.97, f"{name} {hu:g}", transform=ax.get_xaxis_transform(), rotation=90, va="top",
                 ha="left", fontsize=6, parse_math=False,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85})
+    composition = data.qa.get("measurements", {}).get("composition") or {}
+    peak = composition.get("soft_tissue_peak_hu")
+    if isinstance(peak, (int, float)) and math.isfinite(peak):
+        ax.axvline(peak, color="black", linestyle="-.", linewidth=1.0, label=f"sCT soft-tissue peak {peak:.0f} HU")
     ax.legend(loc="upper right")
+    summary = _composition_text(data.qa)
+    for i, line in enumerate(_wrap(summary, _CONTENT_W_IN, 7.5)):
+        _text(figure, _MARGIN_X_IN, 0.6 * _PAGE_IN[1] - 0.42 - 0.13 * i, line, 7.5)
     if data.reference_ct is None:
         _text(figure, _MARGIN_X_IN, 0.515 * _PAGE_IN[1], "No real CT was given: only the sCT histogram is shown.",
               8.5)
@@ -680,8 +687,10 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
     top_in = 0.49 * _PAGE_IN[1]
     _text(figure, _MARGIN_X_IN, top_in, "Model uncertainty", 11, bold=True)
     if data.uncertainty_hu is None:
-        _text(figure, _MARGIN_X_IN, top_in - 0.3, "No uncertainty map: the model produced no uncertainty map "
-              "(it is not an ensemble), so where the sCT is unreliable cannot be shown.", 8.5)
+        absent = ("No uncertainty map: the model produced no uncertainty map (it is not an ensemble), so where the "
+                  "sCT is unreliable cannot be shown.")
+        for i, line in enumerate(_wrap(absent, _CONTENT_W_IN, 8.5)):
+            _text(figure, _MARGIN_X_IN, top_in - 0.3 - 0.16 * i, line, 8.5)
         return
     measured = data.qa.get("measurements", {}).get("uncertainty", {})
     caption = "Standard deviation across the model's ensemble, HU."
@@ -699,6 +708,36 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         _outline(ax, data.sct, data.body_mask, plane, centre, colour="cyan")
         ax.set_title(f"uncertainty, {plane.name} at {part.position_mm:.1f} mm")
     figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]), label="ensemble std (HU)")
+
+
+def _composition_text(qa: dict) -> str:
+    """One paragraph on the tissue composition of the sCT body, from ``qa.json`` (what is there of it)."""
+    measurements = qa.get("measurements", {}) or {}
+    parts = []
+    shares = (measurements.get("hu") or {}).get("tissue_percent") or {}
+    names = {"air": "air", "lung": "lung-like", "fat": "fat", "soft_tissue": "soft tissue", "bone": "bone"}
+    if shares:
+        parts.append("Inside the body: " + ", ".join(f"{names.get(k, k)} {float(v):.1f} %" for k, v in shares.items()
+                                                     if isinstance(v, (int, float))) + ".")
+    composition = measurements.get("composition") or {}
+
+    def hu(key: str) -> str:
+        value = composition.get(key)
+        return f"{float(value):.0f} HU" if isinstance(value, (int, float)) else "none"
+
+    if composition:
+        share = composition.get("fat_share_percent")
+        share_text = f"{float(share):.1f} %" if isinstance(share, (int, float)) else "not measurable"
+        check = next((c for c in qa.get("checks", []) if c.get("name") == "soft_tissue_peak"), {})
+        limit = check.get("pass_limit")
+        centre = composition.get("soft_tissue_expected_hu")
+        expected = (f" (passes within {float(limit):g} HU of {float(centre):g} HU)"
+                    if isinstance(limit, (int, float)) and isinstance(centre, (int, float)) else "")
+        parts.append(f"Soft-tissue peak {hu('soft_tissue_peak_hu')}{expected}; fat peak "
+                     f"{hu('fat_peak_hu')} (fat -100 ± 20 HU); fat share of fat and soft tissue {share_text} "
+                     f"(site: {composition.get('site', '?')}); bone in "
+                     f"{float(composition.get('bone_slice_percent', 0.0)):.0f} % of the body slices.")
+    return " ".join(parts) or "No tissue composition was recorded in the QA result."
 
 
 # ------------------------------------------------------------------------------------------ dose
@@ -883,7 +922,8 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
          ("It shares the sCT's body outline and bone mask, so it cannot detect an outline or bone-shape error; "
           f"only the real-CT comparison (commissioning) and the outline checks can. {reference}")),
         ("HU checks judge plausibility, not truth.",
-         ("Tissue fractions, the soft-tissue mean and out-of-range values say whether the sCT looks like a CT; "
+         ("Tissue fractions, the soft-tissue peak, the fat share, bone in every slice and out-of-range values say "
+          "whether the sCT looks like a CT of its site; "
           "without a real CT no HU error can be measured. Tissue classes and thresholds are generic defaults for "
           "head and pelvis: commission your own per site and scanner.")),
         ("Gamma and DVH thresholds.",

@@ -55,12 +55,12 @@ def sct_headers(tmp_path_factory):
 def qa():
     """A real qa.json content from run_qa with PASS, WARN and FAIL checks, plus one check that was not measured.
 
-    Strict local thresholds make the phantom's bone fraction fail and its soft-tissue mean warn; the
+    Strict local thresholds make the phantom's bone fraction fail and its fat share warn; the
     not-measured check is what ``Check.as_dict`` gives for a NaN value, with the verdict ``judge`` gives it.
     """
     phantom = generate_phantom("pelvis", 3, (12, 32, 32), (8.0, 8.0, 10.0))
     thresholds = thresholds_from_mapping({"bone_fraction_percent": {"pass_limit": 60.0, "fail_limit": 50.0},
-                                          "soft_tissue_mean_hu_deviation": {"pass_limit": 0.0, "fail_limit": 500.0}})
+                                          "fat_share_pelvis_percent": {"pass_limit": 0.0, "fail_limit": 100.0}})
     result = run_qa(QaInputs(sct=phantom.ct_hu, mr_body_mask=phantom.body_mask, structures=()), thresholds)
     content = json.loads(json.dumps(result.as_dict()))  # exactly what a qa.json holds
     check = next(c for c in content["checks"] if c["name"] == NOT_MEASURED)
