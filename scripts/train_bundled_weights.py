@@ -15,6 +15,11 @@
    after training finished only redoes this step.
 4. Copies ``model.pt`` (float16) and ``card.json`` into ``models/weights/<arch>/``.
 
+The training envelope (models/envelope.py) is part of every card ``sct-node train`` writes. ``--envelope-only``
+computes it from the training phantoms (regenerated, bit-identical: same sites, seeds and shape; the last case,
+pelvis seed 3, held out as in training) and writes it into ``models/weights/*/card.json`` without retraining:
+the content hash covers ``model.pt`` only, so the weights' identity does not change.
+
 Everything is seeded. On this project's 2-core CI-class CPU each model trains in 35-45 minutes
 (4000 steps) and the steps curve takes about 10 minutes.
 """
@@ -84,6 +89,28 @@ def apply_curve(folder: Path, curve: dict[int, float]) -> None:
                     half=True)
 
 
+def install_envelope(work: Path, archs=("unet", "diffusion")) -> dict:
+    """Write the training envelope of the bundled weights into their installed cards (no retraining)."""
+    from models.learned.data import load_cases
+    from models.learned.train import training_envelope
+
+    data = write_phantoms(work / "envelope-data", range(CASES_PER_SITE), "train")
+    cases = load_cases(data)
+    training = cases[: len(cases) - 1]  # train() holds out the last case (validation_cases=1)
+    first = load_checkpoint(REPO / "models" / "weights" / archs[0])[0]
+    envelope = training_envelope(data, training, first["normalisation"])
+    for arch in archs:
+        path = REPO / "models" / "weights" / arch / "card.json"
+        card = json.loads(path.read_text())
+        card["envelope"] = envelope
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        load_checkpoint(path.parent)  # the content hash still matches model.pt
+        print(f"envelope written into {path}")
+    return envelope
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bundled-weights")
@@ -91,7 +118,14 @@ def main() -> int:
     parser.add_argument("--arch", nargs="+", default=["unet", "diffusion"],
                         help="in this order: the diffusion model corrects WORK/unet")
     parser.add_argument("--no-install", action="store_true", help="do not copy into models/weights")
+    parser.add_argument("--envelope-only", action="store_true",
+                        help="only compute the training envelope and write it into models/weights/*/card.json")
     args = parser.parse_args()
+    if args.envelope_only:
+        envelope = install_envelope(args.work)
+        print(f"intensity threshold {envelope['intensity']['threshold']:.4f}; leave-one-out distances "
+              f"{envelope['intensity']['leave_one_out']}")
+        return 0
     data = write_phantoms(args.work / "data", range(CASES_PER_SITE), "train")
     for arch in args.arch:
         started = time.perf_counter()

@@ -5,7 +5,7 @@ Exit codes (documented in docs/cli.md):
 * 0 — success
 * 1 — unexpected internal error (a bug: please report it with ``--debug`` output)
 * 2 — bad command line (argparse)
-* 3 — input refused (not DICOM, inconsistent series, ...)
+* 3 — input refused (not DICOM, inconsistent series, outside the model's training envelope, ...)
 * 4 — output could not be written
 * 5 — model error
 * 6 — ``qa`` ran and its verdict is FAIL
@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--series-uid", help="Series Instance UID to read when the input holds several series")
     translate.add_argument("--echo-time-ms", type=float, help="echo to use from a multi-echo series")
     translate.add_argument("--temporal-position", type=int, help="time point to use from a dynamic series")
+    translate.add_argument("--allow-outside-envelope", action="store_true",
+                           help="translate even a series the input guard finds far outside the model's training "
+                                "envelope (a hard mismatch, exit code 3 otherwise); the sCT says so in its Image "
+                                "Comments and Derivation Description")
     translate.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     translate.set_defaults(handler=_run_translate)
 
@@ -399,8 +403,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_translate(args: argparse.Namespace) -> int:
     import time
 
+    from models.envelope import refuses
     from sct_node.dicom.reader import ReaderOptions, read_series
     from sct_node.dicom.sct_writer import write_sct_series
+    from sct_node.errors import InputError
+    from sct_node.process import guard_input, input_warning
 
     started = time.perf_counter()
     model = _load_model_from_args(args)
@@ -409,10 +416,21 @@ def _run_translate(args: argparse.Namespace) -> int:
         series = read_series(args.input, series_instance_uid=args.series_uid, options=options, progress=progress)
     logger.info("read MR series %s: %s voxels, spacing %s mm", series.series_instance_uid,
                 "x".join(map(str, series.volume.shape)), _fmt(series.volume.spacing_mm))
+    checked = guard_input(series, model)
+    if refuses(checked, "mark" if args.allow_outside_envelope else "refuse-hard"):
+        raise InputError(f"{checked.verdict} mismatch with the training envelope of model {model.card.name}: "
+                         f"{'; '.join(checked.reasons)}. No sCT was written; --allow-outside-envelope translates "
+                         "anyway and records this on the sCT")
+    if checked.verdict in ("soft", "hard") or (checked.verdict == "unjudged" and hasattr(model, "envelope")):
+        logger.warning("%s", checked.summary())
+    else:
+        logger.info("%s", checked.summary())
+    allowed_by = "--allow-outside-envelope" if checked.verdict == "hard" else "sct-node translate (soft mismatch)"
     with _progress(f"model {model.card.name}", args.quiet) as progress:
         sct = model.translate(series.volume, progress=progress)
     with _progress("writing sCT", args.quiet) as progress:
-        written = write_sct_series(sct.hu, series, model.card, args.output, progress=progress)
+        written = write_sct_series(sct.hu, series, model.card, args.output, progress=progress,
+                                   input_warning=input_warning(checked, allowed_by))
     elapsed_s = time.perf_counter() - started
     logger.info("wrote sCT series %s (%d instances) to %s in %.1f s", written.series_instance_uid,
                 len(written.files), args.output, elapsed_s)
@@ -423,6 +441,7 @@ def _run_translate(args: argparse.Namespace) -> int:
             "instances": len(written.files),
             "output": str(args.output),
             "model": model.card.identity,
+            "input_guard": checked.to_json(),
             "elapsed_s": round(elapsed_s, 3),
         }
         print(json.dumps(summary))

@@ -130,6 +130,12 @@ class RouteConfig(_Strict):
     qa_report: bool = Field(True, description="build and deliver the QA report bundle: PDF (as Encapsulated PDF), "
                                               "Structured Report, RT Structure Set on the sCT")
     qa_rt_dose: bool = Field(True, description="add the QA dose on the sCT as RT Dose (and the template RT Plan)")
+    on_input_outside_envelope: Literal["refuse-hard", "refuse", "mark"] = Field(
+        "refuse-hard", description="when the input guard finds the series outside the model's training envelope "
+                                   "(docs/models.md, Input guard): refuse-hard = no sCT for a hard mismatch (another "
+                                   "weighting or sequence family, body site, contrast far from the training data), "
+                                   "mark a soft one; refuse = no sCT for any mismatch; mark = always make the sCT, "
+                                   "marked, with guard.json in the job's output folder")
     on_qa_fail: Literal["deliver", "hold"] = Field(
         "deliver", description="after a QA FAIL: deliver the sCT marked 'QA FAIL' with its report, or hold it back "
                                "and deliver only the report until `sct-node release JOB`")

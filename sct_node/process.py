@@ -1,32 +1,83 @@
-"""Process one job: read the series, run the model, write the sCT, then QA and report.
+"""Process one job: read the series, guard the input, run the model, write the sCT, then QA and report.
 
 This is the same pipeline as ``sct-node translate`` followed by the QA and
 report stages (:mod:`sct_node.qa_stage`); it runs in the node's worker
 threads, never in the association threads, so receiving never waits for a
 model. Models are loaded once per name and shared.
+
+Before the model runs, the input guard (:func:`models.envelope.guard`) checks
+the series against the model's training envelope. The route's
+``on_input_outside_envelope`` decides: a refused job fails with the guard's
+reasons as its reason (``sct-node status``); otherwise the sCT is made, marked
+in its Image Comments when the verdict is not ``ok``. Either way the result is
+saved as ``guard.json`` in the job's output folder (:func:`write_guard_json`),
+for the QA report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from models.base import TranslationModel
+from models.envelope import GuardResult, guard, refuses
 from models.errors import ModelsError
 from models.registry import load_model
-from sct_node.dicom.reader import read_series
+from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
-from sct_node.errors import SctNodeError
+from sct_node.errors import OutputError, SctNodeError
 from sct_node.qa_stage import reference_data, run_qa_stage, run_report_stage
 from sct_node.spool import Spool
 from sct_node.state import Job, StateStore
 
-__all__ = ["JobProcessor"]
+__all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 
 logger = logging.getLogger(__name__)
+
+#: The input guard's result in a job's output folder.
+GUARD_FILE = "guard.json"
+
+
+def guard_input(series: ImageSeries, model: TranslationModel) -> GuardResult:
+    """The input guard's judgement of a series for the model that would run (its envelope and normalisation)."""
+    return guard(series.header, series.volume, getattr(model, "envelope", None),
+                 normalise=getattr(model, "normalise", None), model_name=f"model {model.card.name}")
+
+
+def input_warning(result: GuardResult, allowed_by: str) -> str | None:
+    """The text recorded on an sCT made from a series outside the envelope; None when the verdict is ok or unjudged."""
+    if result.verdict not in ("soft", "hard"):
+        return None
+    return (f"INPUT OUTSIDE THE MODEL'S TRAINING ENVELOPE ({result.verdict}; made by {allowed_by}): "
+            + "; ".join(result.reasons))
+
+
+def write_guard_json(result: GuardResult, folder: Path, *, model: str, policy: str, action: str) -> Path:
+    """Write ``guard.json`` atomically: the guard result plus the model identity, the policy and what was done.
+
+    ``action`` is ``refused`` (no sCT), ``marked`` (sCT made from a series outside the envelope) or ``passed``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / GUARD_FILE
+    data = {**result.to_json(), "model": model, "policy": policy, "action": action}
+    tmp = folder / f".{GUARD_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 class JobProcessor:
@@ -80,17 +131,34 @@ class JobProcessor:
             t0 = time.perf_counter()
             series = read_series(images, series_instance_uid=job.series_uid)
             timings["read_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
             model = self.model(job.model, route)
-            result = model.translate(series.volume)
-            timings["model_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
             output_dir = Path(job.output_dir) if job.output_dir else self.spool.job_dir(job.id)
+            t0 = time.perf_counter()
+            policy = route.on_input_outside_envelope if route is not None else "refuse-hard"
+            checked = guard_input(series, model)
+            timings["guard_s"] = time.perf_counter() - t0
+            timings["guard_verdict"] = checked.verdict
+            refused = refuses(checked, policy)
             # A run killed part-way leaves the writer's staging folder (partial CT.*.dcm) in here, and the
             # dispatcher sends every *.dcm under the job's folder: start empty, since processing remakes it all.
             # The spool removes only outputs/job-N folders (SpoolPathError, an SctNodeError, fails the job).
             self.spool.remove_job_dir(output_dir)
-            written = write_sct_series(result.hu, series, model.card, output_dir / "sct")
+            write_guard_json(checked, output_dir, model=model.card.identity, policy=policy,
+                             action="refused" if refused else "marked" if checked.verdict in ("soft", "hard")
+                             else "passed")
+            if refused:
+                raise SctNodeError(f"input refused by the input guard (route on_input_outside_envelope = "
+                                   f"\"{policy}\"): {checked.verdict} mismatch with the training envelope of "
+                                   f"model {model.card.name}: {'; '.join(checked.reasons)}")
+            if checked.verdict in ("soft", "hard"):
+                logger.warning("job %d: %s", job.id, checked.summary())
+            t0 = time.perf_counter()
+            result = model.translate(series.volume)
+            timings["model_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            written = write_sct_series(result.hu, series, model.card, output_dir / "sct",
+                                       input_warning=input_warning(
+                                           checked, f"route on_input_outside_envelope = \"{policy}\""))
             timings["write_s"] = time.perf_counter() - t0
             if route is not None and route.qa:
                 t0 = time.perf_counter()

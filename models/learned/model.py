@@ -29,6 +29,7 @@ import torch
 
 from models.base import HU_MAX, HU_MIN, MIN_ENSEMBLE_STEPS, ModelCard, ProgressCallback, SyntheticCT
 from models.body_mask import body_mask_from_mr
+from models.envelope import Envelope
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint
 from models.learned.corrective import CorrectiveDiffusion, diffusion_sample
@@ -153,6 +154,11 @@ class LearnedModel:
             intended_use=str(card.get("intended_use", "")) + sampling,
         )
         self.model_card = card
+        # The training envelope (models.envelope) the input guard checks series against; None for checkpoints
+        # made before envelopes existed: the guard then says it cannot judge.
+        self.envelope = Envelope.from_json(card["envelope"], f"{Path(folder) / 'card.json'}: envelope") \
+            if card.get("envelope") is not None else None
+        self.normalise = normalise_mr
 
     def translate(self, mr: Volume, *, progress: ProgressCallback | None = None) -> SyntheticCT:
         """The sCT of an MR volume (see the module docstring)."""

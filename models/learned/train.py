@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from models import __version__
 from models.base import HU_MAX, HU_MIN
+from models.envelope import envelope_from_cases, read_sidecar
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from models.learned.corrective import CorrectiveDiffusion, diffusion_sample, residual_scale_from
@@ -134,6 +135,7 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
         raise ModelError(f"{data_dir}: the {config.architecture} model needs a CT for every case")
     held_out = min(config.validation_cases, len(cases) - 1) if len(cases) > 1 else 0
     training, validation = cases[: len(cases) - held_out], cases[len(cases) - held_out:]
+    envelope = training_envelope(Path(data_dir), training, config.network_config()["normalisation"])
     torch.manual_seed(config.seed)
     run_device = pick_device(device)
     state = load_train_state(output) if (output / "train_state.pt").exists() else None
@@ -214,12 +216,30 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
             logger.info("step %d: validation MAE %.1f HU", step, metrics["validation_mae_hu"])
         if step % config.checkpoint_every == 0 or step == config.steps:
             _save(output, config, network, ema, optimiser, discriminator, optimiser_d, generator, step, metrics,
-                  training, validation, mean_card)
+                  training, validation, mean_card, envelope)
     if bar is not None:
         bar.close()
     if losses:  # how this run's loss moved (first and last ten steps), e.g. to check that training learns
         metrics = {**metrics, "run_loss_start": float(np.mean(losses[:10])), "run_loss_end": float(np.mean(losses[-10:]))}
     return metrics
+
+
+def training_envelope(data_dir: Path, cases, normalisation: str) -> dict:
+    """The envelope (:mod:`models.envelope`) of the training cases, as the model card stores it.
+
+    The acquisition part comes from each case's ``acquisition.json`` sidecar (``sct-node phantom`` writes one);
+    cases without one leave it unknown. The images part comes from the MR files: voxel size, field of view,
+    orientation and the body intensity histogram after the MR normalisation (body mask from the MR, as at
+    inference).
+    """
+    entries = []
+    for case in cases:
+        case_dir = data_dir / case.case_id if (data_dir / case.case_id).is_dir() else data_dir
+        entries.append((case.case_id, case.mr, read_sidecar(case_dir)))
+    with_sidecar = sum(1 for _, _, acquisition in entries if acquisition is not None)
+    source = (f"acquisition from acquisition.json sidecars ({with_sidecar} of {len(entries)} training cases); "
+              "images from the training MR files")
+    return envelope_from_cases(entries, normalisation=normalisation, source=source).to_json()
 
 
 def _load_mean_network(config: TrainConfig, dataset: SliceDataset, device: torch.device) -> tuple[dict, dict]:
@@ -309,7 +329,7 @@ def _validate(network, config: TrainConfig, slices: list[dict], device: torch.de
 
 
 def _save(output: Path, config: TrainConfig, network, ema, optimiser, discriminator, optimiser_d, generator, step,
-          metrics, training, validation, mean_card=None) -> None:
+          metrics, training, validation, mean_card=None, envelope=None) -> None:
     description = DESCRIPTIONS[config.architecture]
     if config.mean_network is not None:
         description += (" Corrective: the denoiser samples the residual over a frozen "
@@ -327,6 +347,7 @@ def _save(output: Path, config: TrainConfig, network, ema, optimiser, discrimina
         "training_config": {k: v for k, v in asdict(config).items() if k != "extra"},
         "intended_use": config.extra.get("intended_use", "Research; validate on your own data before any use."),
         **({"mean_model": mean_card} if mean_card else {}),
+        **({"envelope": envelope} if envelope is not None else {}),
     }
     train_state = {"config": asdict(config), "network": network.state_dict(), "ema": ema.state_dict(),
                    "optimiser": optimiser.state_dict(), "generator": generator.get_state(), "step": step,

@@ -33,8 +33,11 @@ from models.fileio import fsync_directory
 from models.phantoms.generator import Phantom
 from models.volume import Volume
 
-__all__ = ["SYNTHRAD_EXTENSIONS", "SynthradCase", "SynthradImages", "read_synthrad_case", "write_central_slab",
-           "write_synthrad_case"]
+__all__ = ["PHANTOM_FIELD_STRENGTH_T", "SYNTHRAD_EXTENSIONS", "SynthradCase", "SynthradImages", "phantom_acquisition",
+           "read_synthrad_case", "write_central_slab", "write_synthrad_case"]
+
+#: Field strength the phantom MR stands for (its DICOM header says the same).
+PHANTOM_FIELD_STRENGTH_T = 1.5
 
 #: File name endings accepted by :func:`read_synthrad_case`, in SynthRAD2025 then 2023 order.
 SYNTHRAD_EXTENSIONS = (".mha", ".nii.gz")
@@ -97,8 +100,31 @@ def _write_image(volume: Volume, path: Path, compress: bool) -> None:
     fsync_directory(path.parent)
 
 
+def phantom_acquisition(site: str, weighting: str) -> dict:
+    """The acquisition a phantom MR simulates, as an ``acquisition.json`` sidecar (:mod:`models.envelope`).
+
+    The values are those of the spin-echo signal model (:data:`~models.phantoms.imaging.T1_WEIGHTED`,
+    :data:`~models.phantoms.imaging.T2_WEIGHTED`) and of the DICOM header ``sct-node phantom`` writes, so a
+    model trained on the SynthRAD-layout files records the same envelope as the DICOM series would give.
+    """
+    from models.phantoms.imaging import T1_WEIGHTED, T2_WEIGHTED
+
+    key = str(weighting).lower()
+    if key not in ("t1", "t2"):
+        raise PhantomError(f"weighting must be 't1' or 't2'; found {weighting!r}")
+    sequence = T1_WEIGHTED if key == "t1" else T2_WEIGHTED
+    return {"weighting": key.upper(), "scanning_sequence": ["SE"], "sequence_variant": ["NONE"],
+            "repetition_time_ms": sequence.tr_ms, "echo_time_ms": sequence.te_ms,
+            "field_strength_t": PHANTOM_FIELD_STRENGTH_T, "fat_suppressed": False, "dixon": False,
+            "contrast_agent": False, "body_part": "HEAD" if str(site).lower() == "head" else "PELVIS",
+            "note": "simulated spin echo (sct-node phantom generator)"}
+
+
 def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compress: bool = True) -> SynthradCase:
-    """Write a phantom as ``<case_dir>/{mr,ct,mask}.mha`` (SynthRAD2025 layout).
+    """Write a phantom as ``<case_dir>/{mr,ct,mask}.mha`` (SynthRAD2025 layout) and ``acquisition.json``.
+
+    ``acquisition.json`` describes the simulated sequence (:func:`phantom_acquisition`): what a model trained
+    on the case records in its training envelope (:mod:`models.envelope`).
 
     Parameters
     ----------
@@ -139,7 +165,25 @@ def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compre
     _write_image(mr_volume.with_array(mr_volume.array.astype(np.float32)), paths["mr"], compress)
     _write_image(phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.int16)), paths["ct"], compress)
     _write_image(phantom.labels.with_array(phantom.body_mask.astype(np.uint8)), paths["mask"], compress)
+    _write_json(phantom_acquisition(phantom.site, mr), case_dir / "acquisition.json")
     return SynthradCase(case_dir, paths["mr"], paths["ct"], paths["mask"], str(mr).lower())
+
+
+def _write_json(data: dict, path: Path) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PhantomError(f"cannot write {path}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _find(case_dir: Path, name: str) -> Path:
@@ -231,4 +275,9 @@ def write_central_slab(case_dir: Path, out_dir: Path, slices: int) -> Path:
             sitk.WriteImage(image[:, :, start:start + slices], str(out_dir / f"{name}.mha"), True)
         except RuntimeError as exc:
             raise PhantomError(f"cannot write {out_dir / (name + '.mha')}: {exc}") from exc
+    sidecar = case_dir / "acquisition.json"
+    if sidecar.is_file():  # the acquisition is the same; the slab keeps its description
+        import json
+
+        _write_json(json.loads(sidecar.read_text(encoding="utf-8")), out_dir / "acquisition.json")
     return out_dir

@@ -98,6 +98,7 @@ def write_sct_series(
     *,
     progress: ProgressCallback | None = None,
     now: _dt.datetime | None = None,
+    input_warning: str | None = None,
 ) -> WrittenSeries:
     """Write a synthetic CT on the source MR's grid as a CT series.
 
@@ -121,6 +122,9 @@ def write_sct_series(
         ``progress(done, total)`` per slice.
     now : datetime or None
         Content/creation time (default: the current local time).
+    input_warning : str or None
+        Why the input lay outside the model's training envelope (``models.envelope``): written as Image
+        Comments and appended to the Derivation Description of every slice, so the planning system shows it.
 
     Returns
     -------
@@ -157,6 +161,9 @@ def write_sct_series(
         for k in range(sct_hu.shape[0]):
             sop_uid = derive_uid(series_uid, "instance", k)
             dataset = _slice_dataset(header, source, sct_hu, k, stored[k], model, series_uid, sop_uid, date, time)
+            if input_warning:
+                dataset.ImageComments = input_warning[:10240]  # LT
+                dataset.DerivationDescription = f"{dataset.DerivationDescription}. {input_warning}"[:1024]
             name = f"CT.{sop_uid}.dcm"
             write_dataset_atomic(dataset, staging / name)
             uids.append(str(sop_uid))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -326,7 +327,9 @@ def test_phantom_error_is_a_models_error_and_lookups_fail_clearly(head: Phantom)
 @pytest.mark.parametrize("weighting", ["t1", "t2"])
 def test_synthrad_round_trip_keeps_geometry_and_values(tmp_path: Path, head: Phantom, weighting: str):
     case = write_synthrad_case(head, tmp_path / "1HA001", mr=weighting)
-    assert sorted(p.name for p in case.case_dir.iterdir()) == ["ct.mha", "mask.mha", "mr.mha"]  # no temporaries
+    names = sorted(p.name for p in case.case_dir.iterdir())
+    assert names == ["acquisition.json", "ct.mha", "mask.mha", "mr.mha"]  # no temporaries
+    assert json.loads((case.case_dir / "acquisition.json").read_text())["weighting"] == weighting.upper()
     images = read_synthrad_case(case.case_dir)
     for vol in (images.mr, images.ct, images.mask):
         assert vol.same_grid(head.labels, tolerance_mm=1e-6)

@@ -1,0 +1,164 @@
+"""The input guard in `sct-node translate` and in the node: refuse, override, mark, guard.json, status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from models.bulk import BulkDensityModel
+from models.envelope import Envelope
+from models.phantoms import generate_phantom
+from models.registry import BUNDLED_WEIGHTS
+from sct_node.cli import EXIT_INPUT, EXIT_OK, main
+from sct_node.config import NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
+from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.dicom.uids import MR_IMAGE_STORAGE
+from sct_node.process import GUARD_FILE
+from sct_node.route import route_complete_series
+from sct_node.service import Node
+
+#: The bundled weights' training grid: a held-out phantom on it is inside the envelope in every respect.
+TRAIN_SHAPE = (32, 256, 256)
+#: A smaller grid for the runs that translate with the diffusion model (a soft voxel-size mismatch, no more).
+SMALL_SHAPE = (10, 128, 128)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """``main()`` run in-process sets up the process's logging: undo it after (as tests/sct_node/test_cli.py)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    hooks = threading.excepthook, sys.unraisablehook
+    yield
+    root.handlers[:], root.level = handlers, level
+    logging.captureWarnings(False)
+    threading.excepthook, sys.unraisablehook = hooks
+
+
+@pytest.fixture(scope="module")
+def pelvis_dicom(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pelvis")
+    return write_phantom_dicom(generate_phantom("pelvis", 2100, shape_zyx=SMALL_SHAPE), "pelvis-2100", folder)
+
+
+def test_translate_refuses_a_t2_series_for_the_t1_model_with_exit_code_3(pelvis_dicom, tmp_path, capsys):
+    code = main(["translate", "--input", str(pelvis_dicom.mr_t2_dir), "--output", str(tmp_path / "sct"),
+                 "--model", "diffusion", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == EXIT_INPUT
+    assert "hard mismatch with the training envelope of model diffusion: T2-weighted (from TR/TE)" in error
+    assert "--allow-outside-envelope" in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "sct").exists() or not list((tmp_path / "sct").glob("*.dcm"))
+
+
+def test_allow_outside_envelope_translates_and_says_so_on_the_sct(pelvis_dicom, tmp_path, capsys):
+    code = main(["translate", "--input", str(pelvis_dicom.mr_t2_dir), "--output", str(tmp_path / "sct"),
+                 "--model", "diffusion", "--quiet", "--json", "--allow-outside-envelope"])
+    assert code == EXIT_OK
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["input_guard"]["verdict"] == "hard"
+    files = sorted((tmp_path / "sct").glob("*.dcm"))
+    assert len(files) == SMALL_SHAPE[0]
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert header.ImageComments.startswith(
+        "INPUT OUTSIDE THE MODEL'S TRAINING ENVELOPE (hard; made by --allow-outside-envelope): T2-weighted")
+    assert "INPUT OUTSIDE THE MODEL'S TRAINING ENVELOPE" in header.DerivationDescription
+
+
+def test_a_soft_mismatch_is_translated_and_marked(pelvis_dicom, tmp_path, capsys):
+    # The T1 series on a coarser grid than the training phantoms': a soft (voxel size) mismatch only.
+    code = main(["translate", "--input", str(pelvis_dicom.mr_t1_dir), "--output", str(tmp_path / "sct"),
+                 "--model", "diffusion", "--quiet", "--json"])
+    assert code == EXIT_OK
+    guard = json.loads(capsys.readouterr().out)["input_guard"]
+    assert guard["verdict"] == "soft" and {f["check"] for f in guard["findings"]} == {"spacing_mm"}
+    header = pydicom.dcmread(min((tmp_path / "sct").glob("*.dcm")), stop_before_pixels=True)
+    assert "(soft; made by sct-node translate (soft mismatch))" in header.ImageComments
+
+
+# ------------------------------------------------------------------------------------------------ the node
+
+
+class _EnvelopedBulk(BulkDensityModel):
+    """The bulk model (fast, exact output) carrying the bundled models' envelope: the node's wiring, not a network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        card = json.loads((BUNDLED_WEIGHTS / "unet" / "card.json").read_text())
+        self.envelope = Envelope.from_json(card["envelope"])
+
+
+@pytest.fixture(scope="module")
+def training_grid_dicom(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("held-out")
+    return write_phantom_dicom(generate_phantom("pelvis", 2200, shape_zyx=TRAIN_SHAPE), "pelvis-2200", folder)
+
+
+def _run_job(tmp_path: Path, series_dir: Path, policy: str | None):
+    options = {} if policy is None else {"on_input_outside_envelope": policy}
+    config = NodeConfig(storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
+                        processing=ProcessingConfig(quiet_period_s=0.01),
+                        routes=(RouteConfig(name="r", model="bulk", match=SeriesMatch(min_instances=1), qa=False,
+                                            **options),))
+    node = Node(config)
+    node.processor._models[("bulk", ())] = _EnvelopedBulk()
+    files = sorted(series_dir.glob("*.dcm"))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    for path in files:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        node.state.record_instance(sop_instance_uid=header.SOPInstanceUID, series_uid=first.SeriesInstanceUID,
+                                   sop_class_uid=MR_IMAGE_STORAGE, path=path, calling_ae="PACS",
+                                   study_uid=first.StudyInstanceUID, modality="MR", description=None,
+                                   image_type=None, body_part="PELVIS", now=time.time() - 60)
+    (job_id,) = route_complete_series(node.state, node.config)
+    node.processor.process(node.state.claim_job())
+    job = node.state.job(job_id)
+    node.state.close()
+    return job, Path(job.output_dir)
+
+
+def test_the_node_refuses_a_hard_mismatch_by_default_and_status_shows_why(training_grid_dicom, tmp_path, capsys):
+    job, output = _run_job(tmp_path, training_grid_dicom.mr_t2_dir, None)
+    assert job.state == "failed"
+    assert job.reason.startswith('input refused by the input guard (route on_input_outside_envelope = "refuse-hard"):'
+                                 " hard mismatch with the training envelope of model bulk: T2-weighted")
+    saved = json.loads((output / GUARD_FILE).read_text())
+    assert saved["action"] == "refused" and saved["verdict"] == "hard" and saved["policy"] == "refuse-hard"
+    assert not list(output.rglob("*.dcm"))
+    config = tmp_path / "node.toml"
+    config.write_text(f'[storage]\nspool_dir = "{tmp_path / "spool"}"\n')
+    assert main(["status", "--config", str(config)]) == EXIT_OK
+    assert "input refused by the input guard" in capsys.readouterr().out
+
+
+def test_the_node_marks_when_the_route_says_mark(training_grid_dicom, tmp_path):
+    job, output = _run_job(tmp_path, training_grid_dicom.mr_t2_dir, "mark")
+    assert job.state == "done"
+    saved = json.loads((output / GUARD_FILE).read_text())
+    assert saved["action"] == "marked" and saved["verdict"] == "hard" and saved["model"].startswith("bulk:")
+    assert any("T2-weighted" in reason for reason in saved["reasons"])
+    header = pydicom.dcmread(min((output / "sct").glob("*.dcm")), stop_before_pixels=True)
+    assert 'made by route on_input_outside_envelope = "mark"' in header.ImageComments
+
+
+def test_the_node_passes_a_series_of_the_training_kind(training_grid_dicom, tmp_path):
+    job, output = _run_job(tmp_path, training_grid_dicom.mr_t1_dir, "refuse")
+    assert job.state == "done", job.reason
+    saved = json.loads((output / GUARD_FILE).read_text())
+    assert saved["action"] == "passed" and saved["verdict"] == "ok" and saved["fields_missing"] == []
+    header = pydicom.dcmread(min((output / "sct").glob("*.dcm")), stop_before_pixels=True)
+    assert "ImageComments" not in header
+
+
+def test_route_option_rejects_an_unknown_policy():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="on_input_outside_envelope"):
+        RouteConfig(name="r", on_input_outside_envelope="ignore")
