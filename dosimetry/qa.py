@@ -26,6 +26,8 @@ fitted best; here the body is water (0 HU) as in routine MRI-only checks.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,25 @@ class QaInputs:
     prescription_gy: float = 2.0
     dose_grid_mm: float = 4.0
     compute_dose: bool = True
+    #: The input guard's judgement of the MR for the model that made the sCT: (verdict, reasons) with verdict
+    #: ok, soft, hard or unjudged (models.envelope.GuardResult). None or unjudged: no input_envelope check.
+    input_guard: tuple[str, tuple[str, ...]] | None = None
+
+
+_GUARD_LEVELS = {"ok": 0.0, "soft": 1.0, "hard": 2.0}
+
+
+def _input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds, measured: dict) -> Check:
+    """The input guard's verdict as a check: an sCT made from input unlike the training data cannot PASS."""
+    verdict, reasons = guard
+    measured["input_guard"] = {"verdict": verdict, "reasons": list(reasons)}
+    check = judge("input_envelope", _GUARD_LEVELS[verdict], thresholds.input_envelope_level,
+                  "input guard level (0 inside the training envelope, 1 soft, 2 hard mismatch)")
+    if check.verdict != Verdict.PASS:
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        check = dataclasses.replace(check, reason=f"the MR lies outside the model's training envelope ({verdict} "
+                                                  f"mismatch): {shown}")
+    return check
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,8 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
     arrays: dict = {"body_mask": body}
     if inputs.uncertainty_hu is not None:
         arrays["uncertainty_hu"] = inputs.uncertainty_hu.array.astype(np.float32)
+    if inputs.input_guard is not None and inputs.input_guard[0] in _GUARD_LEVELS:
+        checks.append(_input_envelope_check(inputs.input_guard, thresholds, measured))
     if inputs.compute_dose:
         checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
     verdict, reasons = overall(checks)

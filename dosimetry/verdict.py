@@ -169,6 +169,11 @@ class QaThresholds:
         "every axial slice of a head (skull, skull base, mandible, spine) and of a pelvis (ilium, sacrum, "
         "acetabula, femoral heads) cuts bone; a slice holds bone when >= 1 % of its body section is >= 200 HU "
         "(spongiosa 200-400, cortical bone > 700 HU, Schneider et al. 2000)")
+    input_envelope_level: Limit = _limit(
+        0.5, 1.5, False, "level",
+        "the input guard (models.envelope, docs/models.md): 0 = the MR lies inside the training envelope of the "
+        "model that made the sCT, 1 = a soft mismatch (an sCT from unfamiliar input is not signed without "
+        "review), 2 = a hard mismatch that a route generated anyway (on_input_outside_envelope = \"mark\")")
     uncertainty_fraction_percent: Limit = _limit(
         5.0, 15.0, False, "% of body voxels", "share of the body where the model's ensemble disagrees")
     slice_coverage_missing_slices: Limit = _limit(

@@ -163,7 +163,8 @@ class JobProcessor:
             if route is not None and route.qa:
                 t0 = time.perf_counter()
                 references = reference_data(self.state, series)
-                verdict = run_qa_stage(result, series, model.card, route, output_dir, references)
+                verdict = run_qa_stage(result, series, model.card, route, output_dir, references,
+                                       input_guard=(checked.verdict, tuple(checked.reasons)))
                 timings["qa_s"] = time.perf_counter() - t0
                 timings["qa_verdict"] = verdict
                 if verdict != "ERROR" and route.qa_report:

@@ -94,8 +94,12 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
 
 
 def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, output_dir: Path,
-                 references: References) -> str:
-    """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict or ``ERROR``."""
+                 references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> str:
+    """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict or ``ERROR``.
+
+    ``input_guard`` is the input guard's (verdict, reasons): a soft mismatch makes the QA WARN at best,
+    a hard one generated anyway FAIL (the ``input_envelope`` check, docs/qa.md).
+    """
     import dataclasses
 
     from dosimetry.errors import DosimetryError
@@ -107,7 +111,7 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
         qa = run_qa(QaInputs(sct=result.hu, site=route.qa_site, mr_body_mask=result.body_mask, mr_grid=series.volume,
                              uncertainty_hu=result.uncertainty_hu, compute_dose=route.qa_dose,
                              plan=references.plan, structures=references.structures,
-                             reference_ct=references.reference_ct),
+                             reference_ct=references.reference_ct, input_guard=input_guard),
                     thresholds_from_mapping(route.qa_thresholds))
     except DosimetryError as error:
         logger.warning("QA could not run: %s", error)

@@ -101,12 +101,12 @@ def training_grid_dicom(tmp_path_factory):
     return write_phantom_dicom(generate_phantom("pelvis", 2200, shape_zyx=TRAIN_SHAPE), "pelvis-2200", folder)
 
 
-def _run_job(tmp_path: Path, series_dir: Path, policy: str | None):
+def _run_job(tmp_path: Path, series_dir: Path, policy: str | None, qa: bool = False):
     options = {} if policy is None else {"on_input_outside_envelope": policy}
     config = NodeConfig(storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
                         processing=ProcessingConfig(quiet_period_s=0.01),
-                        routes=(RouteConfig(name="r", model="bulk", match=SeriesMatch(min_instances=1), qa=False,
-                                            **options),))
+                        routes=(RouteConfig(name="r", model="bulk", match=SeriesMatch(min_instances=1), qa=qa,
+                                            qa_dose=False, qa_report=False, **options),))
     node = Node(config)
     node.processor._models[("bulk", ())] = _EnvelopedBulk()
     files = sorted(series_dir.glob("*.dcm"))
@@ -162,3 +162,18 @@ def test_route_option_rejects_an_unknown_policy():
 
     with pytest.raises(ValidationError, match="on_input_outside_envelope"):
         RouteConfig(name="r", on_input_outside_envelope="ignore")
+
+
+@pytest.mark.parametrize("series, expected", [("mr_t2_dir", "FAIL"), ("mr_t1_dir", None)])
+def test_the_qa_cannot_pass_an_sct_made_from_input_outside_the_envelope(training_grid_dicom, tmp_path, series,
+                                                                        expected):
+    """Marked (route "mark"): the sCT is made, and the QA's input_envelope check fails it for a hard mismatch."""
+    job, output = _run_job(tmp_path, getattr(training_grid_dicom, series), "mark", qa=True)
+    assert job.state == "done", job.reason
+    qa = json.loads((output / "qa" / "qa.json").read_text())
+    (check,) = [c for c in qa["checks"] if c["name"] == "input_envelope"]
+    if expected is None:
+        assert check["verdict"] == "PASS" and check["value"] == 0
+    else:
+        assert check["verdict"] == expected and qa["verdict"] == "FAIL" and check["value"] == 2
+        assert "T2-weighted" in check["reason"] and any("training envelope" in r for r in qa["reasons"])
