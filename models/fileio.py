@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
-__all__ = ["fsync_directory"]
+__all__ = ["fsync_directory", "write_atomic"]
 
 
 def fsync_directory(directory: Path) -> None:
@@ -20,3 +21,20 @@ def fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either absent or complete: temporary file, fsync, rename.
+
+    Raises OSError (the temporary file is removed); callers turn it into their package's error.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

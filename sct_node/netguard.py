@@ -567,10 +567,6 @@ class GuardedServer(ThreadedAssociationServer):
         self.warnings.warning(host, "refused connection from %s:%d: %s", host, int(client_address[1]), reason)
         return False
 
-    def open_connections(self, host: str | None = None) -> int:
-        with self._count_lock:
-            return self._open_total if host is None else self._open_by_host.get(host, 0)
-
     def process_request_thread(self, request, client_address) -> None:
         host = str(client_address[0])
         try:

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from models.base import TranslationModel
 from models.envelope import GuardResult, guard, refuses
 from models.errors import ModelsError
 from models.registry import load_model
+from sct_node.dicom.image_writer import write_atomic
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.errors import OutputError, SctNodeError
@@ -65,18 +64,11 @@ def write_guard_json(result: GuardResult, folder: Path, *, model: str, policy: s
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / GUARD_FILE
     data = {**result.to_json(), "model": model, "policy": policy, "action": action}
-    tmp = folder / f".{GUARD_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, lambda stream: stream.write(text))
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -139,7 +139,6 @@ class StorageSCP:
         self.network, self.storage, self.state, self.spool = network, storage, state, spool
         self.on_stored = on_stored
         self._server: GuardedServer | None = None
-        self._ae: AE | None = None
         spool.make_folders()
         # Temporary files of instances never acknowledged (a crash while writing): the sender will resend them.
         for stale in spool.incoming_dir.glob("*.part"):
@@ -186,7 +185,7 @@ class StorageSCP:
                                   daemon=True)
         thread.start()
         ae._servers.append(server)
-        self._server, self._ae = server, ae
+        self._server = server
         logger.info("Storage SCP %s listening on %s:%d%s", self.network.ae_title, self.network.bind_address,
                     self.port, " (TLS)" if limits.tls else "")
 

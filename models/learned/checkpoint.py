@@ -37,15 +37,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.errors import ModelError
-from models.fileio import fsync_directory
+from models.fileio import fsync_directory, write_atomic
 
 __all__ = [
     "CARD_FIELDS",
@@ -86,18 +84,10 @@ def content_hash(data: bytes) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
         raise ModelError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _torch_bytes(obj: Any) -> bytes:

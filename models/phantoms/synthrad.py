@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import GeometryError, PhantomError
-from models.fileio import fsync_directory
+from models.fileio import fsync_directory, write_atomic
 from models.phantoms.generator import Phantom
 from models.volume import Volume
 
@@ -172,18 +172,10 @@ def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compre
 def _write_json(data: dict, path: Path) -> None:
     import json
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     except OSError as exc:
         raise PhantomError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _find(case_dir: Path, name: str) -> Path:
