@@ -55,7 +55,7 @@ from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composit
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
-__all__ = ["QaInputs", "QaResult", "run_qa", "write_qa"]
+__all__ = ["QaInputs", "QaResult", "input_envelope_check", "run_qa", "write_qa"]
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
@@ -93,10 +93,15 @@ class QaInputs:
 _GUARD_LEVELS = {"ok": 0.0, "soft": 1.0, "hard": 2.0}
 
 
-def _input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds, measured: dict) -> Check:
-    """The input guard's verdict as a check: an sCT made from input unlike the training data cannot PASS."""
+def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = QaThresholds(),
+                         measured: dict | None = None) -> Check:
+    """The input guard's verdict as a check: an sCT made from input unlike the training data cannot PASS.
+
+    Also the one check of the notice a node sends when its guard refused a series (sct_node.report.refusal).
+    """
     verdict, reasons = guard
-    measured["input_guard"] = {"verdict": verdict, "reasons": list(reasons)}
+    if measured is not None:
+        measured["input_guard"] = {"verdict": verdict, "reasons": list(reasons)}
     check = judge("input_envelope", _GUARD_LEVELS[verdict], thresholds.input_envelope_level,
                   "input guard level (0 inside the training envelope, 1 soft, 2 hard mismatch)")
     if check.verdict != Verdict.PASS:
@@ -197,7 +202,7 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
     if inputs.uncertainty_hu is not None:
         arrays["uncertainty_hu"] = inputs.uncertainty_hu.array.astype(np.float32)
     if inputs.input_guard is not None and inputs.input_guard[0] in _GUARD_LEVELS:
-        checks.append(_input_envelope_check(inputs.input_guard, thresholds, measured))
+        checks.append(input_envelope_check(inputs.input_guard, thresholds, measured))
     if inputs.compute_dose:
         checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
     verdict, reasons = overall(checks)

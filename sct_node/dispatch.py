@@ -137,6 +137,12 @@ class Dispatcher:
             if destination is None:
                 raise DeliveryError(f"destination {delivery.destination!r} is no longer configured")
             files = ordered_outputs(job.output_dir, destination.bundle) if job.output_dir else []
+            if not files and job.refused is not None:
+                # A refused job has only its notice (SR and PDF), which this destination's bundle leaves out.
+                self.state.delivery_succeeded(job.id, delivery.destination)
+                logger.info("job %d: nothing for %s (refused input: its notice is an SR and a PDF, which bundle "
+                            "= \"%s\" leaves out)", job.id, delivery.destination, destination.bundle)
+                return
             deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
         except (DeliveryError, OSError, RuntimeError, ValueError) as error:
             if attempt >= self.dispatch.max_attempts or destination is None:

@@ -110,6 +110,26 @@ class JobProcessor:
         self.process(job)
         return True
 
+    def _refuse(self, job: Job, route, series, checked: GuardResult, model, policy: str, output_dir: Path,
+                reason: str, timings: dict, started: float) -> None:
+        """No sCT: write the refusal notice (SR and PDF, sct_node.report.refusal) and send it where the sCT would go."""
+        from sct_node.report.refusal import write_refusal_notice
+
+        destinations = route.destinations if route is not None else ()
+        try:
+            write_refusal_notice(mr_files=series.files, volume=series.volume.array, result=checked,
+                                 model_identity=model.card.identity, model_name=model.card.name, policy=policy,
+                                 folder=output_dir / "report", job_id=job.id)
+        except Exception:  # the refusal stands without its notice; say so where the operator looks
+            logger.exception("job %d: the refusal notice could not be written; the job fails without it", job.id)
+            destinations = ()
+            reason += " (the refusal notice could not be written: see the log)"
+        timings["total_s"] = time.perf_counter() - started
+        self.state.job_refused(job.id, reason, destinations, json.dumps(timings))
+        logger.warning("job %d refused by the input guard (%s mismatch with model %s); %s", job.id, checked.verdict,
+                       model.card.name, "the notice (SR, PDF) goes to " + ", ".join(destinations) if destinations
+                       else "no destination: no notice sent")
+
     def process(self, job: Job) -> None:
         timings: dict[str, float | str] = {}
         started = time.perf_counter()
@@ -139,9 +159,11 @@ class JobProcessor:
                              action="refused" if refused else "marked" if checked.verdict in ("soft", "hard")
                              else "passed")
             if refused:
-                raise SctNodeError(f"input refused by the input guard (route on_input_outside_envelope = "
-                                   f"\"{policy}\"): {checked.verdict} mismatch with the training envelope of "
-                                   f"model {model.card.name}: {'; '.join(checked.reasons)}")
+                reason = (f"input refused by the input guard (route on_input_outside_envelope = \"{policy}\"): "
+                          f"{checked.verdict} mismatch with the training envelope of model {model.card.name}: "
+                          f"{'; '.join(checked.reasons)}")
+                self._refuse(job, route, series, checked, model, policy, output_dir, reason, timings, started)
+                return
             if checked.verdict in ("soft", "hard"):
                 logger.warning("job %d: %s", job.id, checked.summary())
             t0 = time.perf_counter()

@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     held TEXT,
     dismissed_comment TEXT,
     dismissed_at REAL,
+    refused TEXT,
     UNIQUE (series_uid, generation, route)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -171,6 +172,9 @@ class Job:
     #: Why a person dismissed the job (``sct-node dismiss``), and when (seconds since the epoch).
     dismissed_comment: str | None = None
     dismissed_at: float | None = None
+    #: Why the input guard refused the series (no sCT); the job ends ``failed`` with this reason once the
+    #: refusal notice (SR and PDF) was delivered, and ``sct-node retry`` processes it again.
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,8 @@ class StateStore:
             # Columns added since the first release: a database made before held-back outputs (held) or
             # dismissals (dismissed_*) existed gets them here (rows are read by column name, _JOB_COLUMNS).
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(jobs)")}
-            for name, kind in (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL")):
+            for name, kind in (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL"),
+                               ("refused", "TEXT")):
                 if name not in columns:
                     self._connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         except (sqlite3.Error, OSError) as error:  # OSError: the folder cannot be made (a file is in the way)
@@ -347,8 +352,24 @@ class StateStore:
         now = time.time()
         with self._transaction() as db:
             state = "delivering" if destinations else ("held" if hold_reason else "done")
-            db.execute("UPDATE jobs SET state = ?, reason = NULL, held = ?, timings = ?, updated_at = ? WHERE id = ?",
-                       (state, hold_reason, timings_json, now, job_id))
+            db.execute("UPDATE jobs SET state = ?, reason = NULL, held = ?, refused = NULL, timings = ?, updated_at = ? "
+                       "WHERE id = ?", (state, hold_reason, timings_json, now, job_id))
+            for name in destinations:
+                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
+                           (job_id, name, now, now))
+
+    def job_refused(self, job_id: int, reason: str, destinations: tuple[str, ...], timings_json: str) -> None:
+        """The input guard refused the series: deliver the refusal notice, then end ``failed`` with ``reason``.
+
+        Without destinations the job fails at once. Retrying it processes the series again (e.g. after the
+        route's on_input_outside_envelope was changed).
+        """
+        now = time.time()
+        with self._transaction() as db:
+            state = "delivering" if destinations else "failed"
+            db.execute("UPDATE jobs SET state = ?, reason = ?, held = NULL, refused = ?, timings = ?, updated_at = ? "
+                       "WHERE id = ?", (state, None if destinations else reason[:2000], reason[:2000], timings_json,
+                                        now, job_id))
             for name in destinations:
                 db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
                            (job_id, name, now, now))
@@ -375,7 +396,9 @@ class StateStore:
             pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != 'done'",
                                  (job_id,)).fetchone()[0]
             if pending == 0:  # only a job still delivering finishes: a dismissal meanwhile stays a dismissal
-                db.execute("UPDATE jobs SET state = CASE WHEN held IS NULL THEN 'done' ELSE 'held' END, reason = NULL, "
+                # A refused job (no sCT, only its notice was sent) ends failed with the guard's reason.
+                db.execute("UPDATE jobs SET state = CASE WHEN refused IS NOT NULL THEN 'failed' WHEN held IS NULL "
+                           "THEN 'done' ELSE 'held' END, reason = refused, "
                            "updated_at = ? WHERE id = ? AND state = 'delivering'", (now, job_id))
 
     def delivery_failed(self, job_id: int, destination: str, error: str, next_attempt_at: float | None) -> None:
@@ -547,7 +570,7 @@ class StateStore:
 
 #: The jobs columns in :class:`Job`'s order, named (a migrated database may hold them in another order).
 _JOB_COLUMNS = ("id, series_uid, generation, route, model, state, reason, output_dir, created_at, updated_at, timings, "
-                "held, dismissed_comment, dismissed_at")
+                "held, dismissed_comment, dismissed_at, refused")
 
 #: SQL: job ``j`` needs nothing any more, and has not for ``done_retention_h`` (``:done_before``): it is done or
 #: dismissed, or it is failed or held and superseded by the job of a later generation of the same series that is

@@ -17,10 +17,12 @@ from models.envelope import Envelope
 from models.phantoms import generate_phantom
 from models.registry import BUNDLED_WEIGHTS
 from sct_node.cli import EXIT_INPUT, EXIT_OK, main
-from sct_node.config import NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
+from sct_node.config import DestinationConfig, NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
 from sct_node.dicom.phantom_writer import write_phantom_dicom
 from sct_node.dicom.uids import MR_IMAGE_STORAGE
+from sct_node.dicom.qa_sr import read_qa_sr
 from sct_node.process import GUARD_FILE
+from sct_node.report.refusal import REFUSAL_PDF
 from sct_node.route import route_complete_series
 from sct_node.service import Node
 
@@ -101,12 +103,16 @@ def training_grid_dicom(tmp_path_factory):
     return write_phantom_dicom(generate_phantom("pelvis", 2200, shape_zyx=TRAIN_SHAPE), "pelvis-2200", folder)
 
 
-def _run_job(tmp_path: Path, series_dir: Path, policy: str | None, qa: bool = False):
+def _run_job(tmp_path: Path, series_dir: Path, policy: str | None, qa: bool = False, destination_port: int = 0,
+             keep_node: bool = False):
     options = {} if policy is None else {"on_input_outside_envelope": policy}
+    destinations = ((DestinationConfig(name="tps", ae_title="TPS", host="127.0.0.1", port=destination_port),)
+                    if destination_port else ())
     config = NodeConfig(storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
-                        processing=ProcessingConfig(quiet_period_s=0.01),
+                        processing=ProcessingConfig(quiet_period_s=0.01), destinations=destinations,
                         routes=(RouteConfig(name="r", model="bulk", match=SeriesMatch(min_instances=1), qa=qa,
-                                            qa_dose=False, qa_report=False, **options),))
+                                            qa_dose=False, qa_report=False, destinations=tuple(d.name for d in destinations),
+                                            **options),))
     node = Node(config)
     node.processor._models[("bulk", ())] = _EnvelopedBulk()
     files = sorted(series_dir.glob("*.dcm"))
@@ -120,6 +126,8 @@ def _run_job(tmp_path: Path, series_dir: Path, policy: str | None, qa: bool = Fa
     (job_id,) = route_complete_series(node.state, node.config)
     node.processor.process(node.state.claim_job())
     job = node.state.job(job_id)
+    if keep_node:
+        return job, Path(job.output_dir), node
     node.state.close()
     return job, Path(job.output_dir)
 
@@ -131,11 +139,50 @@ def test_the_node_refuses_a_hard_mismatch_by_default_and_status_shows_why(traini
                                  " hard mismatch with the training envelope of model bulk: T2-weighted")
     saved = json.loads((output / GUARD_FILE).read_text())
     assert saved["action"] == "refused" and saved["verdict"] == "hard" and saved["policy"] == "refuse-hard"
-    assert not list(output.rglob("*.dcm"))
+    # No sCT; the refusal notice (SR and Encapsulated PDF in the MR's study) says why.
+    modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in output.rglob("*.dcm"))
+    assert modalities == ["DOC", "SR"]
+    sr = read_qa_sr(output / "report" / "SR.refused.dcm")
+    assert sr["verdict"] == "FAIL" and sr["reasons"][0].startswith("no sCT was generated: the input guard found a "
+                                                                  "hard mismatch")
+    assert any("T2-weighted" in reason for reason in sr["reasons"])
+    assert [(name, c["verdict"], c["value"]) for name, c in sr["checks"].items()] == [("input_envelope", "FAIL", 2.0)]
+    mr = pydicom.dcmread(min(training_grid_dicom.mr_t2_dir.glob("*.dcm")), stop_before_pixels=True)
+    doc = pydicom.dcmread(output / "report" / "DOC.refused.dcm")
+    assert doc.StudyInstanceUID == mr.StudyInstanceUID and doc.PatientID == mr.PatientID
+    assert doc.SourceInstanceSequence[0].ReferencedSOPClassUID == MR_IMAGE_STORAGE
+    assert doc.EncapsulatedDocument[: doc.EncapsulatedDocumentLength] == (output / "report" / REFUSAL_PDF).read_bytes()
     config = tmp_path / "node.toml"
     config.write_text(f'[storage]\nspool_dir = "{tmp_path / "spool"}"\n')
     assert main(["status", "--config", str(config)]) == EXIT_OK
     assert "input refused by the input guard" in capsys.readouterr().out
+
+
+def test_a_refused_series_sends_its_notice_to_the_planning_system_then_fails_with_the_reason(
+        training_grid_dicom, tmp_path):
+    """The physicist still receives the SR and the PDF; status keeps the reason; retry processes again."""
+    from tests.sct_node.node_helpers import StoreScp, dcmtk, free_port
+
+    if dcmtk("storescp") is None:
+        pytest.skip("dcmtk storescp is not installed (tests/install-system-tools.sh installs it)")
+    port = free_port()
+    scp = StoreScp(tmp_path / "tps", port)
+    try:
+        job, output, node = _run_job(tmp_path, training_grid_dicom.mr_t2_dir, None, destination_port=port,
+                                     keep_node=True)
+        assert job.state == "delivering" and job.refused.startswith("input refused by the input guard")
+        node.dispatcher.run_due()
+        job = node.state.job(job.id)
+        assert job.state == "failed" and job.reason == job.refused
+        received = sorted(str(d.Modality) for d in scp.datasets())
+        assert received == ["DOC", "SR"]  # the notice, no sCT
+        # Retry processes the series again (here refused again: same policy, same notice UIDs).
+        assert node.state.retry_job(job.id) == "complete"
+        node.processor.process(node.state.claim_job())
+        assert node.state.job(job.id).state == "delivering"
+        node.state.close()
+    finally:
+        scp.stop()
 
 
 def test_the_node_marks_when_the_route_says_mark(training_grid_dicom, tmp_path):
