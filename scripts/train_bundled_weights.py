@@ -39,7 +39,9 @@ sys.path.insert(0, str(REPO))
 from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint  # noqa: E402
 from models.learned.model import LearnedModel, default_steps_from_curve  # noqa: E402
 from models.learned.train import TrainConfig, train  # noqa: E402
+from models.learned.randomisation import RandomisationConfig  # noqa: E402
 from models.phantoms import generate_phantom  # noqa: E402
+from models.phantoms.appearance import HELD_OUT_FAMILY, TRAINING_FAMILIES  # noqa: E402
 from models.phantoms.synthrad import write_central_slab, write_synthrad_case  # noqa: E402
 
 CASES_PER_SITE = 4
@@ -61,7 +63,7 @@ def write_phantoms(folder: Path, seeds: range, tag: str, shape=SHAPE_ZYX) -> Pat
     for site in ("head", "pelvis"):
         for seed in seeds:
             case = folder / f"{site}-{tag}-{seed:04d}"
-            if not (case / "mask.mha").exists():
+            if not (case / "labels.mha").exists():
                 write_synthrad_case(generate_phantom(site, seed, shape_zyx=shape), case)
     return folder
 
@@ -118,6 +120,9 @@ def main() -> int:
     parser.add_argument("--arch", nargs="+", default=["unet", "diffusion"],
                         help="in this order: the diffusion model corrects WORK/unet")
     parser.add_argument("--no-install", action="store_true", help="do not copy into models/weights")
+    parser.add_argument("--randomise", type=float, default=RandomisationConfig().probability,
+                        help="probability that a training patch's MR is a randomised appearance of its label map "
+                             "(models/learned/randomisation.py); 0 trains on the T1-weighted phantoms only")
     parser.add_argument("--envelope-only", action="store_true",
                         help="only compute the training envelope and write it into models/weights/*/card.json")
     args = parser.parse_args()
@@ -132,10 +137,15 @@ def main() -> int:
         mean_model = str(args.work / "unet") if arch == "diffusion" else None
         config = TrainConfig(architecture=arch, steps=args.steps, batch_size=8, patch_size=128, seed=0,
                              mean_model=mean_model,
+                             randomisation=RandomisationConfig(probability=args.randomise).to_json()
+                             if args.randomise > 0 else None,
                              validate_every=500, checkpoint_every=250, validation_cases=1,
                              training_data=f"{2 * CASES_PER_SITE} phantoms (head, pelvis; T1w; seeds 0-"
                                            f"{CASES_PER_SITE - 1}; {SHAPE_ZYX[1]}x{SHAPE_ZYX[2]}, "
-                                           f"{SHAPE_ZYX[0]} slices)",
+                                           f"{SHAPE_ZYX[0]} slices)"
+                                           + (f"; MR appearance randomised from the label maps with probability "
+                                              f"{args.randomise:g} (families {', '.join(TRAINING_FAMILIES)}; "
+                                              f"{HELD_OUT_FAMILY} held out)" if args.randomise > 0 else ""),
                              extra={"intended_use": INTENDED_USE})
         metrics = train(data, args.work / arch, config)
         print(f"{arch}: trained to step {metrics.get('step')} in {time.perf_counter() - started:.0f} s; "

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mean-model", type=Path, metavar="CKPT",
                        help="diffusion only: a trained unet / pix2pix checkpoint whose prediction the diffusion model "
                             "corrects (corrective diffusion, how the bundled model is trained; see docs/models.md)")
+    train.add_argument("--randomise-appearance", type=float, default=0.0, metavar="P",
+                       help="probability (0-1) that a training patch's MR is its case's tissue label map (labels.mha, "
+                            "as `sct-node phantom` writes) rendered with a random sequence, bias field, noise and "
+                            "resolution, so the model reads anatomy rather than one contrast (default 0: off; the "
+                            "bundled models use 0.7; see docs/models.md)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--validate-every", type=_positive_int, default=250)
     train.add_argument("--checkpoint-every", type=_positive_int, default=250)
@@ -374,6 +379,7 @@ def _load_model_from_args(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from models.learned.randomisation import RandomisationConfig
     from models.learned.train import TrainConfig, train
 
     config = TrainConfig(architecture=args.arch, steps=args.steps, batch_size=args.batch_size,
@@ -381,7 +387,9 @@ def _run_train(args: argparse.Namespace) -> int:
                          base_channels=args.base_channels, space_to_depth=args.space_to_depth, seed=args.seed,
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          default_steps=args.default_steps,
-                         mean_model=str(args.mean_model) if args.mean_model is not None else None)
+                         mean_model=str(args.mean_model) if args.mean_model is not None else None,
+                         randomisation=RandomisationConfig(probability=args.randomise_appearance).to_json()
+                         if args.randomise_appearance > 0 else None)
     metrics = train(args.data, args.output, config, device=args.device, show_progress=not args.quiet)
     print(f"{args.arch} checkpoint: {args.output} (validation MAE "
           f"{metrics.get('validation_mae_hu', float('nan')):.1f} HU at step {metrics.get('step', '?')})")

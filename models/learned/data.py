@@ -36,6 +36,7 @@ from models.body_mask import body_mask_from_mr
 from models.errors import GeometryError, ModelError, PhantomError
 from models.learned.edges import edge_map, outline
 from models.learned.normalisation import BACKGROUND, normalise_ct, normalise_mr
+from models.learned.randomisation import AppearancePool, RandomisationConfig
 from models.phantoms.synthrad import SYNTHRAD_EXTENSIONS, read_synthrad_case
 from models.volume import Volume
 
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 SIZE_MULTIPLE = 8
 
 _IMAGE_NAMES = ("mr", "ct", "mask")
+#: Optional tissue label map (uint8 :class:`~models.phantoms.tissues.Tissue` values) that ``sct-node phantom``
+#: writes: the source of MR appearance randomisation (:mod:`models.learned.randomisation`).
+LABELS_NAME = "labels"
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,12 +68,15 @@ class Case:
     body : numpy.ndarray
         Boolean ``(z, y, x)`` body mask on the MR's grid: the case's ``mask``
         image, or :func:`~models.body_mask.body_mask_from_mr` when it has none.
+    labels : numpy.ndarray or None
+        ``(z, y, x)`` uint8 tissue labels on the MR's grid (``labels`` image of a phantom case), or None.
     """
 
     case_id: str
     mr: Volume
     ct: Volume | None
     body: np.ndarray
+    labels: np.ndarray | None = None
 
 
 def _expected_names() -> str:
@@ -124,7 +131,15 @@ def _load_case(case_dir: Path) -> Case:
         body = np.asarray(mask.array) > 0
     if not body.any():
         raise ModelError(f"case {case_id}: the body mask is empty; expected the patient outline (non-zero inside)")
-    return Case(case_id=case_id, mr=mr, ct=ct, body=body)
+    labels = None
+    labels_path = _image_path(case_dir, LABELS_NAME)
+    if labels_path is not None:
+        label_volume = _read_image(labels_path)
+        if not mr.same_grid(label_volume):
+            raise ModelError(f"case {case_id}: labels grid (shape {label_volume.shape}) differs from mr (shape "
+                             f"{mr.shape}); the images of a case must be co-registered on one grid")
+        labels = np.asarray(label_volume.array).astype(np.uint8)
+    return Case(case_id=case_id, mr=mr, ct=ct, body=body, labels=labels)
 
 
 def load_cases(root: Path) -> list[Case]:
@@ -274,6 +289,10 @@ class SliceDataset:
     ct_only : bool
         For ContourDiff: return the CT, its body, the CT's edge map and the
         body outline and never touch the MR (no MR-CT pairing is needed).
+    randomisation : RandomisationConfig or None
+        MR appearance randomisation (:mod:`models.learned.randomisation`):
+        with its probability a patch's MR is the case's label map rendered
+        with a random contrast. Every case then needs a ``labels`` image.
 
     Raises
     ------
@@ -295,6 +314,7 @@ class SliceDataset:
         seed: int = 0,
         body_fraction: float = 0.9,
         ct_only: bool = False,
+        randomisation: RandomisationConfig | None = None,
     ) -> None:
         if len(cases) == 0:
             raise ModelError("SliceDataset needs at least one case; found none")
@@ -314,6 +334,22 @@ class SliceDataset:
         self.case_ids = [c.case_id for c in cases]
         self._cases = [_prepare(c, self.ct_only) for c in cases]
         self._generator = torch.Generator().manual_seed(int(seed))
+        self.randomisation = None if ct_only or randomisation is None or randomisation.probability == 0 \
+            else randomisation
+        self._pool = None
+        if self.randomisation is not None:
+            missing = [c.case_id for c in cases if c.labels is None]
+            if missing:
+                raise ModelError(f"MR appearance randomisation needs a tissue label map per case ({LABELS_NAME}.mha, "
+                                 f"as 'sct-node phantom' writes); missing in {', '.join(missing[:5])}"
+                                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+            self._cases_labels = [(c.labels, c.mr.spacing_mm) for c in cases]
+
+    def _appearance_pool(self, g: torch.Generator) -> AppearancePool:
+        if self._pool is None:
+            self._pool = AppearancePool([lab for lab, _ in self._cases_labels], [sp for _, sp in self._cases_labels],
+                                        [c.body for c in self._cases], self.randomisation, g)
+        return self._pool
 
     def __len__(self) -> int:
         """Number of slices that hold body, over all cases."""
@@ -350,6 +386,8 @@ class SliceDataset:
             raise ModelError(f"batch_size must be a positive integer; found {batch_size!r}")
         g = self._generator if generator is None else generator
         samples = [self._sample(g) for _ in range(batch_size)]
+        if self.randomisation is not None:
+            self._appearance_pool(g).after_batch(g)
         if self.patch_size is None:
             height = _round_up(max(s["body"].shape[-2] for s in samples), SIZE_MULTIPLE)
             width = _round_up(max(s["body"].shape[-1] for s in samples), SIZE_MULTIPLE)
@@ -364,7 +402,11 @@ class SliceDataset:
         return int(torch.randint(high, (1,), generator=g).item())
 
     def _sample(self, g: torch.Generator) -> dict[str, np.ndarray]:
-        case = self._cases[self._randint(len(self._cases), g)]
+        index = self._randint(len(self._cases), g)
+        case = self._cases[index]
+        mr = case.mr
+        if self.randomisation is not None and float(torch.rand((1,), generator=g).item()) < self.randomisation.probability:
+            mr = self._appearance_pool(g).volume(index, g)
         k = int(case.body_slices[self._randint(len(case.body_slices), g)])
         body = case.body[k]
         height, width = body.shape
@@ -382,7 +424,7 @@ class SliceDataset:
             top, left = centre_y - size_y // 2, centre_x - size_x // 2
         sample = {}
         if not self.ct_only:
-            sample["mr"] = _crop(context_stack(case.mr, k, self.context), top, left, size_y, size_x, BACKGROUND)
+            sample["mr"] = _crop(context_stack(mr, k, self.context), top, left, size_y, size_x, BACKGROUND)
         sample["ct"] = _crop(case.ct[k][np.newaxis], top, left, size_y, size_x, BACKGROUND)
         sample["body"] = _crop(body[np.newaxis].astype(np.float32), top, left, size_y, size_x, 0.0)
         if self.ct_only:

@@ -42,12 +42,17 @@ from models.base import HU_MAX, HU_MIN
 from models.envelope import envelope_from_cases, read_sidecar
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint
-from models.learned.corrective import CorrectiveDiffusion, diffusion_sample, residual_scale_from
+from models.learned.corrective import (
+    CorrectiveDiffusion,
+    diffusion_sample,
+    residual_scale_from,
+)
 from models.learned.data import SliceDataset, load_cases, validation_slices
 from models.learned.diffusion import training_loss
 from models.learned.model import ARCHITECTURES, build_network, pick_device
 from models.learned.networks import PatchDiscriminator
 from models.learned.normalisation import denormalise_ct
+from models.learned.randomisation import RandomisationConfig
 
 __all__ = ["TrainConfig", "train"]
 
@@ -96,6 +101,8 @@ class TrainConfig:
     mean_model: str | None = None
     mean_network: dict | None = None
     residual_scale: float | None = None
+    # MR appearance randomisation (models.learned.randomisation.RandomisationConfig as a dict); None: off.
+    randomisation: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +113,8 @@ class TrainConfig:
                 raise ModelError(f"{name} must be at least 1; found {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ModelError(f"ema_decay must lie in [0, 1); found {self.ema_decay}")
+        if self.randomisation is not None:
+            RandomisationConfig.from_json(self.randomisation)  # refuses bad settings before any work
         if self.mean_model is not None and self.architecture != "diffusion":
             raise ModelError(f"a mean model is corrected only by the diffusion architecture; found "
                              f"{self.architecture} (leave --mean-model out)")
@@ -143,7 +152,7 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
         raise ModelError(f"{output} holds a {state['config']['architecture']} checkpoint; "
                          f"choose another --output for {config.architecture}")
     dataset = SliceDataset(training, context=config.context, patch_size=config.patch_size, seed=config.seed,
-                           ct_only=not paired)
+                           ct_only=not paired, randomisation=RandomisationConfig.from_json(config.randomisation))
     mean_state = mean_card = None
     if state is not None and state["config"].get("mean_network") is not None:
         # A resumed corrective run: the mean network's config, weights and scale come from the checkpoint.

@@ -121,7 +121,7 @@ def phantom_acquisition(site: str, weighting: str) -> dict:
 
 
 def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compress: bool = True) -> SynthradCase:
-    """Write a phantom as ``<case_dir>/{mr,ct,mask}.mha`` (SynthRAD2025 layout) and ``acquisition.json``.
+    """Write a phantom as ``<case_dir>/{mr,ct,mask}.mha`` (SynthRAD2025 layout), ``labels.mha`` and ``acquisition.json``.
 
     ``acquisition.json`` describes the simulated sequence (:func:`phantom_acquisition`): what a model trained
     on the case records in its training envelope (:mod:`models.envelope`).
@@ -165,6 +165,8 @@ def write_synthrad_case(phantom: Phantom, case_dir: Path, mr: str = "t1", compre
     _write_image(mr_volume.with_array(mr_volume.array.astype(np.float32)), paths["mr"], compress)
     _write_image(phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.int16)), paths["ct"], compress)
     _write_image(phantom.labels.with_array(phantom.body_mask.astype(np.uint8)), paths["mask"], compress)
+    # The tissue label map: what MR appearance randomisation renders (models.learned.randomisation).
+    _write_image(phantom.labels, case_dir / "labels.mha", compress)
     _write_json(phantom_acquisition(phantom.site, mr), case_dir / "acquisition.json")
     return SynthradCase(case_dir, paths["mr"], paths["ct"], paths["mask"], str(mr).lower())
 

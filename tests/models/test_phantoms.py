@@ -328,7 +328,7 @@ def test_phantom_error_is_a_models_error_and_lookups_fail_clearly(head: Phantom)
 def test_synthrad_round_trip_keeps_geometry_and_values(tmp_path: Path, head: Phantom, weighting: str):
     case = write_synthrad_case(head, tmp_path / "1HA001", mr=weighting)
     names = sorted(p.name for p in case.case_dir.iterdir())
-    assert names == ["acquisition.json", "ct.mha", "mask.mha", "mr.mha"]  # no temporaries
+    assert names == ["acquisition.json", "ct.mha", "labels.mha", "mask.mha", "mr.mha"]  # no temporaries
     assert json.loads((case.case_dir / "acquisition.json").read_text())["weighting"] == weighting.upper()
     images = read_synthrad_case(case.case_dir)
     for vol in (images.mr, images.ct, images.mask):
@@ -337,6 +337,10 @@ def test_synthrad_round_trip_keeps_geometry_and_values(tmp_path: Path, head: Pha
     np.testing.assert_array_equal(images.ct.array, head.ct_hu.array)
     assert images.ct.array.dtype == np.int16 and images.mask.array.dtype == np.uint8
     np.testing.assert_array_equal(images.mask.array.astype(bool), head.body_mask)
+    import SimpleITK as sitk  # the tissue label map, for MR appearance randomisation
+
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(case.case_dir / "labels.mha"))),
+                                  head.labels.array)
 
 
 def test_central_slab_is_the_same_anatomy_on_the_same_grid(tmp_path: Path, head: Phantom):

@@ -185,3 +185,24 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path):
     result = _sct_node("phantom", "--output", str(tmp_path), "--cases", "0")
     assert result.returncode == 2
     assert "expected a positive integer; found '0'" in result.stderr
+
+
+def test_train_with_appearance_randomisation_records_it_and_needs_label_maps(tmp_path, capsys):
+    """`sct-node train --randomise-appearance`: the card says how the model was trained; cases without a label
+    map (real data) get a message that names the missing file instead of a silent fallback."""
+    from models.phantoms import generate_phantom
+    from models.phantoms.synthrad import write_synthrad_case
+
+    data = tmp_path / "data"
+    for site in ("head", "pelvis"):
+        write_synthrad_case(generate_phantom(site, 11, shape_zyx=(12, 96, 96)), data / f"{site}-11")
+    common = ["train", "--data", str(data), "--arch", "unet", "--steps", "2", "--batch-size", "2", "--patch-size",
+              "32", "--base-channels", "8", "--validate-every", "2", "--checkpoint-every", "2", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "ckpt"), "--randomise-appearance", "0.7"]) == EXIT_OK
+    card = json.loads((tmp_path / "ckpt" / "card.json").read_text())
+    assert card["training_config"]["randomisation"]["probability"] == 0.7
+    assert "t1_fs" in card["training_config"]["randomisation"]["families"]
+    (data / "head-11" / "labels.mha").unlink()  # a training case (the last one is held out for validation)
+    assert main([*common, "--output", str(tmp_path / "other"), "--randomise-appearance", "0.5"]) == EXIT_MODEL
+    assert "needs a tissue label map per case (labels.mha" in capsys.readouterr().err
+    assert main([*common, "--output", str(tmp_path / "ckpt2"), "--randomise-appearance", "1.5"]) != EXIT_OK
