@@ -5,7 +5,9 @@ Steps (every measurement and threshold ends up in ``qa.json``):
 1. HU checks inside the body (always): tissue fractions, values outside
    [-1024, 3071]; tissue plausibility (:mod:`dosimetry.tissue_composition`):
    the soft-tissue peak of the body histogram, the fat share against the
-   site's limits, bone in every body slice.
+   site's limits, bone in every body slice; with a site HU reference
+   (:mod:`dosimetry.hu_reference`), the distance of the body HU distribution
+   from the nearest reference CT.
 2. Geometry: the sCT outline against the MR body outline (Dice, 95th
    percentile surface distance), field-of-view truncation, slice coverage.
 3. Uncertainty (when the model produced a map): share of the body above the level.
@@ -49,6 +51,7 @@ from dosimetry.hu_checks import (
     slice_coverage,
 )
 from dosimetry.image_metrics import image_metrics
+from dosimetry.hu_reference import HuReference, hu_quantiles
 from dosimetry.plans import PhotonPlan, template_plan
 from dosimetry.structures import StructureMask
 from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composition
@@ -88,9 +91,26 @@ class QaInputs:
     #: The input guard's judgement of the MR for the model that made the sCT: (verdict, reasons) with verdict
     #: ok, soft, hard or unjudged (models.envelope.GuardResult). None or unjudged: no input_envelope check.
     input_guard: tuple[str, tuple[str, ...]] | None = None
+    #: Real CTs of the site (dosimetry.hu_reference): adds the hu_distribution check. None: not run.
+    hu_reference: HuReference | None = None
 
 
 _GUARD_LEVELS = {"ok": 0.0, "soft": 1.0, "hard": 2.0}
+
+
+def _hu_distribution_check(sct: Volume, body: np.ndarray, site: str, reference: HuReference,
+                           thresholds: QaThresholds, measured: dict) -> Check:
+    """Distance of the body HU distribution from the nearest CT of the site's reference (dosimetry.hu_reference)."""
+    if reference.site != site:
+        raise DosimetryError(f"the HU reference is for site {reference.site!r} but the QA runs for {site!r}: "
+                             "configure the reference built from CTs of this site")
+    distance, nearest = reference.nearest(hu_quantiles(sct, body))
+    spread = reference.leave_one_out_hu()
+    measured["hu_reference"] = {"distance_hu": distance, "nearest_case": nearest, "cases": len(reference.case_ids),
+                                "leave_one_out_hu": spread, "source": reference.source}
+    return judge("hu_distribution", distance, thresholds.hu_distribution_distance_hu,
+                 f"body HU distribution distance from the nearest of {len(reference.case_ids)} reference CT(s) "
+                 f"({nearest})")
 
 
 def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = QaThresholds(),
@@ -155,6 +175,8 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
     checks.append(judge("bone_fraction", fractions.get("bone", 0.0), thresholds.bone_fraction_percent,
                         f"bone (>= {BONE_FROM_HU:g} HU) inside the body"))
     checks.extend(_composition_checks(sct, body, inputs.site, thresholds, measured))
+    if inputs.hu_reference is not None:
+        checks.append(_hu_distribution_check(sct, body, inputs.site, inputs.hu_reference, thresholds, measured))
 
     if inputs.mr_body_mask is not None:
         agreement = body_outline_agreement(sct, inputs.mr_body_mask)

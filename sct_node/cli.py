@@ -196,9 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--no-dose", action="store_true", help="skip the dose comparison")
     qa.add_argument("--thresholds", type=Path,
                     help="TOML file overriding QA limits, e.g. [gamma_pass_rate_percent] pass_limit = 97 (docs/qa.md)")
+    qa.add_argument("--hu-reference", type=Path, metavar="FILE",
+                    help="HU reference of real CTs of the site (`sct-node hu-reference`): adds the hu_distribution check")
     qa.add_argument("--output", "-o", type=Path, required=True, help="folder for qa.json")
     qa.add_argument("--json", action="store_true", help="print qa.json on stdout")
     qa.set_defaults(handler=_run_qa)
+
+    hu_reference = commands.add_parser(
+        "hu-reference", parents=[common], help="build a site's HU reference from real CTs (for the QA's hu_distribution check)",
+        description="Build a site's HU reference: the body HU distribution of each real CT (a DICOM CT series folder, "
+                    "or a SynthRAD-layout case folder with ct and mask). Use planning CTs of the site's patients, "
+                    "several of them (slim and obese, with and without contrast) so the nearest one is near; "
+                    "docs/qa.md says what the check can and cannot see.")
+    hu_reference.add_argument("cts", type=Path, nargs="+", help="CT series folders or SynthRAD case folders")
+    hu_reference.add_argument("--site", choices=("pelvis", "head"), required=True)
+    hu_reference.add_argument("--output", "-o", type=Path, required=True, help="reference file (.json)")
+    hu_reference.set_defaults(handler=_run_hu_reference)
 
     report = commands.add_parser(
         "report", parents=[common], help="build the QA report bundle from a QA folder",
@@ -594,7 +607,11 @@ def _run_qa(args: argparse.Namespace) -> int:
             thresholds = thresholds_from_mapping(tomllib.loads(args.thresholds.read_text()))
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise InputError(f"{args.thresholds}: cannot read QA thresholds ({error})") from None
+    from dosimetry.hu_reference import load_hu_reference
+
+    hu_reference = load_hu_reference(args.hu_reference) if args.hu_reference else None
     result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
+                             hu_reference=hu_reference,
                              reference_ct=reference.volume if reference else None, plan=plan,
                              structures=structures, compute_dose=not args.no_dose), thresholds)
     context = qa_context(sct_dir=args.sct, model_card=None, mr_files=mr.files if mr else (),
@@ -610,6 +627,47 @@ def _run_qa(args: argparse.Namespace) -> int:
         for reason in result.reasons:
             print(f"  - {reason}")
     return EXIT_QA_FAIL if result.verdict == Verdict.FAIL else EXIT_OK
+
+
+def _run_hu_reference(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from dosimetry.hu_checks import sct_body_outline
+    from dosimetry.hu_reference import build_hu_reference
+    from sct_node.dicom.image_writer import write_atomic
+    from sct_node.dicom.reader import read_series
+    from sct_node.dicom.uids import CT_IMAGE_STORAGE
+    from sct_node.errors import InputError, OutputError
+
+    cts = []
+    for folder in args.cts:
+        case = [folder / f"{name}{ext}" for name in ("ct", "mask") for ext in (".mha", ".nii.gz")
+                if (folder / f"{name}{ext}").is_file()]
+        if len(case) == 2:  # SynthRAD layout: the CT and its body mask
+            from models.learned.data import load_cases
+
+            (loaded,) = load_cases(folder)
+            cts.append((folder.name, loaded.ct, np.asarray(loaded.body, dtype=bool)))
+        elif folder.is_dir():
+            series = read_series([folder], sop_classes=[CT_IMAGE_STORAGE])
+            cts.append((folder.name, series.volume, sct_body_outline(series.volume)))
+        else:
+            raise InputError(f"{folder}: not a folder; expected a DICOM CT series folder or a SynthRAD case folder")
+    reference = build_hu_reference(args.site, cts, source=f"sct-node hu-reference from {len(cts)} CT(s): "
+                                                          + ", ".join(case_id for case_id, _, _ in cts))
+    text = (json.dumps(reference.to_json(), indent=1) + "\n").encode()
+    try:
+        write_atomic(args.output, lambda stream: stream.write(text))
+    except OSError as error:
+        raise OutputError(f"cannot write the HU reference {args.output}: {error}") from None
+    spread = reference.leave_one_out_hu()
+    print(f"HU reference for {args.site}: {len(cts)} CT(s) -> {args.output}")
+    if spread:
+        print(f"  each CT's distance to its nearest other: {', '.join(f'{v:.0f}' for v in spread)} HU "
+              f"(the check's default limits: pass <= 40, fail > 80 HU)")
+    return EXIT_OK
 
 
 def _run_report(args: argparse.Namespace) -> int:

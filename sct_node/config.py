@@ -127,6 +127,9 @@ class RouteConfig(_Strict):
     qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")
     qa_thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="override QA limits: {check: {pass_limit, fail_limit}} (docs/qa.md)")
+    qa_hu_reference: Path | None = Field(
+        None, description="an HU reference of real CTs of the route's qa_site, built with `sct-node hu-reference`: "
+                          "adds the hu_distribution check (docs/qa.md); none: the check is not run")
     qa_report: bool = Field(True, description="build and deliver the QA report bundle: PDF (as Encapsulated PDF), "
                                               "Structured Report, RT Structure Set on the sCT")
     qa_rt_dose: bool = Field(True, description="add the QA dose on the sCT as RT Dose (and the template RT Plan)")
@@ -148,6 +151,21 @@ class RouteConfig(_Strict):
             raise ValueError(f"model_ensemble = {self.model_ensemble} needs model_steps >= {MIN_ENSEMBLE_STEPS} (or no "
                              f"model_steps: the model's ensemble steps): one sampling step gives members that do not "
                              f"differ")
+        return self
+
+    @model_validator(mode="after")
+    def _hu_reference_matches_site(self) -> RouteConfig:
+        if self.qa_hu_reference is not None:
+            from dosimetry.errors import DosimetryError
+            from dosimetry.hu_reference import load_hu_reference
+
+            try:
+                reference = load_hu_reference(self.qa_hu_reference)
+            except DosimetryError as error:
+                raise ValueError(str(error)) from None
+            if reference.site != self.qa_site:
+                raise ValueError(f"qa_hu_reference {self.qa_hu_reference} was built for site {reference.site!r}; this "
+                                 f"route's qa_site is {self.qa_site!r}")
         return self
 
     @field_validator("qa_thresholds")

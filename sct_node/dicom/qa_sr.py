@@ -136,6 +136,7 @@ QA_CODES: dict[str, Code] = {
     "check:soft_tissue_peak": _private("SOFTPEAKDEV", "Soft-tissue peak CT number deviation"),
     "check:fat_share": _private("FATSHARE", "Fat share of fat and soft tissue in the body"),
     "check:bone_slices": _private("BONESLICES", "Body slices holding bone"),
+    "check:hu_distribution": _private("HUDISTANCE", "Body HU distribution distance from the site reference"),
     "check:input_envelope": _private("INPUTENVELOPE", "Input against the model's training envelope"),
     "check:body_dice": _private("BODYDICE", "Body outline Dice coefficient, sCT vs MR"),
     "check:body_surface_distance_95": _private("BODYSD95", "Body outline 95th percentile surface distance"),
