@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mean-model", type=Path, metavar="CKPT",
                        help="diffusion only: a trained unet / pix2pix checkpoint whose prediction the diffusion model "
                             "corrects (corrective diffusion, how the bundled model is trained; see docs/models.md)")
+    train.add_argument("--acquisition", type=Path, metavar="JSON",
+                       help="how cases without their own acquisition.json were acquired (the same keys, e.g. "
+                            "{\"weighting\": \"T1\", \"echo_time_ms\": 15, \"body_part\": \"PELVIS\"}): recorded in "
+                            "the model's training envelope for the input guard (docs/models.md)")
     train.add_argument("--randomise-appearance", type=float, default=0.0, metavar="P",
                        help="probability (0-1) that a training patch's MR is its case's tissue label map (labels.mha, "
                             "as `sct-node phantom` writes) rendered with a random sequence, bias field, noise and "
@@ -402,11 +406,26 @@ def _run_train(args: argparse.Namespace) -> int:
                          default_steps=args.default_steps,
                          mean_model=str(args.mean_model) if args.mean_model is not None else None,
                          randomisation=RandomisationConfig(probability=args.randomise_appearance).to_json()
-                         if args.randomise_appearance > 0 else None)
+                         if args.randomise_appearance > 0 else None,
+                         acquisition=_read_json_object(args.acquisition) if args.acquisition else None)
     metrics = train(args.data, args.output, config, device=args.device, show_progress=not args.quiet)
     print(f"{args.arch} checkpoint: {args.output} (validation MAE "
           f"{metrics.get('validation_mae_hu', float('nan')):.1f} HU at step {metrics.get('step', '?')})")
     return EXIT_OK
+
+
+def _read_json_object(path: Path) -> dict:
+    import json
+
+    from sct_node.errors import InputError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object; found {type(data).__name__}")
+    return data
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

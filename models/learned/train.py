@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from models import __version__
 from models.base import HU_MAX, HU_MIN
-from models.envelope import envelope_from_cases, read_sidecar
+from models.envelope import acquisition_from_sidecar, envelope_from_cases, read_sidecar
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from models.learned.corrective import (
@@ -101,6 +101,8 @@ class TrainConfig:
     mean_model: str | None = None
     mean_network: dict | None = None
     residual_scale: float | None = None
+    # The acquisition of cases without an acquisition.json (the sidecar's keys), for the envelope; None: unknown.
+    acquisition: dict | None = None
     # MR appearance randomisation (models.learned.randomisation.RandomisationConfig as a dict); None: off.
     randomisation: dict | None = None
     extra: dict = field(default_factory=dict)
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ModelError(f"ema_decay must lie in [0, 1); found {self.ema_decay}")
         if self.randomisation is not None:
             RandomisationConfig.from_json(self.randomisation)  # refuses bad settings before any work
+        if self.acquisition is not None:
+            acquisition_from_sidecar(self.acquisition, "the declared acquisition (--acquisition)")
         if self.mean_model is not None and self.architecture != "diffusion":
             raise ModelError(f"a mean model is corrected only by the diffusion architecture; found "
                              f"{self.architecture} (leave --mean-model out)")
@@ -144,7 +148,8 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
         raise ModelError(f"{data_dir}: the {config.architecture} model needs a CT for every case")
     held_out = min(config.validation_cases, len(cases) - 1) if len(cases) > 1 else 0
     training, validation = cases[: len(cases) - held_out], cases[len(cases) - held_out:]
-    envelope = training_envelope(Path(data_dir), training, config.network_config()["normalisation"])
+    envelope = training_envelope(Path(data_dir), training, config.network_config()["normalisation"],
+                                 config.acquisition)
     torch.manual_seed(config.seed)
     run_device = pick_device(device)
     state = load_train_state(output) if (output / "train_state.pt").exists() else None
@@ -233,11 +238,12 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
     return metrics
 
 
-def training_envelope(data_dir: Path, cases, normalisation: str) -> dict:
+def training_envelope(data_dir: Path, cases, normalisation: str, default_acquisition: dict | None = None) -> dict:
     """The envelope (:mod:`models.envelope`) of the training cases, as the model card stores it.
 
     The acquisition part comes from each case's ``acquisition.json`` sidecar (``sct-node phantom`` writes one);
-    cases without one leave it unknown. The images part comes from the MR files: voxel size, field of view,
+    cases without one take ``default_acquisition`` (the same keys; ``sct-node train --acquisition``) or, without
+    it, leave it unknown. The images part comes from the MR files: voxel size, field of view,
     orientation and the body intensity histogram after the MR normalisation (body mask from the MR, as at
     inference).
     """
@@ -246,8 +252,14 @@ def training_envelope(data_dir: Path, cases, normalisation: str) -> dict:
         case_dir = data_dir / case.case_id if (data_dir / case.case_id).is_dir() else data_dir
         entries.append((case.case_id, case.mr, read_sidecar(case_dir)))
     with_sidecar = sum(1 for _, _, acquisition in entries if acquisition is not None)
-    source = (f"acquisition from acquisition.json sidecars ({with_sidecar} of {len(entries)} training cases); "
-              "images from the training MR files")
+    declared = 0
+    if default_acquisition is not None:
+        fallback = acquisition_from_sidecar(default_acquisition, "the declared acquisition (--acquisition)")
+        declared = len(entries) - with_sidecar
+        entries = [(i, mr, a if a is not None else fallback) for i, mr, a in entries]
+    source = (f"acquisition from acquisition.json sidecars ({with_sidecar} of {len(entries)} training cases)"
+              + (f" and declared for the other {declared} (--acquisition)" if declared else "")
+              + "; images from the training MR files")
     return envelope_from_cases(entries, normalisation=normalisation, source=source).to_json()
 
 

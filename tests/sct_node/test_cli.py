@@ -206,3 +206,26 @@ def test_train_with_appearance_randomisation_records_it_and_needs_label_maps(tmp
     assert main([*common, "--output", str(tmp_path / "other"), "--randomise-appearance", "0.5"]) == EXIT_MODEL
     assert "needs a tissue label map per case (labels.mha" in capsys.readouterr().err
     assert main([*common, "--output", str(tmp_path / "ckpt2"), "--randomise-appearance", "1.5"]) != EXIT_OK
+
+
+def test_train_records_a_declared_acquisition_for_cases_without_a_sidecar(tmp_path, capsys):
+    """Real data exported to the SynthRAD layout has no acquisition.json: --acquisition declares it."""
+    from models.phantoms import generate_phantom
+    from models.phantoms.synthrad import write_synthrad_case
+
+    data = tmp_path / "data"
+    for site in ("pelvis", "head"):
+        write_synthrad_case(generate_phantom(site, 12, shape_zyx=(12, 96, 96)), data / f"{site}-12")
+        (data / f"{site}-12" / "acquisition.json").unlink()
+    declared = tmp_path / "acq.json"
+    declared.write_text(json.dumps({"weighting": "T1", "scanning_sequence": ["GR"], "echo_time_ms": 2.5,
+                                    "field_strength_t": 3.0, "body_part": "PELVIS"}))
+    common = ["train", "--data", str(data), "--arch", "unet", "--steps", "1", "--batch-size", "2", "--patch-size",
+              "32", "--base-channels", "8", "--quiet"]
+    assert main([*common, "--output", str(tmp_path / "a"), "--acquisition", str(declared)]) == EXIT_OK
+    envelope = json.loads((tmp_path / "a" / "card.json").read_text())["envelope"]
+    assert envelope["echo_time_ms"] == {"low": 2.5, "high": 2.5} and envelope["body_sites"] == ["pelvis"]
+    assert "declared for the other 1 (--acquisition)" in envelope["source"]
+    declared.write_text(json.dumps({"echo_time": 2.5}))
+    assert main([*common, "--output", str(tmp_path / "b"), "--acquisition", str(declared)]) == EXIT_MODEL
+    assert "the declared acquisition (--acquisition)" in capsys.readouterr().err
