@@ -25,6 +25,7 @@ from sct_node.process import GUARD_FILE
 from sct_node.report.refusal import REFUSAL_PDF
 from sct_node.route import route_complete_series
 from sct_node.service import Node
+from tests.factories.validation import assert_valid_dicom
 
 #: The bundled weights' training grid: a held-out phantom on it is inside the envelope in every respect.
 TRAIN_SHAPE = (32, 256, 256)
@@ -152,6 +153,8 @@ def test_the_node_refuses_a_hard_mismatch_by_default_and_status_shows_why(traini
     assert doc.StudyInstanceUID == mr.StudyInstanceUID and doc.PatientID == mr.PatientID
     assert doc.SourceInstanceSequence[0].ReferencedSOPClassUID == MR_IMAGE_STORAGE
     assert doc.EncapsulatedDocument[: doc.EncapsulatedDocumentLength] == (output / "report" / REFUSAL_PDF).read_bytes()
+    for name in ("SR.refused.dcm", "DOC.refused.dcm"):  # dciodvfy (dicom3tools): zero errors
+        assert_valid_dicom(output / "report" / name)
     config = tmp_path / "node.toml"
     config.write_text(f'[storage]\nspool_dir = "{tmp_path / "spool"}"\n')
     assert main(["status", "--config", str(config)]) == EXIT_OK
