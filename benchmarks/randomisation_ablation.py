@@ -10,7 +10,9 @@ head and pelvis seeds 0-3, 32 x 256 x 256), the bundled recipe's network, batch 
   fat-suppressed, Dixon water/fat, post-contrast) but the realistic phantoms' imaging (PSF, bias, noise) and
   an unperturbed normalisation;
 * ``families+imaging``: also random point spread function (resolution, slice thickness), bias field and noise;
-* ``full``: also the perturbed normalisation (reference over part of the body, scale, gamma): the bundled recipe.
+* ``full``: also the perturbed normalisation (reference over part of the body, scale, gamma): the bundled recipe;
+* ``full+random``: also SynthSeg-style random contrasts (every tissue's signal drawn independently; the held-out
+  T2 family is still never rendered, but a random draw can order the tissues as T2 does).
 
 Test sets as benchmarks/sct_robustness.py (realistic T1w, unseen T2w, skull-stripped T1w head; held-out
 phantoms from seed 3000). The U-Net rather than the diffusion model: it is what the bundled diffusion model
@@ -37,6 +39,7 @@ from train_bundled_weights import CASES_PER_SITE, write_phantoms  # noqa: E402
 from models.learned.model import LearnedModel  # noqa: E402
 from models.learned.randomisation import RandomisationConfig  # noqa: E402
 from models.learned.train import TrainConfig, train  # noqa: E402
+from models.phantoms.appearance import RANDOM_FAMILY, TRAINING_FAMILIES  # noqa: E402
 
 VARIANTS = {
     "none": None,
@@ -45,6 +48,7 @@ VARIANTS = {
     "families+imaging": RandomisationConfig(partial_fov_probability=0.0, scale_range=(1.0, 1.0),
                                             gamma_range=(1.0, 1.0)),
     "full": RandomisationConfig(),
+    "full+random": RandomisationConfig(families=(*TRAINING_FAMILIES, RANDOM_FAMILY)),
 }
 
 

@@ -22,6 +22,8 @@ spread function, bias field and Rician noise (:func:`render_appearance`):
 * ``t1_post_contrast``: T1 after gadolinium, ``1/T1' = 1/T1 + r1 C`` with ``r1`` 3.5-5 /mM/s [4]_ and a
   per-tissue extracellular concentration (none behind the blood-brain barrier).
 * ``t2`` (held out): spin echo, TR 3000-6000 ms, TE 80-120 ms.
+* ``random`` (not a sequence; off by default): every tissue's signal uniform in 0.05-1 (bone 0-0.1), as
+  SynthSeg draws its contrasts [1]_.
 
 The spin-echo and spoiled-gradient-echo signal equations are the textbook ones [3]_; T2 stands in for T2* in
 the GRE. Fat fractions and contrast uptakes per tissue are stated approximations (:data:`FAT_FRACTION`,
@@ -55,7 +57,7 @@ from models.errors import PhantomError
 from models.phantoms.imaging import bias_field
 from models.phantoms.tissues import Tissue, property_lookup
 
-__all__ = ["CONTRAST_UPTAKE_MM", "FAMILIES", "FAT_FRACTION", "HELD_OUT_FAMILY", "TRAINING_FAMILIES",
+__all__ = ["CONTRAST_UPTAKE_MM", "FAMILIES", "FAT_FRACTION", "HELD_OUT_FAMILY", "RANDOM_FAMILY", "TRAINING_FAMILIES",
            "AppearanceDraw", "draw_appearance", "render_appearance", "tissue_signal"]
 
 #: Proton-density fat fraction per tissue (approximation; adipose about 0.9, fatty marrow [5]).
@@ -68,7 +70,10 @@ CONTRAST_UPTAKE_MM = {Tissue.SKIN: 0.3, Tissue.MUSCLE: 0.15, Tissue.SOFT_TISSUE:
 #: Sequence families the training draws from, and the one kept out of training for the unseen-contrast test.
 TRAINING_FAMILIES = ("t1_se", "t1_gre", "pd", "t1_fs", "dixon_water", "dixon_fat", "t1_post_contrast")
 HELD_OUT_FAMILY = "t2"
-FAMILIES = TRAINING_FAMILIES + (HELD_OUT_FAMILY,)
+#: SynthSeg-style contrast [1]_: every tissue's signal drawn independently (cortical bone kept dark, as on every
+#: non-UTE sequence). Not a sequence; not among the default training families (the ablation measures it).
+RANDOM_FAMILY = "random"
+FAMILIES = TRAINING_FAMILIES + (HELD_OUT_FAMILY, RANDOM_FAMILY)
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,11 @@ def tissue_signal(family: str, rng: np.random.Generator, *, jitter: float = 0.1)
         params.update(tr_ms=tr, te_ms=te, flip_deg=flip)
         return _spoiled_gre(pd, t1_values, t2, tr, te, flip)
 
-    if family == "t1_se":
+    if family == RANDOM_FAMILY:
+        signal = rng.uniform(0.05, 1.0, n)
+        signal[int(Tissue.CORTICAL_BONE)] = rng.uniform(0.0, 0.1)
+        params["random"] = 1.0
+    elif family == "t1_se":
         tr, te = rng.uniform(350, 800), rng.uniform(8, 20)
         params.update(tr_ms=tr, te_ms=te)
         signal = _spin_echo(pd, t1, t2, tr, te)
