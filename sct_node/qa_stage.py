@@ -103,15 +103,15 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
     import dataclasses
 
     from dosimetry.errors import DosimetryError
+    from dosimetry.hu_reference import load_hu_reference
     from dosimetry.qa import QaInputs, run_qa, write_qa
     from dosimetry.verdict import thresholds_from_mapping
     from sct_node.report.context import qa_context
 
-    from dosimetry.hu_reference import load_hu_reference
-
     try:
         hu_reference = load_hu_reference(route.qa_hu_reference) if route.qa_hu_reference is not None else None
-        qa = run_qa(QaInputs(sct=result.hu, site=route.qa_site, hu_reference=hu_reference, mr_body_mask=result.body_mask, mr_grid=series.volume,
+        qa = run_qa(QaInputs(sct=result.hu, site=route.qa_site, hu_reference=hu_reference,
+                             mr_body_mask=result.body_mask, mr_grid=series.volume,
                              uncertainty_hu=result.uncertainty_hu, compute_dose=route.qa_dose,
                              plan=references.plan, structures=references.structures,
                              reference_ct=references.reference_ct, input_guard=input_guard),

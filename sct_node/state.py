@@ -210,8 +210,8 @@ class StateStore:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
-            # Columns added since the first release: a database made before held-back outputs (held) or
-            # dismissals (dismissed_*) existed gets them here (rows are read by column name, _JOB_COLUMNS).
+            # Columns added since the first release: a database made before held-back outputs (held),
+            # dismissals (dismissed_*) or guard refusals (refused) existed gets them here (rows are read by column name, _JOB_COLUMNS).
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(jobs)")}
             for name, kind in (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL"),
                                ("refused", "TEXT")):

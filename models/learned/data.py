@@ -343,6 +343,12 @@ class SliceDataset:
                 raise ModelError(f"MR appearance randomisation needs a tissue label map per case ({LABELS_NAME}.mha, "
                                  f"as 'sct-node phantom' writes); missing in {', '.join(missing[:5])}"
                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+            from models.phantoms.tissues import Tissue
+
+            unknown = [c.case_id for c in cases if int(c.labels.max()) > max(Tissue)]
+            if unknown:
+                raise ModelError(f"MR appearance randomisation renders sct-node's tissue labels (0-{int(max(Tissue))}, "
+                                 f"models/phantoms/tissues.py); {', '.join(unknown[:5])} hold larger label values")
             self._cases_labels = [(c.labels, c.mr.spacing_mm) for c in cases]
 
     def _appearance_pool(self, g: torch.Generator) -> AppearancePool:

@@ -130,6 +130,10 @@ def test_probability_zero_is_the_plain_dataset(cases):
 def test_randomisation_needs_label_maps(cases):
     from dataclasses import replace
 
+    foreign = [replace(case, labels=np.full_like(case.labels, 41)) for case in cases]  # e.g. a SynthSeg label map
+    with pytest.raises(ModelError, match=r"tissue labels \(0-14.*head-7, pelvis-7 hold larger label values"):
+        SliceDataset(foreign, randomisation=RandomisationConfig())
+
     without = [replace(case, labels=None) for case in cases]
     with pytest.raises(ModelError, match=r"needs a tissue label map per case \(labels.mha.*missing in head-7, pelvis-7"):
         SliceDataset(without, randomisation=RandomisationConfig())
