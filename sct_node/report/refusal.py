@@ -23,6 +23,7 @@ from dosimetry.qa import input_envelope_check
 from models.envelope import GuardResult
 from sct_node import __version__
 from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
+from sct_node.dicom.image_writer import write_atomic
 from sct_node.dicom.qa_sr import write_qa_sr
 from sct_node.dicom.uids import derive_uid
 from sct_node.errors import OutputError
@@ -96,11 +97,16 @@ def _render_pdf(path: Path, *, header: pydicom.Dataset, volume: np.ndarray, resu
     figure.text(0.5, 0.025, f"sct-node {__version__}: input guard notice, not for diagnosis", fontsize=7,
                 ha="center")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with PdfPages(tmp, metadata={"Title": "sCT not generated: input outside the training envelope",
-                                 "Creator": f"sct-node {__version__}"}) as pdf:
-        pdf.savefig(figure)
-    tmp.replace(path)
+
+    def write(stream) -> None:
+        with PdfPages(stream, metadata={"Title": "sCT not generated: input outside the training envelope",
+                                        "Creator": f"sct-node {__version__}"}) as pdf:
+            pdf.savefig(figure)
+
+    try:
+        write_atomic(path, write)  # the project's one atomic write (fsync, then rename)
+    except OSError as error:
+        raise OutputError(f"cannot write the refusal notice {path}: {error}") from error
     return path
 
 
