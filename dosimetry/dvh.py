@@ -55,6 +55,7 @@ __all__ = [
     "VolumeMetricDifference",
     "compare_dvh_metrics",
     "cumulative_dvh",
+    "dvh_from_samples",
     "dvh_metrics",
 ]
 
@@ -175,15 +176,42 @@ def cumulative_dvh(dose: Volume, structure_mask: np.ndarray, structure: str) -> 
     """
     require_volume(dose, "dose")
     mask = as_mask(structure_mask, dose.shape, f"mask of structure {structure!r}")
-    count = require_nonempty(mask, f"structure {structure!r} on the dose grid")
-    require_finite(dose.array, mask, f"dose in structure {structure!r}")
-    doses = dose.array[mask].astype(np.float64)
-    distinct, counts = np.unique(doses, return_counts=True)
-    at_least = np.cumsum(counts[::-1])[::-1] / count
+    require_nonempty(mask, f"structure {structure!r} on the dose grid")
+    return dvh_from_samples(dose.array[mask], float(np.prod(dose.spacing_mm)) / _MM3_PER_CC, structure)
+
+
+def dvh_from_samples(doses: np.ndarray, voxel_volume_cc: float, structure: str,
+                     weights: np.ndarray | None = None) -> CumulativeDvh:
+    """The cumulative DVH of dose samples that each stand for ``weights`` voxels of ``voxel_volume_cc``.
+
+    The samples are the dose at the structure's voxels on the image grid and, with a super-sampled
+    boundary, at sub-voxel points weighted by their share of a voxel
+    (:meth:`dosimetry.structures.StructureMask.dose_samples`): that is how the QA's DVHs avoid
+    down-sampling structures to the coarser dose grid. Without ``weights`` each sample is one voxel. With
+    them, ``voxel_count`` is the number of samples and ``voxel_volume_cc`` their mean volume, so that
+    ``volume_cc`` is the structure's volume.
+
+    Raises
+    ------
+    DosimetryError
+        No sample, a NaN or infinite one, a non-positive voxel volume or weight.
+    """
+    samples = np.asarray(doses, dtype=np.float64).ravel()
+    count = require_nonempty(np.ones(samples.shape, dtype=bool), f"structure {structure!r}")
+    require_finite(samples, None, f"dose in structure {structure!r}")
+    if not (math.isfinite(voxel_volume_cc) and voxel_volume_cc > 0):
+        raise DosimetryError(f"voxel_volume_cc must be a positive volume; found {voxel_volume_cc}")
+    weight = np.ones(count) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if weight.shape != samples.shape or not np.all(np.isfinite(weight)) or np.any(weight <= 0):
+        raise DosimetryError(f"weights of structure {structure!r} must be one positive number per dose sample")
+    distinct, inverse = np.unique(samples, return_inverse=True)
+    per_dose = np.bincount(inverse.ravel(), weights=weight, minlength=len(distinct))
+    total = float(weight.sum())
+    at_least = np.cumsum(per_dose[::-1])[::-1] / total
     distinct.setflags(write=False)
     at_least.setflags(write=False)
-    voxel_volume_cc = float(np.prod(dose.spacing_mm)) / _MM3_PER_CC
-    return CumulativeDvh(structure, distinct, at_least, count, voxel_volume_cc, float(doses.mean()))
+    return CumulativeDvh(structure, distinct, at_least, count, float(voxel_volume_cc) * total / count,
+                         float(np.dot(samples, weight) / total))
 
 
 @dataclass(frozen=True)

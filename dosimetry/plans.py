@@ -106,6 +106,25 @@ class PhotonPlan:
     prescription_gy: float | None
     sop_instance_uid: str | None
     is_template: bool
+    #: Where the prescription is delivered, in words ("isocentre", "median dose of PTV"); None: the plan's MU
+    #: stand as they are (a real plan). Set by the QA when it normalises a template plan.
+    normalisation: str | None = None
+    #: The normalisation point (LPS mm) when the normalisation is a point.
+    normalisation_point_mm: tuple[float, float, float] | None = None
+
+    def with_monitor_units_scaled(self, factor: float, normalisation: str,
+                                  point_mm: tuple[float, float, float] | None = None) -> PhotonPlan:
+        """The same plan with every beam's MU multiplied by ``factor`` (dose is linear in MU)."""
+        if not (np.isfinite(factor) and factor > 0):
+            raise PlanError(f"plan {self.label!r}: an MU scale factor must be positive; found {factor}")
+        beams = tuple(dataclasses.replace(beam, monitor_units=beam.monitor_units * float(factor)) for beam in self.beams)
+        point = tuple(float(v) for v in point_mm) if point_mm is not None else None
+        return dataclasses.replace(self, beams=beams, normalisation=normalisation, normalisation_point_mm=point)
+
+    @property
+    def isocentre_mm(self) -> tuple[float, float, float]:
+        """The first beam's isocentre (the plan's, for the single-isocentre plans the QA normalises)."""
+        return self.beams[0].control_points[0].isocentre_mm
 
     def as_dict(self) -> dict:
         """Plain JSON-able form (``qa.json`` keeps the plan the QA used, so the report can rebuild it)."""
@@ -127,7 +146,8 @@ class PhotonPlan:
                                 "mlc_boundaries_mm": _optional_tuple(point["mlc_boundaries_mm"]),
                                 "mlc_positions_mm": _optional_tuple(point["mlc_positions_mm"])})
                 for point in beam["control_points"])}) for beam in value["beams"])
-            return cls(**{**value, "beams": beams})
+            point = value.get("normalisation_point_mm")
+            return cls(**{**value, "beams": beams, "normalisation_point_mm": _optional_tuple(point)})
         except (KeyError, TypeError) as error:
             raise PlanError(f"malformed plan record: {error}") from None
 

@@ -39,8 +39,9 @@ from scipy import ndimage
 
 from dosimetry.beam import beams_from_plan
 from dosimetry.density import relative_electron_density_volume
-from dosimetry.dvh import compare_dvh_metrics, cumulative_dvh, dvh_metrics
-from dosimetry.engine import compute_dose
+from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
+from dosimetry.dvh import compare_dvh_metrics, dvh_from_samples, dvh_metrics
+from dosimetry.engine import compute_dose_and_points
 from dosimetry.errors import DosimetryError
 from dosimetry.gamma import gamma_volumes
 from dosimetry.hu_checks import (
@@ -69,6 +70,8 @@ SOFT_TISSUE_EXPECTED_HU = 35.0
 SITES = ("pelvis", "head")
 #: Dose points of each DVH curve kept for the report (0 to 102 % of the highest dose).
 DVH_CURVE_POINTS = 201
+#: Sub-voxel points per axis in plane at structure boundaries: give this to read_structures for the QA.
+STRUCTURE_SUPERSAMPLING = 4
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class QaInputs:
     uncertainty_hu: Volume | None = None
     uncertainty_level_hu: float = 100.0
     prescription_gy: float = 2.0
-    dose_grid_mm: float = 4.0
+    dose_grid_mm: float = DEFAULT_DOSE_GRID_MM
     compute_dose: bool = True
     #: The input guard's judgement of the MR for the model that made the sCT: (verdict, reasons) with verdict
     #: ok, soft, hard or unjudged (models.envelope.GuardResult). None or unjudged: no input_envelope check.
@@ -264,22 +267,70 @@ def _index_ranges(indices: tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges)
 
 
+def _structure_roles(structures: tuple[StructureMask, ...]) -> tuple[list[StructureMask], list[StructureMask]]:
+    """(targets, organs at risk): PTV/CTV/GTV by interpreted type or a name holding PTV; outlines and bones are
+    neither."""
+    targets = [s for s in structures if s.interpreted_type in ("PTV", "CTV", "GTV") or "PTV" in s.name.upper()]
+    organs = [s for s in structures if s not in targets and s.interpreted_type not in ("EXTERNAL",)
+              and s.name.upper() not in ("BODY", "EXTERNAL", "BONES", "BONE")]
+    return targets, organs
+
+
+def _template_for(inputs: QaInputs, body: np.ndarray, targets: list[StructureMask]) -> PhotonPlan:
+    """The site's template on the target, or a central 6 cm field on the body centroid when there is none."""
+    sct = inputs.sct
+    region = targets[0].mask if targets else body
+    index = np.argwhere(region)
+    centre_index = index.mean(axis=0)[::-1]  # (x, y, z)
+    extent_mm = (index.max(axis=0) - index.min(axis=0) + 1)[::-1] * np.asarray(sct.spacing_mm)
+    if not targets:  # no target: a central 6 cm field, not the whole body
+        extent_mm = np.minimum(extent_mm, 60.0)
+    return template_plan(inputs.site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
+                         prescription_gy=inputs.prescription_gy)
+
+
+#: A point normalisation needs a point in the high-dose region (ICRU 50's reference point): below this share of
+#: the maximum the isocentre lies in a gradient or outside the fields.
+NORMALISATION_POINT_MIN_SHARE = 0.8
+
+
+def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_dose: float,
+               target_reference: np.ndarray | None, target_weights: np.ndarray | None,
+               target_name: str | None) -> tuple[float, dict]:
+    """(scale, record): the factor that puts a template plan's prescription at its normalisation point or volume.
+
+    A template plan (no MU of its own) is normalised so that the reference dose per fraction equals the
+    prescription at a defined place: the median dose of the target when there is one (ICRU 83's D50%), else
+    the isocentre (ICRU 50's reference point). A real plan keeps its MU: its dose is what the engine's
+    calibration (1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm) makes of them, and the record says how that
+    compares with the prescription at the same place.
+    """
+    if target_reference is not None:
+        where, point = f"median dose of {target_name}", None
+        value = dvh_from_samples(target_reference, 1.0, target_name,  # D50% as reported
+                                 target_weights).dose_at_volume_percent(50.0)
+    else:
+        where, point, value = "isocentre", plan.isocentre_mm, isocentre_dose
+    if plan.is_template and (value <= 0 or (target_reference is None and value < NORMALISATION_POINT_MIN_SHARE * maximum)):
+        raise DosimetryError(f"plan {plan.label!r}: the reference dose at the {where} is {value:.3g} Gy, "
+                             f"{100 * value / max(maximum, 1e-12):.0f} % of its maximum: not a place to normalise "
+                             "the plan to (give a structure set with the target)")
+    scale = prescription / value if plan.is_template else 1.0
+    record = {"method": "template: prescription at the " + where if plan.is_template else
+              "real plan: its own monitor units (engine calibration 1 cGy/MU)",
+              "at": where, "structure": target_name if target_reference is not None else None,
+              "point_mm": list(point) if point is not None else None,
+              "reference_dose_gy": value * scale, "prescription_gy": prescription,
+              "percent_of_prescription": 100.0 * value * scale / prescription, "mu_scale": scale,
+              "percent_of_maximum": 100.0 * value / max(maximum, 1e-12)}
+    return scale, record
+
+
 def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, measured: dict,
                  arrays: dict) -> list[Check]:
     sct = inputs.sct
-    targets = [s for s in inputs.structures if s.interpreted_type in ("PTV", "CTV", "GTV") or "PTV" in s.name.upper()]
-    organs = [s for s in inputs.structures if s not in targets and s.interpreted_type not in ("EXTERNAL",)
-              and s.name.upper() not in ("BODY", "EXTERNAL", "BONES")]
-    plan = inputs.plan
-    if plan is None:
-        region = targets[0].mask if targets else body
-        index = np.argwhere(region)
-        centre_index = index.mean(axis=0)[::-1]  # (x, y, z)
-        extent_mm = (index.max(axis=0) - index.min(axis=0) + 1)[::-1] * np.asarray(sct.spacing_mm)
-        if not targets:  # no target: a central 6 cm field, not the whole body
-            extent_mm = np.minimum(extent_mm, 60.0)
-        plan = template_plan(inputs.site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
-                             prescription_gy=inputs.prescription_gy)
+    targets, organs = _structure_roles(inputs.structures)
+    plan = inputs.plan if inputs.plan is not None else _template_for(inputs, body, targets)
     _require_isocentres_in_image(plan, sct)
     prescription = plan.prescription_gy / max(plan.fractions, 1) if (plan.prescription_gy and not plan.is_template) \
         else inputs.prescription_gy
@@ -289,22 +340,46 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
     reference_hu = inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body)
     reference_name = "real CT" if inputs.reference_ct is not None else "bulk-density sCT"
     beams = beams_from_plan(plan)
-    dose_sct = compute_dose(relative_electron_density_volume(grid), beams)
-    dose_reference = compute_dose(relative_electron_density_volume(_resample(reference_hu, zoom, order=1)), beams)
-    # Express the doses per fraction at the prescription: normalise so the reference target median is prescribed.
-    target_grid = _resample_mask(targets[0].mask, zoom, grid.shape) if targets else body_grid
-    scale = prescription / max(float(np.median(dose_reference.array[target_grid])), 1e-9)
-    dose_sct = dose_sct.with_array(dose_sct.array * scale)
-    dose_reference = dose_reference.with_array(dose_reference.array * scale)
+    # DVHs from the dose at each structure voxel of the image grid, read from the beams' 2 mm beam's-eye-view
+    # doses (dosimetry.dose_sampling), never from structures down-sampled to the dose grid; the isocentre last.
+    evaluated = [(role, limit, structure)
+                 for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
+                                                 ("organ", organs, thresholds.oar_dvh_difference_percent))
+                 for structure in structures if structure.mask.any()]
+    samples = [structure.dose_samples() for _, _, structure in evaluated]
+    points = [sct.index_to_patient(index) for index, _ in samples]
+    bounds = np.cumsum([0] + [len(p) for p in points])
+    points_mm = np.concatenate(points + [np.asarray([plan.isocentre_mm], dtype=np.float64)])
+    dose_sct, sct_points = compute_dose_and_points(relative_electron_density_volume(grid), beams, points_mm)
+    dose_reference, reference_points = compute_dose_and_points(
+        relative_electron_density_volume(_resample(reference_hu, zoom, order=1)), beams, points_mm)
+    sampled = [(role, limit, structure, reference_points[bounds[i]:bounds[i + 1]], sct_points[bounds[i]:bounds[i + 1]],
+                samples[i][1]) for i, (role, limit, structure) in enumerate(evaluated)]
+    target_samples = next(((s[3], s[5], s[2].name) for s in sampled if s[0] == "target"), (None, None, None))
+    scale, normalisation = _normalise(plan, prescription, float(dose_reference.array.max()),
+                                      float(reference_points[-1]), *target_samples)
+    if scale != 1.0:
+        plan = plan.with_monitor_units_scaled(scale, normalisation["at"], normalisation["point_mm"])
+        dose_sct = dose_sct.with_array(dose_sct.array * scale)
+        dose_reference = dose_reference.with_array(dose_reference.array * scale)
+        sampled = [(role, limit, structure, ref * scale, ev * scale, weights)
+                   for role, limit, structure, ref, ev, weights in sampled]
     gamma = gamma_volumes(dose_reference, dose_sct, 2.0, 2.0, lower_percent_dose_cutoff=10.0, max_gamma=2.0)
     difference = dose_sct.array - dose_reference.array
+    in_body = difference[body_grid]
+    largest = int(np.argmax(np.abs(in_body)))
     measured["dose"] = {"plan": plan.label, "template": plan.is_template, "plan_sop_instance_uid": plan.sop_instance_uid,
                         "plan_definition": plan.as_dict(), "reference": reference_name,
                         "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
+                        "normalisation": normalisation,
+                        "monitor_units": {beam.name: beam.monitor_units for beam in plan.beams},
+                        "max_dose_sct_gy": float(dose_sct.array.max()),
+                        "max_dose_reference_gy": float(dose_reference.array.max()),
                         "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
                         "gamma_criteria": {"dose_percent": 2.0, "distance_mm": 2.0, "low_dose_cutoff_percent": 10.0,
                                            "normalisation": "global", "max_gamma": 2.0},
-                        "max_abs_difference_percent": float(np.abs(difference[body_grid]).max() / prescription * 100)}
+                        "max_abs_difference_percent": float(abs(in_body[largest]) / prescription * 100),
+                        "largest_difference_percent": float(in_body[largest] / prescription * 100)}
     arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array,
                   dose_difference_gy=difference, dose_difference_percent=difference / prescription * 100.0,
                   gamma=gamma.gamma,
@@ -316,26 +391,22 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
     curves: list = []
     top = max(float(dose_sct.array.max()), float(dose_reference.array.max()), 1e-9) * 1.02
     bins = np.linspace(0.0, top, DVH_CURVE_POINTS)
-    for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
-                                    ("organ", organs, thresholds.oar_dvh_difference_percent)):
-        for structure in structures:
-            mask = _resample_mask(structure.mask, zoom, grid.shape)
-            if not mask.any():
-                continue
-            reference_dvh = cumulative_dvh(dose_reference, mask, structure.name)
-            sct_dvh = cumulative_dvh(dose_sct, mask, structure.name)
-            reference_metrics, sct_metrics = dvh_metrics(reference_dvh, prescription), dvh_metrics(sct_dvh, prescription)
-            key = f"dvh_curve_{len(curves)}"
-            arrays[key] = np.stack([bins, [reference_dvh.volume_percent_at_dose(d) for d in bins],
-                                    [sct_dvh.volume_percent_at_dose(d) for d in bins]])  # Gy, % volume, % volume
-            curves.append({"structure": structure.name, "role": role, "array": key})
-            comparison = compare_dvh_metrics(reference_metrics, sct_metrics)
-            worst = max(comparison.dose_differences, key=lambda d: abs(d.difference_percent_of_prescription))
-            dvh[structure.name] = {d.name: {"reference_gy": d.reference_gy, "sct_gy": d.evaluated_gy,
-                                            "difference_percent": d.difference_percent_of_prescription}
-                                   for d in comparison.dose_differences}
-            checks.append(judge(f"dvh_{structure.name}", abs(worst.difference_percent_of_prescription), limit,
-                                f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
+    voxel_cc = float(np.prod(sct.spacing_mm)) / 1000.0
+    for role, limit, structure, reference_doses, sct_doses, weights in sampled:
+        reference_dvh = dvh_from_samples(reference_doses, voxel_cc, structure.name, weights)
+        sct_dvh = dvh_from_samples(sct_doses, voxel_cc, structure.name, weights)
+        reference_metrics, sct_metrics = dvh_metrics(reference_dvh, prescription), dvh_metrics(sct_dvh, prescription)
+        key = f"dvh_curve_{len(curves)}"
+        arrays[key] = np.stack([bins, [reference_dvh.volume_percent_at_dose(d) for d in bins],
+                                [sct_dvh.volume_percent_at_dose(d) for d in bins]])  # Gy, % volume, % volume
+        curves.append({"structure": structure.name, "role": role, "array": key})
+        comparison = compare_dvh_metrics(reference_metrics, sct_metrics)
+        worst = max(comparison.dose_differences, key=lambda d: abs(d.difference_percent_of_prescription))
+        dvh[structure.name] = {d.name: {"reference_gy": d.reference_gy, "sct_gy": d.evaluated_gy,
+                                        "difference_percent": d.difference_percent_of_prescription}
+                               for d in comparison.dose_differences}
+        checks.append(judge(f"dvh_{structure.name}", abs(worst.difference_percent_of_prescription), limit,
+                            f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
     measured["dvh"] = dvh
     measured["dvh_curves"] = curves
     return checks

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--structures", type=Path, help="RT Structure Set (targets and organs at risk)")
     qa.add_argument("--site", choices=("pelvis", "head"), default="pelvis", help="template plan (default pelvis)")
     qa.add_argument("--no-dose", action="store_true", help="skip the dose comparison")
+    qa.add_argument("--dose-grid-mm", type=_positive_float, default=None, metavar="MM",
+                    help="dose grid of the comparison and of the RT Dose (default 2.5; never finer than the sCT)")
     qa.add_argument("--thresholds", type=Path,
                     help="TOML file overriding QA limits, e.g. [gamma_pass_rate_percent] pass_limit = 97 (docs/qa.md)")
     qa.add_argument("--hu-reference", type=Path, metavar="FILE",
@@ -583,7 +585,7 @@ def _run_dismiss(args: argparse.Namespace) -> int:
 
 def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
-    from dosimetry.qa import QaInputs, run_qa, write_qa
+    from dosimetry.qa import STRUCTURE_SUPERSAMPLING, QaInputs, run_qa, write_qa
     from dosimetry.structures import read_structures
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
     from models.body_mask import body_mask_from_mr
@@ -614,7 +616,8 @@ def _run_qa(args: argparse.Namespace) -> int:
         drawn_on.add(reference.series_instance_uid)
     plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
-                                       referenced_series_uid=drawn_on, allow_empty=True)) if args.structures else ()
+                                       referenced_series_uid=drawn_on, allow_empty=True,
+                                       supersample=STRUCTURE_SUPERSAMPLING)) if args.structures else ()
     for empty in (s for s in structures if not s.mask.any()):
         logger.warning("structure %s has no voxel on the sCT grid; it is left out of the DVH comparison", empty.name)
     structures = tuple(s for s in structures if s.mask.any())
@@ -632,7 +635,8 @@ def _run_qa(args: argparse.Namespace) -> int:
     result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
                              hu_reference=hu_reference,
                              reference_ct=reference.volume if reference else None, plan=plan,
-                             structures=structures, compute_dose=not args.no_dose), thresholds)
+                             structures=structures, compute_dose=not args.no_dose,
+                             **({"dose_grid_mm": args.dose_grid_mm} if args.dose_grid_mm else {})), thresholds)
     context = qa_context(sct_dir=args.sct, model_card=None, mr_files=mr.files if mr else (),
                          mr_series_uid=mr.series_instance_uid if mr else "",
                          mr_series_description=str(mr.header.get("SeriesDescription", "") or "") if mr else "",

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
 from sct_node.errors import ConfigError
 
 __all__ = [
@@ -125,6 +126,9 @@ class RouteConfig(_Strict):
     qa: bool = Field(True, description="run the dosimetric QA (qa.json next to the outputs)")
     qa_site: str = Field("pelvis", pattern="^(pelvis|head)$", description="template plan when no RT Plan is known")
     qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")
+    qa_dose_grid_mm: float = Field(DEFAULT_DOSE_GRID_MM, ge=1.0, le=10.0,
+                                   description="dose grid of the QA and of the delivered RT Dose (mm; never finer "
+                                               "than the sCT); DVHs are read at every structure voxel whatever it is")
     qa_thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="override QA limits: {check: {pass_limit, fail_limit}} (docs/qa.md)")
     qa_hu_reference: Path | None = Field(

@@ -61,6 +61,7 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
     is logged and left out, and the QA falls back to the template plan and the bulk-density reference.
     """
     from dosimetry.plans import read_rt_plan
+    from dosimetry.qa import STRUCTURE_SUPERSAMPLING
     from dosimetry.structures import read_structures
 
     found = References()
@@ -88,7 +89,7 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
         with _unusable("the RT Structure Set"):
             found.structures = tuple(s for s in read_structures(
                 structure_sets[-1], series.volume, frame_of_reference_uid=frame, referenced_series_uid=drawn_on,
-                allow_empty=True) if s.mask.any())
+                allow_empty=True, supersample=STRUCTURE_SUPERSAMPLING) if s.mask.any())
             found.structures_file = structure_sets[-1]
     return found
 
@@ -113,6 +114,7 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
         qa = run_qa(QaInputs(sct=result.hu, site=route.qa_site, hu_reference=hu_reference,
                              mr_body_mask=result.body_mask, mr_grid=series.volume,
                              uncertainty_hu=result.uncertainty_hu, compute_dose=route.qa_dose,
+                             dose_grid_mm=route.qa_dose_grid_mm,
                              plan=references.plan, structures=references.structures,
                              reference_ct=references.reference_ct, input_guard=input_guard),
                     thresholds_from_mapping(route.qa_thresholds))

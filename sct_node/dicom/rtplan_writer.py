@@ -18,6 +18,12 @@ Choices the standard leaves open, and why:
   C.12.1, Type 3), so every IOD, the RT Plan included, may carry it. It is
   copied from the sCT, as the RT Structure Set writer does: the plan is placed
   on a synthetic image.
+* **Beam Meterset** is what the QA's engine needs to deliver the prescription
+  at the template's normalisation point or volume (the QA scales the template's
+  MU; its engine is calibrated to 1 cGy/MU at d_max for 10 x 10 cm at SSD 100
+  cm), so the RT Dose that references this plan is the plan's dose; the Dose
+  Reference says where the prescription is (COORDINATES of the isocentre, or
+  the target VOLUME).
 * **Target Prescription Dose** is written as the total over all fractions
   (prescription per fraction times fractions), as planning systems write it;
   for the QA templates (one fraction) the two coincide.
@@ -77,6 +83,7 @@ def write_rt_plan(
     series_instance_uid: str,
     series_description: str,
     referenced_structure_set_uid: str | None = None,
+    dose_reference_roi_number: int | None = None,
     now: _dt.datetime | None = None,
 ) -> Path:
     """Write ``plan`` as an RT Plan in the synthetic CT's patient, study and Frame of Reference.
@@ -97,6 +104,10 @@ def write_rt_plan(
     referenced_structure_set_uid : str or None
         SOP Instance UID of an RT Structure Set on the same sCT. With it the plan geometry is
         PATIENT; without it TREATMENT_DEVICE (PS3.3 C.8.8.9).
+    dose_reference_roi_number : int or None
+        ROI Number, in that structure set, of the volume a template plan was normalised to (its median
+        dose is the prescription): the Dose Reference is then that VOLUME. A plan normalised to a point
+        references the point's COORDINATES; otherwise the Dose Reference is the SITE.
     now : datetime or None
         Plan and instance creation date/time (default: now).
 
@@ -149,7 +160,8 @@ def write_rt_plan(
         dataset.RTPlanGeometry = "TREATMENT_DEVICE"  # PATIENT would require a structure set reference
     # RT Prescription
     if plan.prescription_gy is not None:
-        dataset.DoseReferenceSequence = Sequence([_dose_reference(plan, sop_instance_uid)])
+        dataset.DoseReferenceSequence = Sequence([_dose_reference(plan, sop_instance_uid,
+                                                                  dose_reference_roi_number)])
     # RT Patient Setup
     setup = pydicom.Dataset()
     setup.PatientSetupNumber = 1
@@ -212,12 +224,20 @@ def _check_plan(plan: PhotonPlan) -> None:
                                       f"{len(point.mlc_boundaries_mm) - 1} leaf pairs; expected twice as many")
 
 
-def _dose_reference(plan: PhotonPlan, plan_uid: str) -> pydicom.Dataset:
+def _dose_reference(plan: PhotonPlan, plan_uid: str, roi_number: int | None) -> pydicom.Dataset:
     item = pydicom.Dataset()
     item.DoseReferenceNumber = 1
     item.DoseReferenceUID = derive_uid(plan_uid, "dose-reference", 1)
-    item.DoseReferenceStructureType = "SITE"  # no ROI or point is referenced: the prescription site
-    item.DoseReferenceDescription = f"Prescription {plan.prescription_gy:g} Gy per fraction"[:64]
+    where = f" at the {plan.normalisation}" if plan.normalisation else ""
+    if plan.normalisation_point_mm is not None:  # C.8.8.10.1: a point given by its coordinates
+        item.DoseReferenceStructureType = "COORDINATES"
+        item.DoseReferencePointCoordinates = [_ds(v) for v in plan.normalisation_point_mm]
+    elif roi_number is not None:  # the volume (the target) whose median dose is the prescription
+        item.DoseReferenceStructureType = "VOLUME"
+        item.ReferencedROINumber = int(roi_number)
+    else:  # no ROI or point is referenced: the prescription site (a volume would need the structure's ROI)
+        item.DoseReferenceStructureType = "SITE"
+    item.DoseReferenceDescription = f"{plan.prescription_gy:g} Gy per fraction{where}"[:64]
     item.DoseReferenceType = "TARGET"
     item.TargetPrescriptionDose = _ds(plan.prescription_gy * int(plan.fractions))
     return item

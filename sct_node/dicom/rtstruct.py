@@ -49,11 +49,15 @@ from sct_node.dicom.image_writer import derived_object, dicom_date_time, write_d
 from sct_node.dicom.uids import RT_STRUCTURE_SET_STORAGE
 from sct_node.errors import OutputError
 
-__all__ = ["RoiSpec", "mask_contours", "write_rtstruct"]
+__all__ = ["INTERPRETED_TYPES", "RoiSpec", "mask_contours", "write_rtstruct"]
 
-#: RT ROI Interpreted Type (PS3.3 C.8.8.8.1) for each kind of structure we write.
-_INTERPRETED_TYPE = {"EXTERNAL": "EXTERNAL", "PTV": "PTV", "CTV": "CTV", "GTV": "GTV", "ORGAN": "ORGAN",
-                     "BONE": "ORGAN", "CAVITY": "CAVITY", "CONTROL": "CONTROL"}
+#: The defined terms of RT ROI Interpreted Type (PS3.3 C.8.8.8.1); "" is an empty (Type 2) value.
+INTERPRETED_TYPES = ("EXTERNAL", "PTV", "CTV", "GTV", "TREATED_VOLUME", "IRRAD_VOLUME", "ORGAN", "AVOIDANCE",
+                     "CAVITY", "CONTROL", "BOLUS", "SUPPORT", "FIXATION", "DOSE_REGION", "CONTRAST_AGENT",
+                     "MARKER", "REGISTRATION", "ISOCENTER", "BRACHY_CHANNEL", "BRACHY_ACCESSORY",
+                     "BRACHY_SRC_APP", "BRACHY_CHNL_SHLD", "")
+#: RT ROI Interpreted Type for each kind of structure we write: the defined terms, and BONE (an organ).
+_INTERPRETED_TYPE = {term: term for term in INTERPRETED_TYPES} | {"BONE": "ORGAN"}
 #: Referenced SOP Class UID in the RT Referenced Study Sequence, as every TPS writes it.
 _STUDY_COMPONENT_REFERENCE = "1.2.840.10008.3.1.2.3.1"
 
@@ -299,7 +303,7 @@ def write_rtstruct(
         observation = pydicom.Dataset()
         observation.ObservationNumber = number
         observation.ReferencedROINumber = number
-        observation.RTROIInterpretedType = _INTERPRETED_TYPE[roi.kind]
+        observation.RTROIInterpretedType = _INTERPRETED_TYPE[roi.kind] or None
         observation.ROIInterpreter = None
         dataset.RTROIObservationsSequence.append(observation)
     return write_dataset_atomic(dataset, path)

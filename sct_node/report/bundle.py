@@ -98,7 +98,7 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
     from sct_node.dicom.qa_sr import write_qa_sr
     from sct_node.report.pdf import render_report_pdf
-    from sct_node.report.structures import sct_rois, write_sct_structures
+    from sct_node.report.structures import qa_structure_rois, sct_rois, write_sct_structures
 
     folder = load_qa_folder(qa_dir)
     data, sct = folder.data, folder.sct
@@ -123,9 +123,12 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in sct.files]
     rt_files: list[Path] = []
     structure_uid = None
+    roi_numbers: dict[str, int] = {}
     if data.body_mask is not None:
         rois = sct_rois(data.sct, data.body_mask, data.uncertainty_hu,
                         float(data.qa["measurements"].get("uncertainty", {}).get("level_hu", 100.0)))
+        rois += qa_structure_rois(data.structures)
+        roi_numbers = {roi.name: number for number, roi in enumerate(rois, start=1)}  # write_rtstruct's numbering
         if rois:
             structure_uid, series_uid = uids("rtstruct")
             rt_files.append(write_sct_structures(
@@ -133,7 +136,7 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
                 sop_instance_uid=structure_uid, series_instance_uid=series_uid,
                 series_description=f"{prefix}sCT structures (sct-node QA)"))
     if rt_dose and data.has_dose:
-        rt_files.extend(_dose_objects(folder, headers, rt_dir, uids, prefix, structure_uid))
+        rt_files.extend(_dose_objects(folder, headers, rt_dir, uids, prefix, structure_uid, roi_numbers))
 
     pdf = render_report_pdf(data, report_dir / PDF_NAME)
     sr_uid, sr_series = uids("sr")
@@ -150,7 +153,8 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     return Bundle(verdict, pdf, (sr, doc), tuple(rt_files))
 
 
-def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, structure_uid: str | None) -> list[Path]:
+def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, structure_uid: str | None,
+                  roi_numbers: dict[str, int]) -> list[Path]:
     from sct_node.dicom.rtdose_writer import write_rt_dose
     from sct_node.dicom.rtplan_writer import write_rt_plan
 
@@ -162,7 +166,9 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
         files.append(write_rt_plan(plan=plan, sct_headers=headers, path=rt_dir / "RP.qa-template.dcm",
                                    sop_instance_uid=plan_uid, series_instance_uid=plan_series,
                                    series_description=f"{prefix}QA template plan (not for treatment)",
-                                   referenced_structure_set_uid=structure_uid))
+                                   referenced_structure_set_uid=structure_uid,
+                                   dose_reference_roi_number=roi_numbers.get(_normalisation_structure(data.qa))
+                                   if structure_uid else None))
     dose_uid, dose_series = uids("rtdose")
     files.append(write_rt_dose(
         dose_gy=data.dose_sct_gy, sct_headers=headers, path=rt_dir / "RD.sct.dcm", sop_instance_uid=dose_uid,
@@ -170,6 +176,11 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
         referenced_plan_uid=plan_uid,
         comment=f"{data.plan_label or 'plan'} on the sCT, per fraction; sct-node QA engine"))
     return files
+
+
+def _normalisation_structure(qa: dict) -> str | None:
+    """The structure a template plan was normalised to (its median dose), if any."""
+    return ((qa["measurements"].get("dose") or {}).get("normalisation") or {}).get("structure")
 
 
 def mark_sct_series(files, verdict: str) -> int:

@@ -198,7 +198,7 @@ def _structures(context: dict, grid: Volume) -> list[StructureOutline]:
         if kind == "EXTERNAL" or not structure.mask.any():
             continue
         role = "target" if kind in _TARGET_TYPES or "PTV" in structure.name.upper() else "organ"
-        outlines.append(StructureOutline(structure.name, role, structure.mask))
+        outlines.append(StructureOutline(structure.name, role, structure.mask, kind))
     return outlines
 
 

@@ -75,6 +75,8 @@ class StructureOutline:
     name: str
     role: str  # "body", "target", "organ", "bone", "air", "uncertain"
     mask: np.ndarray
+    #: RT ROI Interpreted Type from the structure set ("" when absent or not from one).
+    interpreted_type: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,24 @@ ROI Name                  Type         Rule
                                        to the air at the image border; small components
                                        removed as for BONE
 ``QA_HIGH_UNCERT``        CONTROL      BODY voxels whose ensemble standard deviation is
-                                       above the level (only with an uncertainty map)
+                                       above the level (only with an uncertainty map),
+                                       simplified (below)
+the QA's targets and      as given     the structures the QA evaluated (``--structures`` or
+organs at risk                         the routed structure set), rasterised on the sCT
+                                       grid and contoured again on it
 ========================  ===========  ==================================================
+
+The targets and organs at risk are those behind the DVH checks, so the planner
+sees on the sCT exactly the regions the verdict speaks about. They keep their
+names and RT ROI Interpreted Types; a structure named like one of ours (BODY,
+BONE, ...) or of type EXTERNAL is left out in favour of ours.
+
+QA_HIGH_UNCERT is simplified so that a planning system imports it quickly (an
+ensemble's raw flag had 9,720 contours on 40 slices): per slice a 3 x 3
+opening and closing smooth it, holes are filled, pieces under
+``MIN_FLAG_AREA_MM2`` (1 cm2) are dropped and at most
+``MAX_FLAG_CONTOURS_PER_SLICE`` (8) of the largest are kept. The QA's
+uncertainty check counts the raw voxels; the ROI shows where they gather.
 
 RT ROI Interpreted Types are defined terms of PS3.3 C.8.8.8.1: EXTERNAL is
 the external patient contour; bone is an anatomical structure, ORGAN (there
@@ -55,7 +71,7 @@ from scipy import ndimage
 
 from dosimetry.qa import BONE_FROM_HU
 from models.volume import Volume
-from sct_node.dicom.rtstruct import RoiSpec, write_rtstruct
+from sct_node.dicom.rtstruct import INTERPRETED_TYPES, RoiSpec, write_rtstruct
 from sct_node.errors import OutputError
 
 __all__ = [
@@ -64,6 +80,7 @@ __all__ = [
     "MIN_COMPONENT_MM3",
     "ROI_COLORS",
     "ROI_NAMES",
+    "qa_structure_rois",
     "sct_rois",
     "write_sct_structures",
 ]
@@ -75,6 +92,9 @@ __all__ = [
 AIR_UP_TO_HU = -400.0
 #: Smallest 3D component kept in BONE and INTERNAL_AIR (mm3).
 MIN_COMPONENT_MM3 = 100.0
+#: QA_HIGH_UNCERT simplification: smallest piece kept per slice (mm2) and most pieces per slice.
+MIN_FLAG_AREA_MM2 = 100.0
+MAX_FLAG_CONTOURS_PER_SLICE = 8
 
 ROI_NAMES = {"body": "BODY", "bone": "BONE", "air": "INTERNAL_AIR", "uncertainty": "QA_HIGH_UNCERT"}
 #: Distinct display colours: green body, bone white-yellow, air cyan, uncertainty magenta.
@@ -140,9 +160,9 @@ def sct_rois(sct: Volume, body_mask: np.ndarray, uncertainty_hu: Volume | None =
         std = np.asarray(uncertainty_hu.array, dtype=np.float64)
         if not np.all(np.isfinite(std[body])):
             raise OutputError("uncertainty map holds NaN or infinite values inside the body")
-        rois.append(RoiSpec(ROI_NAMES["uncertainty"], body & (std > uncertainty_level_hu), "CONTROL",
-                            ROI_COLORS["uncertainty"], "AUTOMATIC",
-                            f"ensemble std > {uncertainty_level_hu:g} HU in BODY (sct-node QA)"))
+        flag = _simplify_flag(body & (std > uncertainty_level_hu), body, sct.spacing_mm)
+        rois.append(RoiSpec(ROI_NAMES["uncertainty"], flag, "CONTROL", ROI_COLORS["uncertainty"], "AUTOMATIC",
+                            f"ensemble std > {uncertainty_level_hu:g} HU in BODY, smoothed (sct-node QA)"))
     # Planning systems dislike ROIs without contours: leave empty ones out.
     return [roi for roi in rois if roi.mask.any()]
 
@@ -182,6 +202,49 @@ def write_sct_structures(*, rois: SequenceOf[RoiSpec], sct: Volume, sct_files: S
     return write_rtstruct(reference_files=list(sct_files), reference_volume=sct, rois=rois, path=path,
                           sop_instance_uid=sop_instance_uid, series_instance_uid=series_instance_uid,
                           label="SCT QA", series_description=series_description, now=now)
+
+
+def qa_structure_rois(structures) -> list[RoiSpec]:
+    """The QA's targets and organs at risk (:class:`sct_node.report.data.StructureOutline`) as ROIs.
+
+    Structures named like one of ours or of type EXTERNAL are left out (ours describe the sCT itself).
+    """
+    ours = set(ROI_NAMES.values())
+    rois = []
+    organ_colours = iter(_ORGAN_COLOURS * 4)
+    for structure in structures:
+        if structure.role not in ("target", "organ") or structure.name.upper() in ours or not structure.mask.any():
+            continue
+        kind = structure.interpreted_type.upper() or ("PTV" if structure.role == "target" else "ORGAN")
+        colour = (255, 0, 0) if structure.role == "target" else next(organ_colours)
+        rois.append(RoiSpec(structure.name, structure.mask, kind if kind in INTERPRETED_TYPES else "",
+                            colour, "SEMIAUTOMATIC", "the QA's structure, re-contoured on the sCT grid"))
+    return rois
+
+
+#: Organ colours: distinct from ours (green, white-yellow, cyan, magenta) and from the targets' red.
+_ORGAN_COLOURS = [(255, 160, 0), (0, 120, 255), (160, 90, 255), (255, 255, 0), (140, 80, 20), (0, 170, 120)]
+
+
+def _simplify_flag(flag: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
+    """QA_HIGH_UNCERT as a planning system can import it (module docstring): smoothed, no holes, no specks,
+    at most ``MAX_FLAG_CONTOURS_PER_SLICE`` pieces per slice, inside BODY."""
+    pixel_mm2 = float(spacing_mm[0]) * float(spacing_mm[1])
+    min_pixels = int(np.ceil(MIN_FLAG_AREA_MM2 / pixel_mm2))
+    result = np.zeros_like(flag)
+    for k, plane in enumerate(flag):
+        if not plane.any():
+            continue
+        plane = ndimage.binary_closing(ndimage.binary_opening(plane), iterations=1)
+        plane = ndimage.binary_fill_holes(plane) & body[k]
+        labels, count = ndimage.label(plane)
+        if not count:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        keep = [label + 1 for label in np.argsort(sizes)[::-1][:MAX_FLAG_CONTOURS_PER_SLICE]
+                if sizes[label] >= min_pixels]
+        result[k] = np.isin(labels, keep)
+    return result
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
