@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     qa.add_argument("--structures", type=Path, help="RT Structure Set (targets and organs at risk)")
     qa.add_argument("--site", choices=("pelvis", "head"), default="pelvis", help="template plan (default pelvis)")
     qa.add_argument("--no-dose", action="store_true", help="skip the dose comparison")
+    qa.add_argument("--uncertainty", type=Path, metavar="PATH",
+                    help="the ensemble's uncertainty map from `translate --ensemble` (its folder, .mha or Parametric "
+                         "Map): adds the uncertainty check and the QA_HIGH_UNCERT structure")
+    qa.add_argument("--uncertainty-level-hu", type=_positive_float, default=100.0, metavar="HU",
+                    help="standard deviation above which a body voxel counts as uncertain (default 100)")
     qa.add_argument("--dose-grid-mm", type=_positive_float, default=None, metavar="MM",
                     help="dose grid of the comparison and of the RT Dose (default 2.5; never finer than the sCT)")
     qa.add_argument("--thresholds", type=Path,
@@ -383,7 +388,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_positive_int, help="DDIM sampling steps (diffusion models; default: the "
                                                            "checkpoint's, chosen from its quality-vs-steps curve)")
     parser.add_argument("--ensemble", type=_positive_int, default=1,
-                        help="samples per volume; > 1 gives the mean and an uncertainty map (diffusion models)")
+                        help="samples per volume; > 1 gives the mean and an uncertainty map (diffusion models); "
+                             "translate writes the map into OUTPUT-uncertainty/ (uncertainty.mha and a DICOM "
+                             "Parametric Map), which `qa --uncertainty` reads")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling noise")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
@@ -473,6 +480,9 @@ def _run_translate(args: argparse.Namespace) -> int:
     with _progress("writing sCT", args.quiet) as progress:
         written = write_sct_series(sct.hu, series, model.card, args.output, progress=progress,
                                    input_warning=input_warning(checked, allowed_by))
+    uncertainty_dir = None
+    if sct.uncertainty_hu is not None:
+        uncertainty_dir = _write_uncertainty(sct.uncertainty_hu, written, args.output, model.card.identity)
     elapsed_s = time.perf_counter() - started
     logger.info("wrote sCT series %s (%d instances) to %s in %.1f s", written.series_instance_uid,
                 len(written.files), args.output, elapsed_s)
@@ -484,10 +494,35 @@ def _run_translate(args: argparse.Namespace) -> int:
             "output": str(args.output),
             "model": model.card.identity,
             "input_guard": checked.to_json(),
+            "uncertainty": str(uncertainty_dir) if uncertainty_dir else None,
             "elapsed_s": round(elapsed_s, 3),
         }
         print(json.dumps(summary))
     return EXIT_OK
+
+
+def _write_uncertainty(uncertainty_hu, written, output: Path, model_identity: str) -> Path:
+    """The ensemble's standard deviation beside the sCT: ``OUTPUT-uncertainty/`` with ``uncertainty.mha`` and
+    ``PM.uncertainty.dcm`` (a Parametric Map in the sCT's frame, sct_node.dicom.uncertainty_writer)."""
+    from sct_node.dicom.image_writer import write_atomic
+    from sct_node.dicom.uids import derive_uid
+    from sct_node.dicom.uncertainty_writer import write_uncertainty_map
+
+    import SimpleITK as sitk
+
+    folder = output.parent / f"{output.name}-uncertainty"
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder / ".uncertainty.scratch.mha"  # SimpleITK writes to a name, not a stream
+    sitk.WriteImage(uncertainty_hu.to_sitk(), str(scratch), True)
+    content = scratch.read_bytes()
+    scratch.unlink()
+    write_atomic(folder / "uncertainty.mha", lambda stream: stream.write(content))
+    write_uncertainty_map(uncertainty_hu=uncertainty_hu, sct_files=written.files, path=folder / "PM.uncertainty.dcm",
+                          sop_instance_uid=derive_uid(written.series_instance_uid, "uncertainty", "instance"),
+                          series_instance_uid=derive_uid(written.series_instance_uid, "uncertainty", "series"),
+                          model_identity=model_identity)
+    logger.info("wrote the ensemble's uncertainty map (SD, HU) to %s", folder)
+    return folder
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -586,6 +621,7 @@ def _run_dismiss(args: argparse.Namespace) -> int:
 def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
     from dosimetry.qa import STRUCTURE_SUPERSAMPLING, QaInputs, run_qa, write_qa
+    from sct_node.dicom.uncertainty_writer import read_uncertainty_map
     from dosimetry.structures import read_structures
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
     from models.body_mask import body_mask_from_mr
@@ -614,6 +650,7 @@ def _run_qa(args: argparse.Namespace) -> int:
             raise InputError(f"{args.reference_ct}: the reference CT must share the sCT's frame of reference and "
                              "grid (resample it onto the MR first)")
         drawn_on.add(reference.series_instance_uid)
+    uncertainty = read_uncertainty_map(args.uncertainty, sct.volume) if args.uncertainty else None
     plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
                                        referenced_series_uid=drawn_on, allow_empty=True,
@@ -636,6 +673,7 @@ def _run_qa(args: argparse.Namespace) -> int:
                              hu_reference=hu_reference,
                              reference_ct=reference.volume if reference else None, plan=plan,
                              structures=structures, compute_dose=not args.no_dose,
+                             uncertainty_hu=uncertainty, uncertainty_level_hu=args.uncertainty_level_hu,
                              **({"dose_grid_mm": args.dose_grid_mm} if args.dose_grid_mm else {})), thresholds)
     context = qa_context(sct_dir=args.sct, model_card=None, mr_files=mr.files if mr else (),
                          mr_series_uid=mr.series_instance_uid if mr else "",
