@@ -237,9 +237,10 @@ def _model_card(sct: ImageSeries, context: dict) -> dict:
         versions = [versions] if isinstance(versions, str) else list(versions)
         return {"name": name, "version": str(versions[-1]) if versions else "", "description": description,
                 "content_hash": identity.rsplit(":", 1)[-1] if identity else "", "identity": identity,
-                "intended_use": "as stated in the model card of the model named above"}
+                "intended_use": "not known here: the model card was not available to this report (hand-run QA)",
+                "known": "header"}
     return {"name": "unknown", "version": "", "description": "", "content_hash": "", "identity": "unknown",
-            "intended_use": ""}
+            "intended_use": "not known: no model card and no Contributing Equipment on the sCT", "known": "no"}
 
 
 def _created(value) -> _dt.datetime:

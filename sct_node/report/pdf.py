@@ -428,7 +428,7 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
         unit = str(check.get("unit", "") or "")
         rows_cells.append([
             _Cell(str(check.get("name", "?")), bold=True),
-            _Cell(_value_text(check.get("value"), unit)),
+            _Cell(_check_value_text(check, data.qa.get("measurements", {}) or {})),
             _Cell(_limit_text("≥" if higher else "≤", check.get("pass_limit"), unit)),
             _Cell(_limit_text("<" if higher else ">", check.get("fail_limit"), unit)),
             _Cell(verdict_text, bold=True, shade=_VERDICT_SHADE.get(verdict_text, "0.65")),
@@ -438,7 +438,125 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
     blocks.append(_Block(0.06, lambda figure, top_in: None))
     blocks += _paragraph("Verdicts are written out; WARN cells are shaded light grey and FAIL cells dark grey. "
                          "A value between the PASS and FAIL limits warns.", 7)
-    return blocks
+    return blocks + _dose_summary_blocks(data) + _dvh_table_blocks(data) + _image_metrics_blocks(data)
+
+
+def _check_value_text(check: dict, measurements: dict) -> str:
+    """The measured value as the physicist reads it: DVH rows name their metric, the soft-tissue peak shows
+    the peak itself besides its distance from the expected value, gamma its criteria."""
+    name, unit = str(check.get("name", "")), str(check.get("unit", "") or "")
+    value = _value_text(check.get("value"), unit)
+    if name.startswith("dvh_"):
+        metrics = (measurements.get("dvh") or {}).get(name.removeprefix("dvh_")) or {}
+        if metrics:
+            metric = max(metrics, key=lambda m: abs(float(metrics[m].get("difference_percent", 0.0))))
+            signed = float(metrics[metric]["difference_percent"])
+            return f"{metric} {signed:+.2f} % of prescription"
+    if name == "soft_tissue_peak":
+        composition = measurements.get("composition") or {}
+        peak, expected = composition.get("soft_tissue_peak_hu"), composition.get("soft_tissue_expected_hu")
+        if isinstance(peak, (int, float)) and math.isfinite(peak) and isinstance(expected, (int, float)):
+            return f"peak {peak:.0f} HU ({value} from {expected:g})"
+        return "no soft-tissue peak"
+    if name == "gamma":
+        criteria = (measurements.get("dose") or {}).get("gamma_criteria") or {}
+        if criteria:
+            return (f"{value} at {criteria.get('dose_percent', '?'):g} %/{criteria.get('distance_mm', '?'):g} mm, "
+                    f"{criteria.get('normalisation', 'global')}, cut-off {criteria.get('low_dose_cutoff_percent', 0):g} %")
+    return value
+
+
+def _dose_summary_blocks(data: ReportData) -> list[_Block]:
+    """What the dose comparison was: plan, normalisation and MU, maxima, the largest difference, gamma."""
+    dose = (data.qa.get("measurements", {}) or {}).get("dose") or {}
+    if not dose:
+        return []
+    prescription = float(dose.get("prescription_gy") or 0.0)
+    normalisation = dose.get("normalisation") or {}
+    rows = [("Plan", f"{dose.get('plan', '?')}" + (" (template: not a clinical plan)" if dose.get("template") else "")),
+            ("Reference dose", f"{dose.get('reference', '?')}"),
+            ("Prescription", f"{prescription:.3g} Gy per fraction" if prescription else "not given")]
+    if normalisation:
+        at = normalisation.get("at", "?")
+        point = normalisation.get("point_mm")
+        where = f"{at} ({', '.join(f'{v:.1f}' for v in point)} mm)" if point else at
+        rows.append(("Normalisation", f"{normalisation.get('method', '?')}: reference dose at the {where} "
+                                      f"{float(normalisation.get('reference_dose_gy', 0.0)):.3f} Gy "
+                                      f"({float(normalisation.get('percent_of_prescription', 0.0)):.1f} % of "
+                                      "prescription)"))
+    units = dose.get("monitor_units") or {}
+    if units:
+        rows.append(("Monitor units", ", ".join(f"{name} {float(mu):.1f}" for name, mu in units.items())
+                     + " (engine calibration: 1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm)"))
+    for key, label in (("max_dose_sct_gy", "Maximum dose, sCT"), ("max_dose_reference_gy", "Maximum dose, reference")):
+        if isinstance(dose.get(key), (int, float)):
+            value = float(dose[key])
+            share = f" ({100 * value / prescription:.1f} % of prescription)" if prescription else ""
+            rows.append((label, f"{value:.3f} Gy{share}"))
+    largest = dose.get("largest_difference_percent", dose.get("max_abs_difference_percent"))
+    if isinstance(largest, (int, float)):
+        rows.append(("Largest dose difference", f"{float(largest):+.2f} % of prescription (sCT − reference, in the "
+                                                "body where the reference dose is at least 10 % of its maximum)"))
+    criteria = dose.get("gamma_criteria") or {}
+    if isinstance(dose.get("gamma_2pct_2mm_pass_percent"), (int, float)):
+        rows.append(("Gamma pass rate", f"{float(dose['gamma_2pct_2mm_pass_percent']):.2f} % at "
+                                        f"{criteria.get('dose_percent', 2):g} %/{criteria.get('distance_mm', 2):g} mm, "
+                                        f"{criteria.get('normalisation', 'global')} dose difference, "
+                                        f"{criteria.get('low_dose_cutoff_percent', 10):g} % low-dose cut-off"))
+    grid = dose.get("grid_spacing_mm")
+    if grid:
+        rows.append(("Dose grid", " x ".join(f"{float(v):.2f}" for v in grid) + " mm (DVHs: every structure voxel "
+                     "of the image grid, boundary super-sampled)"))
+    return [_heading("Dose comparison")] + _table([[_Cell(label, bold=True), _Cell(text)] for label, text in rows],
+                                                  (1.8, _CONTENT_W_IN - 1.8))
+
+
+_DVH_TABLE_METRICS = ("D98%", "D95%", "D50%", "D2%", "Dmean")
+
+
+def _dvh_table_blocks(data: ReportData) -> list[_Block]:
+    """D98, D95, D50, D2 and Dmean per structure: reference, sCT and difference in % of prescription."""
+    dvh = (data.qa.get("measurements", {}) or {}).get("dvh") or {}
+    if not dvh:
+        return []
+    reference = data.dose_reference_name or "reference"
+    header = [_Cell(text, bold=True, shade="0.93") for text in
+              ("Structure", "Metric", f"{reference} (Gy)", "sCT (Gy)", "sCT − reference (% of prescription)")]
+    rows = []
+    for name, metrics in dvh.items():
+        for index, metric in enumerate(m for m in _DVH_TABLE_METRICS if m in metrics):
+            values = metrics[metric]
+            difference = float(values.get("difference_percent", 0.0))
+            rows.append([_Cell(name if index == 0 else "", bold=True), _Cell(metric),
+                         _Cell(f"{float(values.get('reference_gy', math.nan)):.3f}"),
+                         _Cell(f"{float(values.get('sct_gy', math.nan)):.3f}"),
+                         _Cell(f"{difference:+.2f} %")])
+    return ([_heading("Dose-volume metrics")] + _table(rows, (1.6, 0.8, 1.3, 1.1, _CONTENT_W_IN - 4.8), header)
+            + _paragraph("D98% near-minimum, D50% median, D2% near-maximum dose (ICRU 83); the checks judge each "
+                         "structure's largest difference.", 7))
+
+
+_TISSUE_NAMES = {"air": "air", "lung": "lung-like", "fat": "fat", "soft_tissue": "soft tissue", "bone": "bone"}
+
+
+def _image_metrics_blocks(data: ReportData) -> list[_Block]:
+    """MAE, mean error per tissue class (of the real CT), PSNR and SSIM, when a real CT was given."""
+    metrics = (data.qa.get("measurements", {}) or {}).get("image_metrics") or {}
+    if not metrics:
+        return []
+    header = [_Cell(text, bold=True, shade="0.93") for text in
+              ("Region", "MAE (HU)", "Mean error sCT − CT (HU)", "Voxels")]
+    rows = [[_Cell("body", bold=True), _Cell(f"{float(metrics.get('mae_hu', math.nan)):.1f}"), _Cell("—"),
+             _Cell("—")]]
+    for tissue, values in (metrics.get("per_tissue") or {}).items():
+        rows.append([_Cell(_TISSUE_NAMES.get(tissue, tissue)), _Cell(f"{float(values.get('mae_hu', math.nan)):.1f}"),
+                     _Cell(f"{float(values.get('mean_error_hu', math.nan)):+.1f}"),
+                     _Cell(f"{int(values.get('voxels', 0)):,}")])
+    return ([_heading("Image metrics against the real CT")]
+            + _table(rows, (1.6, 1.2, 2.0, _CONTENT_W_IN - 4.8), header)
+            + _paragraph(f"PSNR {float(metrics.get('psnr_db', math.nan)):.1f} dB, SSIM "
+                         f"{float(metrics.get('ssim', math.nan)):.3f}, inside the body; tissue classes by the real "
+                         "CT's HU.", 7))
 
 
 def _dicom_date(value: str) -> str:
@@ -589,7 +707,7 @@ def _grid(figure: Figure, rows: int, top_in: float, bottom_in: float, columns: i
     return figure.add_gridspec(rows, columns + 1, left=(_MARGIN_X_IN + 0.3) / _PAGE_IN[0],
                                right=1 - (_MARGIN_X_IN + 0.35) / _PAGE_IN[0], top=1 - top_in / _PAGE_IN[1],
                                bottom=bottom_in / _PAGE_IN[1], width_ratios=(1,) * columns + (0.05,),
-                               wspace=0.35, hspace=_GRID_HSPACE)
+                               wspace=0.55, hspace=_GRID_HSPACE)
 
 
 def _draw_images_page(figure: Figure, data: ReportData) -> None:
@@ -697,17 +815,29 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
     if "percent_above" in measured and "level_hu" in measured:
         caption += (f" {float(measured['percent_above']):.2f} % of the body lies above "
                     f"{float(measured['level_hu']):g} HU.")
-    _text(figure, _MARGIN_X_IN, top_in - 0.25, caption, 7.5)
-    grid = _grid(figure, 1, _PAGE_IN[1] - top_in + 0.45, top_in - 3.6)
+    level = float(measured["level_hu"]) if isinstance(measured.get("level_hu"), (int, float)) else None
+    if level is not None:
+        caption += f" The level is drawn as a white contour and marked on the scale."
+    for i, line in enumerate(_wrap(caption, _CONTENT_W_IN, 7.5)):
+        _text(figure, _MARGIN_X_IN, top_in - 0.25 - 0.13 * i, line, 7.5)
+    grid = _grid(figure, 1, _PAGE_IN[1] - top_in + 0.55, top_in - 3.6)
     centre = _centre_mm(data.sct, data.body_mask)
     _, high = _robust_range(data.uncertainty_hu.array, data.body_mask, 0.0, 99.5)
+    top = max(high, 1.0, 1.2 * level if level else 0.0)
     for column, plane in enumerate(_PLANES):
         ax = figure.add_subplot(grid[0, column])
         part = _slice(data.uncertainty_hu, plane, centre)
-        image = _show(ax, part, data.uncertainty_hu, cmap="magma", vmin=0.0, vmax=max(high, 1.0))
+        image = _show(ax, part, data.uncertainty_hu, cmap="magma", vmin=0.0, vmax=top)
         _outline(ax, data.sct, data.body_mask, plane, centre, colour="cyan")
+        values = np.nan_to_num(part.image.astype(np.float32))
+        if level is not None and min(values.shape) >= 2 and values.min() < level < values.max():
+            ax.contour(part.h_mm, part.v_mm, values, levels=[level], colors="white", linewidths=0.8)
         ax.set_title(f"uncertainty, {plane.name} at {part.position_mm:.1f} mm")
-    figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]), label="ensemble std (HU)")
+    bar = figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]), label="ensemble std (HU)")
+    if level is not None:
+        bar.ax.axhline(level, color="black", linewidth=1.5)
+        bar.ax.text(1.6, level, f" level {level:g}", transform=bar.ax.get_yaxis_transform(), va="center",
+                    fontsize=6.5, parse_math=False)
 
 
 def _composition_text(qa: dict) -> str:
@@ -764,10 +894,17 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
     plan = data.plan_label or "unnamed plan"
     reference = data.dose_reference_name or "reference"
     shown = f"{prescription:.2f} Gy per fraction" if prescription else "not given"
+    difference = data.dose_difference_percent
+    scale_note = ""
+    if difference is not None and np.isfinite(difference.array).any():
+        limit, largest = _symmetric_limit(difference.array), float(np.nanmax(np.abs(difference.array)))
+        scale_note = (f" The difference scale spans ±{limit:.1f} % (99.5th percentile); the largest difference, "
+                      f"{largest:.1f} %, lies beyond it (arrows on the scale)." if largest > limit else "")
     _page_title(figure, f"Dose: {plan}, sCT vs {reference}",
-                f"Planes through {through}. Prescription {shown}. Isodoses 95 / 50 / 20 % {of_what} drawn solid / "
-                "dashed / dotted. Dose difference = sCT − reference dose. Gamma 0 to 2: gamma > 1 hatched and "
-                "outlined; uncoloured = not evaluated (NaN, below the low-dose cut-off).")
+                f"Planes through {through}. Prescription {shown}; the dose scale runs to the maximum, "
+                f"{peak_gy:.2f} Gy. Isodoses 95 / 50 / 20 % {of_what} drawn solid / dashed / dotted. Dose "
+                f"difference = sCT − reference dose.{scale_note} Gamma 0 to 2: gamma > 1 hatched and outlined; "
+                "uncoloured = not evaluated (NaN, below the low-dose cut-off).")
     grid = _grid(figure, 3, _CONTENT_TOP_IN + 0.85, _CONTENT_BOTTOM_IN + 0.35)
     rows = (("dose on sCT", dose), ("dose difference", data.dose_difference_percent), ("gamma", data.gamma))
     for row, (label, volume) in enumerate(rows):
@@ -786,7 +923,7 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
             if label == "dose on sCT":
                 image = ax.imshow(np.ma.masked_less(values, 0.05 * reference_gy), extent=part.extent,
                                   origin=part.origin, cmap="turbo", alpha=0.45, vmin=0.0,
-                                  vmax=1.1 * reference_gy, rasterized=True)
+                                  vmax=max(peak_gy, reference_gy), rasterized=True)
                 _isodoses(ax, part, reference_gy)
                 bar_label = "dose (Gy)"
             elif label == "dose difference":
@@ -794,6 +931,7 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
                 image = ax.imshow(values, extent=part.extent, origin=part.origin, cmap="RdBu_r", vmin=-limit,
                                   vmax=limit, alpha=0.85, rasterized=True)
                 bar_label = "sCT − reference (% of prescription)"
+                extend = "both" if np.nanmax(np.abs(volume.array)) > limit else "neither"
             else:
                 image = ax.imshow(np.ma.masked_invalid(values), extent=part.extent, origin=part.origin,
                                   cmap="viridis", vmin=0.0, vmax=_GAMMA_MAX, alpha=0.85, rasterized=True)
@@ -804,7 +942,8 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
             for target in targets:
                 _outline(ax, data.sct, target.mask, plane, point, colour="black", style="-.")
             ax.set_title(f"{label}, {plane.name} at {background.position_mm:.1f} mm", parse_math=False)
-        figure.colorbar(image, cax=figure.add_subplot(grid[row, 3]), label=bar_label)
+        figure.colorbar(image, cax=figure.add_subplot(grid[row, 3]), label=bar_label,
+                        extend=extend if label == "dose difference" else "neither")
     handles = [Line2D([], [], color=c, linestyle=s, label=f"{p:g} % isodose")
                for p, s, c in zip(_ISODOSE_PERCENT, _ISODOSE_STYLES, _ISODOSE_COLOURS)]
     handles.append(Line2D([], [], color=_OUTLINE_COLOUR, label="body outline"))
@@ -840,6 +979,9 @@ def _symmetric_limit(values: np.ndarray) -> float:
     return max(float(np.percentile(finite, 99.5)) if finite.size else 0.0, 1.0)
 
 
+_DVH_MARKERS = ("o", "s", "^", "D", "v")
+
+
 def _dvh_groups(data: ReportData) -> list[tuple[str, list]]:
     """DVH curves in panels: targets, then organs, at most five structures a panel."""
     groups = []
@@ -854,17 +996,20 @@ def _dvh_groups(data: ReportData) -> list[tuple[str, list]]:
 def _draw_dvh_page(figure: Figure, data: ReportData, groups: list[tuple[str, list]]) -> None:
     reference = data.dose_reference_name or "reference"
     _page_title(figure, "Dose-volume histograms",
-                f"Cumulative DVHs: dose on the {reference} solid, dose on the sCT dashed; one colour per structure.")
+                f"Cumulative DVHs: dose on the {reference} solid with open markers, dose on the sCT dashed with "
+                "filled markers; one colour and one marker shape per structure (readable in black and white).")
     height = 0.78 / 3
     for number, (title, curves) in enumerate(groups):
         ax = figure.add_axes(((_MARGIN_X_IN + 0.45) / _PAGE_IN[0], 0.86 - (number + 1) * height + 0.04,
                               0.58, height - 0.08))
         for index, curve in enumerate(curves):
-            colour = f"C{index}"
-            ax.plot(curve.dose_gy, curve.reference_volume_percent, color=colour, linestyle="-",
-                    label=f"{curve.structure} — {reference}")
-            ax.plot(curve.dose_gy, curve.sct_volume_percent, color=colour, linestyle="--",
-                    label=f"{curve.structure} — sCT")
+            colour, marker = f"C{index}", _DVH_MARKERS[index % len(_DVH_MARKERS)]
+            # A marker per structure (every 20th point, offset per curve) reads in black and white too.
+            every = (index * 3, 20)
+            ax.plot(curve.dose_gy, curve.reference_volume_percent, color=colour, linestyle="-", marker=marker,
+                    markevery=every, markersize=4, markerfacecolor="white", label=f"{curve.structure} — {reference}")
+            ax.plot(curve.dose_gy, curve.sct_volume_percent, color=colour, linestyle="--", marker=marker,
+                    markevery=every, markersize=4, label=f"{curve.structure} — sCT")
         if data.prescription_gy:
             ax.axvline(data.prescription_gy, color="0.4", linestyle=":", linewidth=0.8)
         ax.set_title(title)
@@ -901,11 +1046,21 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
         reference = f"This report's dose reference: {data.dose_reference_name or 'not named'}."
     else:
         plan = reference = "No dose was computed for this report."
+    if card.get("known") == "no" or card.get("identity", "unknown") == "unknown":
+        synthetic = ("It was computed from an MR by a model this report does not know (the QA was run by hand, "
+                     "without the model card); it is marked Synthetic Data and was not measured. Check the model "
+                     "and its intended use before relying on it.")
+    elif card.get("known") == "header":
+        synthetic = (f"It was computed from the MR by the model {card.get('name', '?')} {card.get('version', '')} "
+                     f"({card.get('identity', '')}), as the sCT's Contributing Equipment says; the model card itself "
+                     "was not available to this report (hand-run qa/report), so its intended use is not shown here. "
+                     "It is marked Synthetic Data; it was not measured.")
+    else:
+        synthetic = (f"It was computed from the MR by the model {card.get('name', '?')} {card.get('version', '')} "
+                     f"({card.get('identity', '')}) and is marked Synthetic Data; it was not measured. Intended use "
+                     f"of the model: {card.get('intended_use', 'not stated')}")
     items = [
-        ("The sCT is synthetic.",
-         (f"It was computed from the MR by the model {card.get('name', '?')} {card.get('version', '')} "
-          f"({card.get('identity', '')}) and is marked Synthetic Data; it was not measured. Intended use of the "
-          f"model: {card.get('intended_use', 'not stated')}")),
+        ("The sCT is synthetic.", synthetic),
         ("The dose engine is for relative comparison only.",
          ("It is a fast pencil-beam-like engine that computes the same plan on two images: ray-traced "
           "water-equivalent (radiological) depth through the density, a tabulated 6 MV depth-dose curve, inverse "
@@ -924,8 +1079,12 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
         ("HU checks judge plausibility, not truth.",
          ("Tissue fractions, the soft-tissue peak, the fat share, bone in every slice and out-of-range values say "
           "whether the sCT looks like a CT of its site; "
-          "without a real CT no HU error can be measured. Tissue classes and thresholds are generic defaults for "
-          "head and pelvis: commission your own per site and scanner.")),
+          + ("the HU errors themselves are measured here only because a real CT was given (image metrics "
+             "table); a routine sCT has none. " if data.reference_ct is not None or
+             (data.qa.get("measurements", {}) or {}).get("image_metrics") else
+             "without a real CT, as here, no HU error can be measured. ")
+          + "Tissue classes and thresholds are generic defaults for head and pelvis: commission your own per site "
+            "and scanner.")),
         ("Gamma and DVH thresholds.",
          ("Gamma 2 %/2 mm (global, 10 % low-dose cut-off) and DVH differences in % of the prescription are judged "
           "against the limits in the checks table; the sources of every check's limits follow.")),

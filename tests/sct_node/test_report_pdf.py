@@ -325,3 +325,59 @@ def test_planes_of_both_grids_are_placed_in_millimetres():
             # Thick slices keep their size: the coronal image is 12 slices x 3 mm high.
             if plane.name == "coronal" and spacing == SPACING_MM:
                 assert top - bottom == pytest.approx(nz * 3.0)
+
+
+def _signable_qa() -> dict:
+    """A QA result with every number the report must show (as dosimetry.qa writes them)."""
+    qa = _qa("WARN")
+    metrics = {"D98%": (1.95, 1.97), "D95%": (1.96, 1.98), "D50%": (2.0, 2.03), "D2%": (2.06, 2.09),
+               "Dmean": (2.0, 2.02), "Dmax": (2.1, 2.12)}
+    qa["measurements"].update({
+        "dvh": {"PTV": {m: {"reference_gy": r, "sct_gy": e, "difference_percent": (e - r) / 2.0 * 100}
+                        for m, (r, e) in metrics.items()},
+                "Rectum": {m: {"reference_gy": r * 0.5, "sct_gy": e * 0.5, "difference_percent": (e - r) / 4.0 * 100}
+                           for m, (r, e) in metrics.items()}},
+        "dose": {"plan": "4-field box (template)", "template": True, "reference": "real CT", "prescription_gy": 2.0,
+                 "normalisation": {"method": "template: prescription at the median dose of PTV",
+                                   "at": "median dose of PTV", "point_mm": None, "reference_dose_gy": 2.0,
+                                   "percent_of_prescription": 100.0},
+                 "monitor_units": {"G000": 65.2, "G090": 65.2}, "max_dose_sct_gy": 2.13, "max_dose_reference_gy": 2.1,
+                 "largest_difference_percent": -9.8, "gamma_2pct_2mm_pass_percent": 97.3,
+                 "gamma_criteria": {"dose_percent": 2.0, "distance_mm": 2.0, "low_dose_cutoff_percent": 10.0,
+                                    "normalisation": "global"}, "grid_spacing_mm": [2.5, 2.5, 2.5]},
+        "image_metrics": {"mae_hu": 61.5, "psnr_db": 27.9, "ssim": 0.912,
+                          "per_tissue": {"fat": {"mae_hu": 40.2, "mean_error_hu": -12.3, "voxels": 1200},
+                                         "bone": {"mae_hu": 180.4, "mean_error_hu": -95.1, "voxels": 300}}},
+        "composition": {"site": "pelvis", "soft_tissue_expected_hu": 35.0, "soft_tissue_peak_hu": 47.0}})
+    return qa
+
+
+def test_the_report_shows_every_number_that_decides(tmp_path):
+    path = render_report_pdf(_report(qa=_signable_qa()), tmp_path / "signable.pdf")
+    text = " ".join(_texts(path))
+    # DVH table: every metric per structure, reference, sCT and the difference in % of prescription.
+    assert "Dose-volume metrics" in text
+    for metric in ("D98%", "D95%", "D50%", "D2%", "Dmean"):
+        assert metric in text
+    assert "2.030" in text and "+1.50 %" in text  # PTV D50%: sCT value and difference
+    # Dose comparison: normalisation, MU, maxima, the largest difference, gamma with its criteria.
+    assert "median dose of PTV" in text and "G000 65.2" in text and "2.130 Gy" in text
+    assert "-9.80 % of prescription" in text
+    assert re.search(r"97\.3 % at 2 %/2 mm, global", text)
+    # Image metrics against the real CT: MAE and mean error per tissue class, PSNR, SSIM.
+    assert "Image metrics against the real CT" in text and "180.4" in text and "-95.1" in text
+    assert "PSNR 27.9 dB" in text and "SSIM 0.912" in text
+    # Check rows say what they measured.
+    assert "D50% +1.50 % of prescription" in text  # dvh_PTV names its worst metric
+    assert "peak 47 HU" in text  # the soft-tissue peak itself, not only its distance from 35 HU
+    # A real CT was given: the limitations page does not claim no HU error can be measured.
+    assert "no HU error can be measured" not in text and "measured here only because a real CT was given" in text
+
+
+def test_a_hand_run_report_without_a_model_card_says_so(tmp_path):
+    card = {"name": "unknown", "version": "", "description": "", "content_hash": "", "identity": "unknown",
+            "intended_use": "not known: no model card and no Contributing Equipment on the sCT", "known": "no"}
+    path = render_report_pdf(_report(model_card=card, reference_ct=None), tmp_path / "hand.pdf")
+    last = _texts(path)[-1]
+    assert "a model this report does not know" in last and "as stated in the model card" not in last
+    assert "without a real CT, as here, no HU error can be measured" in last
