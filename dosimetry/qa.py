@@ -297,13 +297,15 @@ NORMALISATION_POINT_MIN_SHARE = 0.8
 def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_dose: float,
                target_reference: np.ndarray | None, target_weights: np.ndarray | None,
                target_name: str | None) -> tuple[float, dict]:
-    """(scale, record): the factor that puts a template plan's prescription at its normalisation point or volume.
+    """(scale, record): the factor that puts the prescription at the plan's normalisation point or volume.
 
-    A template plan (no MU of its own) is normalised so that the reference dose per fraction equals the
-    prescription at a defined place: the median dose of the target when there is one (ICRU 83's D50%), else
-    the isocentre (ICRU 50's reference point). A real plan keeps its MU: its dose is what the engine's
-    calibration (1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm) makes of them, and the record says how that
-    compares with the prescription at the same place.
+    The reference dose per fraction is made the prescription at a defined place: the median dose of the target
+    when there is one (ICRU 83's D50%), else the isocentre (ICRU 50's reference point), which must lie in the
+    high dose (at least ``NORMALISATION_POINT_MIN_SHARE`` of the maximum). A template plan has no MU of its
+    own: the scale becomes its MU. A real plan keeps its MU, and its dose is scaled the same way, because the
+    engine's calibration (1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm) is not that of the plan's machine (many
+    are calibrated at 10 cm depth): the record keeps the factor, which compares the engine with the planning
+    system. A real plan with neither a target nor an isocentre in the high dose is left unscaled.
     """
     if target_reference is not None:
         where, point = f"median dose of {target_name}", None
@@ -311,17 +313,23 @@ def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_
                                  target_weights).dose_at_volume_percent(50.0)
     else:
         where, point, value = "isocentre", plan.isocentre_mm, isocentre_dose
-    if plan.is_template and (value <= 0 or (target_reference is None and value < NORMALISATION_POINT_MIN_SHARE * maximum)):
+    usable = value > 0 and (target_reference is not None or value >= NORMALISATION_POINT_MIN_SHARE * maximum)
+    if plan.is_template and not usable:
         raise DosimetryError(f"plan {plan.label!r}: the reference dose at the {where} is {value:.3g} Gy, "
                              f"{100 * value / max(maximum, 1e-12):.0f} % of its maximum: not a place to normalise "
                              "the plan to (give a structure set with the target)")
-    scale = prescription / value if plan.is_template else 1.0
-    record = {"method": "template: prescription at the " + where if plan.is_template else
-              "real plan: its own monitor units (engine calibration 1 cGy/MU)",
-              "at": where, "structure": target_name if target_reference is not None else None,
+    scale = prescription / value if usable else 1.0
+    if plan.is_template:
+        method = f"template: MU that put the prescription at the {where}"
+    elif usable:
+        method = (f"real plan: its dose scaled by {scale:.3f} to put the prescription at the {where} (its MU are "
+                  "for its own machine's calibration, not the engine's)")
+    else:
+        method = f"real plan: its own MU with the engine's calibration (the {where} is not in the high dose)"
+    record = {"method": method, "at": where, "structure": target_name if target_reference is not None else None,
               "point_mm": list(point) if point is not None else None,
               "reference_dose_gy": value * scale, "prescription_gy": prescription,
-              "percent_of_prescription": 100.0 * value * scale / prescription, "mu_scale": scale,
+              "percent_of_prescription": 100.0 * value * scale / prescription, "dose_scale": scale,
               "percent_of_maximum": 100.0 * value / max(maximum, 1e-12)}
     return scale, record
 
@@ -359,7 +367,8 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
     scale, normalisation = _normalise(plan, prescription, float(dose_reference.array.max()),
                                       float(reference_points[-1]), *target_samples)
     if scale != 1.0:
-        plan = plan.with_monitor_units_scaled(scale, normalisation["at"], normalisation["point_mm"])
+        if plan.is_template:  # its MU become those that deliver the prescription; a real plan keeps its own
+            plan = plan.with_monitor_units_scaled(scale, normalisation["at"], normalisation["point_mm"])
         dose_sct = dose_sct.with_array(dose_sct.array * scale)
         dose_reference = dose_reference.with_array(dose_reference.array * scale)
         sampled = [(role, limit, structure, ref * scale, ev * scale, weights)

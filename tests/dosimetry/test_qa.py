@@ -125,3 +125,46 @@ def test_qa_cli_refuses_structures_drawn_on_another_series(phantom, tmp_path, ca
     # The phantom's own structure set (drawn on its CT) is accepted.
     assert main(["qa", "--sct", str(written.ct_dir), "--structures", str(written.rtstruct_path),
                  "--no-dose", "--output", str(tmp_path / "qa-ok")]) in (EXIT_OK, EXIT_QA_FAIL)
+
+
+def test_a_real_plan_keeps_its_mu_and_its_dose_is_put_at_the_prescription(phantom):
+    """A clinical plan's MU are for its machine's calibration: the dose is scaled to the prescription at the
+    target's median, the factor recorded, and the plan (which the RT Dose references) left as it is."""
+    import dataclasses as dc
+
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    structures = _structures(phantom)
+    ptv = next(s for s in structures if s.name == "PTV")
+    centre = tuple(ct.index_to_patient(np.argwhere(ptv.mask).mean(axis=0)[::-1]))
+    template = template_plan("pelvis", centre, (60.0, 60.0, 60.0))
+    clinical = dc.replace(template, label="Prostate 60/30", is_template=False, fractions=30, prescription_gy=60.0,
+                          beams=tuple(dc.replace(b, monitor_units=180.0) for b in template.beams))
+    result = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, reference_ct=ct, plan=clinical,
+                             structures=structures))
+    dose = result.measurements["dose"]
+    assert dose["prescription_gy"] == 2.0  # 60 Gy in 30 fractions, per fraction
+    assert dose["normalisation"]["method"].startswith("real plan: its dose scaled by")
+    assert dose["normalisation"]["dose_scale"] != 1.0
+    assert result.measurements["dvh"]["PTV"]["D50%"]["reference_gy"] == pytest.approx(2.0, rel=1e-6)
+    assert set(dose["monitor_units"].values()) == {180.0}  # the clinical plan's own MU
+    assert not dose["template"]
+    # Without a target and with the isocentre off the fields, a real plan is left unscaled and says so.
+    off_axis = dc.replace(clinical, beams=tuple(
+        dc.replace(b, control_points=tuple(dc.replace(p, jaw_x_mm=(20.0, 60.0)) for p in b.control_points))
+        for b in clinical.beams))
+    unscaled = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, plan=off_axis))
+    assert unscaled.measurements["dose"]["normalisation"]["dose_scale"] == 1.0
+    assert "not in the high dose" in unscaled.measurements["dose"]["normalisation"]["method"]
+
+
+def test_a_template_is_refused_a_normalisation_point_outside_the_high_dose(phantom):
+    import dataclasses as dc
+
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    centre = tuple(ct.index_to_patient(np.argwhere(phantom.body_mask).mean(axis=0)[::-1]))
+    template = template_plan("pelvis", centre, (60.0, 60.0, 60.0))
+    shifted = dc.replace(template, beams=tuple(
+        dc.replace(b, control_points=tuple(dc.replace(p, jaw_x_mm=(20.0, 60.0), jaw_y_mm=(20.0, 60.0))
+                                           for p in b.control_points)) for b in template.beams))
+    with pytest.raises(DosimetryError, match="not a place to normalise"):
+        run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, plan=shifted))
