@@ -817,7 +817,7 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
                     f"{float(measured['level_hu']):g} HU.")
     level = float(measured["level_hu"]) if isinstance(measured.get("level_hu"), (int, float)) else None
     if level is not None:
-        caption += f" The level is drawn as a white contour and marked on the scale."
+        caption += " The level is drawn as a white contour and as a line on the scale."
     for i, line in enumerate(_wrap(caption, _CONTENT_W_IN, 7.5)):
         _text(figure, _MARGIN_X_IN, top_in - 0.25 - 0.13 * i, line, 7.5)
     grid = _grid(figure, 1, _PAGE_IN[1] - top_in + 0.55, top_in - 3.6)
@@ -833,11 +833,11 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         if level is not None and min(values.shape) >= 2 and values.min() < level < values.max():
             ax.contour(part.h_mm, part.v_mm, values, levels=[level], colors="white", linewidths=0.8)
         ax.set_title(f"uncertainty, {plane.name} at {part.position_mm:.1f} mm")
-    bar = figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]), label="ensemble std (HU)")
+    bar = figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]),
+                          label="ensemble std (HU)" + (f"; line: level {level:g} HU" if level is not None else ""))
     if level is not None:
-        bar.ax.axhline(level, color="black", linewidth=1.5)
-        bar.ax.text(1.6, level, f" level {level:g}", transform=bar.ax.get_yaxis_transform(), va="center",
-                    fontsize=6.5, parse_math=False)
+        bar.ax.axhline(level, color="cyan", linewidth=2.0)
+        bar.ax.axhline(level, color="black", linewidth=0.8)
 
 
 def _composition_text(qa: dict) -> str:
