@@ -127,7 +127,8 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     if data.body_mask is not None:
         rois = sct_rois(data.sct, data.body_mask, data.uncertainty_hu,
                         float(data.qa["measurements"].get("uncertainty", {}).get("level_hu", 100.0)))
-        rois += qa_structure_rois(data.structures)
+        judged = set((data.qa["measurements"].get("dvh") or {}))  # the structures behind the DVH checks
+        rois += qa_structure_rois([s for s in data.structures if s.name in judged])
         roi_numbers = {roi.name: number for number, roi in enumerate(rois, start=1)}  # write_rtstruct's numbering
         if rois:
             structure_uid, series_uid = uids("rtstruct")
