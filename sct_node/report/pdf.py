@@ -530,7 +530,7 @@ def _dvh_table_blocks(data: ReportData) -> list[_Block]:
             rows.append([_Cell(name if index == 0 else "", bold=True), _Cell(metric),
                          _Cell(f"{float(values.get('reference_gy', math.nan)):.3f}"),
                          _Cell(f"{float(values.get('sct_gy', math.nan)):.3f}"),
-                         _Cell(f"{difference:+.2f} %")])
+                         _Cell(f"{difference:+.2f} %" if abs(difference) >= 0.005 else "0.00 %")])
     return ([_heading("Dose-volume metrics")] + _table(rows, (1.6, 0.8, 1.3, 1.1, _CONTENT_W_IN - 4.8), header)
             + _paragraph("D98% near-minimum, D50% median, D2% near-maximum dose (ICRU 83); the checks judge each "
                          "structure's largest difference.", 7))
