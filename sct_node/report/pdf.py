@@ -897,9 +897,13 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
     difference = data.dose_difference_percent
     scale_note = ""
     if difference is not None and np.isfinite(difference.array).any():
-        limit, largest = _symmetric_limit(difference.array), float(np.nanmax(np.abs(difference.array)))
-        scale_note = (f" The difference scale spans ±{limit:.1f} % (99.5th percentile); the largest difference, "
-                      f"{largest:.1f} %, lies beyond it (arrows on the scale)." if largest > limit else "")
+        limit = _symmetric_limit(difference.array)
+        if float(np.nanmax(np.abs(difference.array))) > limit:
+            scale_note = f" The difference scale spans ±{limit:.1f} % (99.5th percentile); arrows mark larger ones"
+            judged = ((data.qa.get("measurements", {}) or {}).get("dose") or {}).get("largest_difference_percent")
+            scale_note += (f" (the largest where the reference dose is at least 10 %: {float(judged):+.1f} %; at "
+                           "the skin, air on one image and tissue on the other differ by up to 100 %)."
+                           if isinstance(judged, (int, float)) else ".")
     _page_title(figure, f"Dose: {plan}, sCT vs {reference}",
                 f"Planes through {through}. Prescription {shown}; the dose scale runs to the maximum, "
                 f"{peak_gy:.2f} Gy. Isodoses 95 / 50 / 20 % {of_what} drawn solid / dashed / dotted. Dose "
