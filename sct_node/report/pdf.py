@@ -1038,9 +1038,11 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
                              "alone.")
     elif not data.dvh_curves:
         blocks.append(_heading("DVH"))
+        template = bool(((data.qa.get("measurements", {}) or {}).get("dose") or {}).get("template"))
         blocks += _paragraph("No DVH curves: the QA had no target or organ at risk (no RT Structure Set was routed "
-                             "with the MR or given to `sct-node qa --structures`), so the template plan was placed "
-                             "on the body centre and normalised at its isocentre.")
+                             "with the MR or given to `sct-node qa --structures`)"
+                             + (", so the template plan was placed on the body centre and normalised at its "
+                                "isocentre." if template else "."))
     card = data.model_card
     sources = []
     for check in data.qa.get("checks", []):
