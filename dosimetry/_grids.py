@@ -1,4 +1,4 @@
-"""Boundary checks shared by the image checks: same grid, usable masks, finite values."""
+"""Shared by the image checks: same grid, usable masks, finite values; a volume read at points."""
 
 from __future__ import annotations
 
@@ -70,3 +70,18 @@ def require_finite(values: np.ndarray, where: np.ndarray | None, name: str) -> N
     if bad:
         place = "" if where is None else " inside the mask"
         raise DosimetryError(f"{name} has {bad} NaN or infinite voxel(s){place}; these metrics need finite values")
+
+
+def trilinear_at_points(volume: Volume, points_mm: np.ndarray, outside: float | None = None) -> np.ndarray:
+    """``volume`` interpolated trilinearly at patient positions ``points_mm`` (N x 3, LPS mm), float64.
+
+    Beyond the outer voxel centres a point takes the nearest edge value, or ``outside`` when given (e.g. 0
+    for a density, vacuum outside the image).
+    """
+    from scipy import ndimage
+
+    index_zyx = volume.patient_to_index(np.asarray(points_mm, dtype=np.float64).reshape(-1, 3))[:, ::-1].T
+    if outside is None:
+        return ndimage.map_coordinates(np.asarray(volume.array, dtype=np.float64), index_zyx, order=1, mode="nearest")
+    return ndimage.map_coordinates(np.asarray(volume.array, dtype=np.float64), index_zyx, order=1, mode="constant",
+                                   cval=float(outside))

@@ -1,24 +1,21 @@
-"""Where the QA reads dose: its dose grid, the structures' voxels, and points of a dose grid.
+"""The QA's dose grid, and reading a dose grid at points.
 
-The QA computes dose on a grid coarser than the image (``dose_grid_mm``, 4 mm by default) and the
-structures are rasterised on the image grid, where their contours were drawn. Down-sampling a structure to
-the dose grid costs whole boundary layers of 4 mm voxels, and interpolating a 4 mm dose across a 6 mm
-penumbra misplaces dose: an organ at risk beside a field edge or a steep gradient (the bladder or rectum
-beside a prostate PTV, the femoral heads at the lateral fields' edge) gained or lost up to 5.5 % of
-prescription in D2% or D50%. So the QA's DVHs take the dose at the centre of every structure voxel of the
-image grid, read by the engine from each beam's 2 mm beam's-eye-view dose
-(:func:`dosimetry.engine.compute_dose_and_points`), and every sample carries the image voxel's volume,
-as a planning system evaluates its DVHs; boundary voxels are super-sampled 4 x 4 in plane
-(:func:`dosimetry.structures.read_structures`, ``supersample``) and count with their inside share. ``benchmarks/dvh_accuracy.py`` compares the result with
-dicompyler-core and with a recalculation on the image grid.
+The QA computes dose on a grid coarser than the image (``DEFAULT_DOSE_GRID_MM``) and the structures are
+rasterised on the image grid, where their contours were drawn. Its DVHs do not read this grid: they take the
+dose at the centre of every structure voxel of the image grid (boundary voxels super-sampled,
+:meth:`dosimetry.structures.StructureMask.dose_samples`), read by the engine from each beam's 2 mm
+beam's-eye-view dose (:func:`dosimetry.engine.compute_dose_and_points`). Down-sampling structures to a 4 mm
+grid, or interpolating a 4 mm dose across a 6 mm penumbra, had cost organs at risk up to 5.5 % of
+prescription in D2% or D50%. ``benchmarks/dvh_accuracy.py`` compares the result with dicompyler-core and with
+a recalculation on the image grid. :func:`dose_at_points` reads a dose grid (an RT Dose) at points, e.g. at
+its plan's normalisation point.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from dosimetry._grids import require_volume
+from dosimetry._grids import require_volume, trilinear_at_points
 from dosimetry.errors import DosimetryError
 from models.volume import Volume
 
@@ -47,5 +44,4 @@ def dose_at_points(dose: Volume, points_mm: np.ndarray) -> np.ndarray:
     if outside.any():
         shown = ", ".join(f"{v:.1f}" for v in points[np.argmax(outside)])
         raise DosimetryError(f"point ({shown}) mm lies outside the dose grid: no dose can be read there")
-    return ndimage.map_coordinates(np.asarray(dose.array, dtype=np.float64), index_xyz[:, ::-1].T, order=1,
-                                   mode="nearest")
+    return trilinear_at_points(dose, points)

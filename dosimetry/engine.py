@@ -89,6 +89,7 @@ import torch
 from scipy import special
 from torch.nn import functional
 
+from dosimetry._grids import trilinear_at_points
 from dosimetry.beam import Beam, BeamGeometry, aperture_fluence, beam_geometry
 from dosimetry.beam_model import GENERIC_6MV, BeamModel
 from dosimetry.errors import DosimetryError
@@ -252,16 +253,9 @@ def compute_dose_and_points(
         if options.zero_dose_below_density > 0:
             total *= density_t >= options.zero_dose_below_density
             if points is not None:
-                at_points *= torch.as_tensor(_trilinear(array, density, points.cpu().numpy())
+                at_points *= torch.as_tensor(trilinear_at_points(density, points_mm, outside=0.0)
                                              >= options.zero_dose_below_density, device=device)
     return density.with_array(total.cpu().numpy()), None if at_points is None else at_points.cpu().numpy()
-
-
-def _trilinear(array: np.ndarray, grid: Volume, points_mm: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    index = grid.patient_to_index(points_mm)[:, ::-1].T  # (z, y, x) rows
-    return ndimage.map_coordinates(array.astype(np.float32), index, order=1, mode="constant", cval=0.0)
 
 
 def _bev_at_points(bev: _BevDose, points: torch.Tensor, geometry: BeamGeometry, options: EngineOptions) -> torch.Tensor:

@@ -70,7 +70,7 @@ SOFT_TISSUE_EXPECTED_HU = 35.0
 SITES = ("pelvis", "head")
 #: Dose points of each DVH curve kept for the report (0 to 102 % of the highest dose).
 DVH_CURVE_POINTS = 201
-#: Sub-voxel points per axis in plane at structure boundaries: give this to read_structures for the QA.
+#: Sub-voxel points per axis in plane at structure boundaries for the DVHs (StructureMask.dose_samples).
 STRUCTURE_SUPERSAMPLING = 4
 
 
@@ -354,7 +354,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
                  for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
                                                  ("organ", organs, thresholds.oar_dvh_difference_percent))
                  for structure in structures if structure.mask.any()]
-    samples = [structure.dose_samples() for _, _, structure in evaluated]
+    samples = [structure.dose_samples(STRUCTURE_SUPERSAMPLING) for _, _, structure in evaluated]
     points = [sct.index_to_patient(index) for index, _ in samples]
     bounds = np.cumsum([0] + [len(p) for p in points])
     points_mm = np.concatenate(points + [np.asarray([plan.isocentre_mm], dtype=np.float64)])

@@ -17,11 +17,13 @@ contours on one slice would XOR them into nonsense: 39-48 % of the true
 volume), and a grid finer than the contours repeats each plane across its
 slab instead of leaving slices empty.
 
-Super-sampling (``supersample``): a structure's boundary voxels (those whose
-centre decision is not shared by all their in-plane neighbours) are also
-tested at ``supersample`` x ``supersample`` sub-voxel points, so the DVH can
-give each its inside fraction and the dose at the inside points
-(:meth:`StructureMask.dose_samples`); interior voxels count whole. This is
+Super-sampling (:meth:`StructureMask.dose_samples` with ``supersample``): a
+structure's boundary voxels (those whose centre decision is not shared by all
+their in-plane neighbours) are also tested at ``supersample`` x
+``supersample`` sub-voxel points against the structure's own polygons, so the
+DVH can give each its inside fraction and the dose at the inside points;
+interior voxels count whole. It is done on demand, for the structures a DVH
+is computed for (not for BODY or bones). This is
 what a DVH calculator's in-plane super-sampling does (dicompyler-core's
 ``interpolation_resolution``), and it matters for small structures on coarse
 images, where whole boundary voxels are a large share of the volume.
@@ -39,7 +41,7 @@ DICOM PS3.3 C.8.8.5 (Structure Set), C.8.8.6 (ROI Contour); C.8.8.6.3
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,35 +80,36 @@ class StructureMask:
     number: int
     interpreted_type: str
     mask: np.ndarray
-    #: Super-sampled boundary (``read_structures(..., supersample=n)``): the boundary voxels (bool, z, y, x)
-    #: and the sub-voxel points inside the structure within them, continuous (x, y, z) grid indices, each
-    #: standing for 1 / n**2 of a voxel. None: every voxel of ``mask`` counts whole.
-    boundary_mask: np.ndarray | None = None
-    boundary_points_index: np.ndarray | None = None
-    supersample: int = 1
+    #: The polygons (continuous x, y grid indices) each slice of ``mask`` was rasterised from; None for a mask
+    #: made otherwise, which then cannot be super-sampled.
+    polygons: dict[int, list[np.ndarray]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def volume_cc(self) -> float:
         """Number of voxels; multiply by the voxel volume for cc (see :func:`volume_cc`)."""
         return float(self.mask.sum())
 
-    def dose_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """(points as continuous (x, y, z) grid indices, weights in voxels) at which a DVH reads the dose:
-        the centre of every interior voxel (weight 1) and the inside sub-voxel points of the boundary voxels
-        (weight 1 / supersample**2); without super-sampling, every voxel centre of ``mask``."""
-        if self.boundary_mask is None or self.boundary_points_index is None:
+    def dose_samples(self, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(points as continuous (x, y, z) grid indices, weights in voxels) at which a DVH reads the dose.
+
+        With ``supersample`` n > 1 and the structure's polygons: the centre of every interior voxel (weight 1)
+        and the inside points of an n x n sub-grid of every boundary voxel (weight 1 / n**2, module
+        docstring); otherwise every voxel centre of ``mask``.
+        """
+        if int(supersample) < 1:
+            raise StructureError(f"supersample must be a positive integer; found {supersample!r}")
+        if supersample == 1 or self.polygons is None or not self.mask.any():
             centres = np.argwhere(self.mask)[:, ::-1].astype(np.float64)
             return centres, np.ones(len(centres))
-        interior = np.argwhere(self.mask & ~self.boundary_mask)[:, ::-1].astype(np.float64)
-        points = np.concatenate([interior, self.boundary_points_index])
-        weights = np.concatenate([np.ones(len(interior)),
-                                  np.full(len(self.boundary_points_index), 1.0 / self.supersample ** 2)])
-        return points, weights
+        boundary, inside = _supersample_boundary(self.polygons, self.mask, int(supersample))
+        interior = np.argwhere(self.mask & ~boundary)[:, ::-1].astype(np.float64)
+        return (np.concatenate([interior, inside]),
+                np.concatenate([np.ones(len(interior)), np.full(len(inside), 1.0 / int(supersample) ** 2)]))
 
 
 def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_reference_uid: str | None = None,
                     referenced_series_uid: str | Collection[str] | None = None, names: list[str] | None = None,
-                    allow_empty: bool = False, supersample: int = 1) -> list[StructureMask]:
+                    allow_empty: bool = False) -> list[StructureMask]:
     """Rasterise the ROIs of an RT Structure Set on ``grid``.
 
     Parameters
@@ -123,8 +126,6 @@ def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_re
         ROIs to read (by name); None reads all.
     allow_empty : bool
         Return ROIs with no voxel on the grid instead of raising.
-    supersample : int
-        Sub-voxel points per axis in plane at the boundary (module docstring); 1: voxel centres only.
 
     Returns
     -------
@@ -161,8 +162,6 @@ def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_re
         if missing:
             raise StructureError(f"{where}: no ROI named {', '.join(missing)} (found {', '.join(n for _, n in rois)})")
         rois = [(number, name) for number, name in rois if name in names]
-    if int(supersample) < 1:
-        raise StructureError(f"supersample must be a positive integer; found {supersample!r}")
     result = []
     for number, name in rois:
         label = f"{where}: ROI {name!r}"
@@ -170,9 +169,7 @@ def read_structures(source: Path | pydicom.Dataset, grid: Volume, *, frame_of_re
         mask = _rasterise(planes, grid)
         if not mask.any() and not allow_empty:
             raise StructureError(f"{label} has no voxel on the image grid (empty or outside it)")
-        boundary, points = (None, None) if supersample == 1 or not mask.any() else \
-            _supersample_boundary(planes, grid, mask, int(supersample))
-        result.append(StructureMask(name, number, types.get(number, ""), mask, boundary, points, int(supersample)))
+        result.append(StructureMask(name, number, types.get(number, ""), mask, planes))
     return result
 
 
@@ -229,7 +226,7 @@ def _rasterise(planes: dict[int, list[np.ndarray]], grid: Volume) -> np.ndarray:
     return mask
 
 
-def _supersample_boundary(planes: dict[int, list[np.ndarray]], grid: Volume, mask: np.ndarray,
+def _supersample_boundary(planes: dict[int, list[np.ndarray]], mask: np.ndarray,
                           factor: int) -> tuple[np.ndarray, np.ndarray]:
     """(boundary voxels, inside sub-voxel points as (x, y, z) indices) of one structure."""
     from scipy import ndimage

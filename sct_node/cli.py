@@ -504,19 +504,17 @@ def _run_translate(args: argparse.Namespace) -> int:
 def _write_uncertainty(uncertainty_hu, written, output: Path, model_identity: str) -> Path:
     """The ensemble's standard deviation beside the sCT: ``OUTPUT-uncertainty/`` with ``uncertainty.mha`` and
     ``PM.uncertainty.dcm`` (a Parametric Map in the sCT's frame, sct_node.dicom.uncertainty_writer)."""
-    from sct_node.dicom.image_writer import write_atomic
+    from models.fileio import write_volume_atomic
     from sct_node.dicom.uids import derive_uid
     from sct_node.dicom.uncertainty_writer import write_uncertainty_map
-
-    import SimpleITK as sitk
+    from sct_node.errors import OutputError
 
     folder = output.parent / f"{output.name}-uncertainty"
-    folder.mkdir(parents=True, exist_ok=True)
-    scratch = folder / ".uncertainty.scratch.mha"  # SimpleITK writes to a name, not a stream
-    sitk.WriteImage(uncertainty_hu.to_sitk(), str(scratch), True)
-    content = scratch.read_bytes()
-    scratch.unlink()
-    write_atomic(folder / "uncertainty.mha", lambda stream: stream.write(content))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_volume_atomic(uncertainty_hu, folder / "uncertainty.mha")
+    except (OSError, RuntimeError) as error:
+        raise OutputError(f"{folder}: cannot write the uncertainty map ({error})") from None
     write_uncertainty_map(uncertainty_hu=uncertainty_hu, sct_files=written.files, path=folder / "PM.uncertainty.dcm",
                           sop_instance_uid=derive_uid(written.series_instance_uid, "uncertainty", "instance"),
                           series_instance_uid=derive_uid(written.series_instance_uid, "uncertainty", "series"),
@@ -620,7 +618,7 @@ def _run_dismiss(args: argparse.Namespace) -> int:
 
 def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
-    from dosimetry.qa import STRUCTURE_SUPERSAMPLING, QaInputs, run_qa, write_qa
+    from dosimetry.qa import QaInputs, run_qa, write_qa
     from sct_node.dicom.uncertainty_writer import read_uncertainty_map
     from dosimetry.structures import read_structures
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
@@ -653,8 +651,7 @@ def _run_qa(args: argparse.Namespace) -> int:
     uncertainty = read_uncertainty_map(args.uncertainty, sct.volume) if args.uncertainty else None
     plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
-                                       referenced_series_uid=drawn_on, allow_empty=True,
-                                       supersample=STRUCTURE_SUPERSAMPLING)) if args.structures else ()
+                                       referenced_series_uid=drawn_on, allow_empty=True)) if args.structures else ()
     for empty in (s for s in structures if not s.mask.any()):
         logger.warning("structure %s has no voxel on the sCT grid; it is left out of the DVH comparison", empty.name)
     structures = tuple(s for s in structures if s.mask.any())

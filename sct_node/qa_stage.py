@@ -61,7 +61,6 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
     is logged and left out, and the QA falls back to the template plan and the bulk-density reference.
     """
     from dosimetry.plans import read_rt_plan
-    from dosimetry.qa import STRUCTURE_SUPERSAMPLING
     from dosimetry.structures import read_structures
 
     found = References()
@@ -89,7 +88,7 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
         with _unusable("the RT Structure Set"):
             found.structures = tuple(s for s in read_structures(
                 structure_sets[-1], series.volume, frame_of_reference_uid=frame, referenced_series_uid=drawn_on,
-                allow_empty=True, supersample=STRUCTURE_SUPERSAMPLING) if s.mask.any())
+                allow_empty=True) if s.mask.any())
             found.structures_file = structure_sets[-1]
     return found
 

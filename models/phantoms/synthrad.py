@@ -21,15 +21,13 @@ References
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.errors import GeometryError, PhantomError
-from models.fileio import fsync_directory, write_atomic
+from models.fileio import write_atomic, write_volume_atomic
 from models.phantoms.generator import Phantom
 from models.volume import Volume
 
@@ -83,21 +81,10 @@ class SynthradImages:
 
 
 def _write_image(volume: Volume, path: Path, compress: bool) -> None:
-    import SimpleITK as sitk
-
-    # The temporary name keeps the .mha ending because SimpleITK picks the writer from it.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp.mha")
     try:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), compress)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_volume_atomic(volume, path, compress)
     except (OSError, RuntimeError) as exc:
         raise PhantomError(f"cannot write {path}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_directory(path.parent)
 
 
 def phantom_acquisition(site: str, weighting: str) -> dict:

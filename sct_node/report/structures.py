@@ -63,6 +63,7 @@ C.8.8.8.1 (RT ROI Interpreted Type defined terms).
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def qa_structure_rois(structures) -> list[RoiSpec]:
     """
     ours = set(ROI_NAMES.values())
     rois = []
-    organ_colours = iter(_ORGAN_COLOURS * 4)
+    organ_colours = itertools.cycle(_ORGAN_COLOURS)
     for structure in structures:
         if structure.role not in ("target", "organ") or structure.name.upper() in ours or not structure.mask.any():
             continue

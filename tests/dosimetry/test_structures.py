@@ -84,8 +84,8 @@ def test_supersampled_boundary_converges_to_the_polygon_area(phantom_case):
     voxel_cc = np.prod(phantom.ct_hu.spacing_mm) / 1000
     errors = {}
     for factor in (1, 4, 8):
-        (ptv,) = read_structures(written.rtstruct_path, phantom.ct_hu, names=["PTV"], supersample=factor)
-        _, weights = ptv.dose_samples()
+        (ptv,) = read_structures(written.rtstruct_path, phantom.ct_hu, names=["PTV"])
+        _, weights = ptv.dose_samples(factor)
         errors[factor] = abs(weights.sum() * voxel_cc - polygon_cc) / polygon_cc
         np.testing.assert_array_equal(ptv.mask, phantom.structure("PTV").mask)  # the mask itself is unchanged
     assert errors[4] < 0.01 and errors[8] <= errors[4] + 0.002 and errors[4] < errors[1]

@@ -183,8 +183,8 @@ def test_our_dvh_calculation_agrees_with_dicompyler_core_on_the_bundle_objects(c
     sct = read_series([root / "sct"], sop_classes=None).volume
     rt_dose = read_rt_dose(dose_file).dose_gy
     ours = {}
-    for structure in read_structures(structures_file, sct, names=names, supersample=STRUCTURE_SUPERSAMPLING):
-        points, weights = structure.dose_samples()
+    for structure in read_structures(structures_file, sct, names=names):
+        points, weights = structure.dose_samples(STRUCTURE_SUPERSAMPLING)
         doses = dose_at_points(rt_dose, sct.index_to_patient(points))
         metrics = dvh_metrics(dvh_from_samples(doses, float(np.prod(sct.spacing_mm)) / 1000, structure.name, weights),
                               prescription)
