@@ -10,11 +10,11 @@ What it does, all through the command line a physicist uses:
    default 1.6 x 1.6 x 2.5 mm grid;
 2. ``sct-node translate --model bulk`` (an sCT with a real dose difference to the CT), then ``sct-node qa``
    against the real CT with the phantom's structures, then ``sct-node report``;
-3. **ours**: the sCT's DVH metrics from ``qa.json`` (dose on the 4 mm QA grid, interpolated at each structure
-   voxel of the image grid);
+3. **ours**: the sCT's DVH metrics the QA reports (dose read from the beams' 2 mm beam's-eye view at each structure
+   sample point of the image grid, boundaries super-sampled);
 4. **dicompyler-core**: the same metrics from the bundle's own RT Structure Set and RT Dose, super-sampled
    in plane 4x (tests/factories/dicompyler.py);
-5. **fine grid**: the same plan (its MU from qa.json) recomputed on the sCT's own grid, and the structures
+5. **fine grid**: the same plan (its MU from the QA) recomputed on the sCT's own grid, and the structures
    evaluated there with no interpolation at all.
 
 It prints the table "metric | ours | dicompyler-core | fine grid" with differences in % of the prescription
@@ -26,7 +26,6 @@ field edge, within 0.5 % of the volume instead: tests/factories/dicompyler.py ex
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -43,7 +42,8 @@ from dosimetry.density import relative_electron_density_volume  # noqa: E402
 from dosimetry.dose_sampling import dose_at_points  # noqa: E402
 from dosimetry.dvh import cumulative_dvh, dvh_metrics  # noqa: E402
 from dosimetry.engine import compute_dose  # noqa: E402
-from dosimetry.plans import PhotonPlan  # noqa: E402
+from dosimetry.qa_result import read_qa  # noqa: E402
+from dosimetry.records import to_record  # noqa: E402
 from dosimetry.structures import read_structures  # noqa: E402
 from models.phantoms import generate_phantom  # noqa: E402
 from sct_node.cli import main as cli  # noqa: E402
@@ -68,17 +68,15 @@ def run(workdir: Path, slices: int, seed: int, dose_grid_mm: float | None = None
         + (["--dose-grid-mm", str(dose_grid_mm)] if dose_grid_mm else []))
     assert cli(["report", "--qa", str(qa_dir), "--output", str(out)]) == 0
     qa_seconds = time.perf_counter() - started
-    qa = json.loads((qa_dir / "qa.json").read_text())
-    dose = qa["measurements"]["dose"]
-    prescription = dose["prescription_gy"]
+    dose = read_qa(qa_dir, maps=False).result.dose
+    prescription = dose.prescription_gy
     structures_file = out / "rt" / "RS.sct.dcm"
-    names = sorted(qa["measurements"]["dvh"])
+    names = sorted(d.structure for d in dose.dvh)
     sct = read_series([sct_dir], sop_classes=None).volume
-    ours = {name: {label: qa["measurements"]["dvh"][name][label]["sct_gy"] for label, _ in METRICS}
-            for name in names}
+    ours = {name: {m.name: m.evaluated_gy for m in dose.dvh_of(name).comparison.dose_differences} for name in names}
     theirs = dicompyler_metrics(structures_file, out / "rt" / "RD.sct.dcm", names)
     # Fine grid: the same plan and MU on the sCT's own grid, structures from the bundle's structure set.
-    plan = PhotonPlan.from_dict(dose["plan_definition"])
+    plan = dose.plan
     fine_dose = compute_dose(relative_electron_density_volume(sct), beams_from_plan(plan))
     fine, fine_dvhs = {}, {}
     for structure in read_structures(structures_file, sct, names=names):
@@ -86,8 +84,7 @@ def run(workdir: Path, slices: int, seed: int, dose_grid_mm: float | None = None
         metrics = dvh_metrics(fine_dvhs[structure.name], prescription)
         fine[structure.name] = {label: getattr(metrics, field) for label, field in METRICS}
     rt_dose = read_rt_dose(out / "rt" / "RD.sct.dcm").dose_gy
-    normalisation = dose["normalisation"]
-    point = normalisation["point_mm"] or plan.isocentre_mm
+    point = dose.normalisation.point_mm or plan.isocentre_mm
     rows = []
     for name in names:
         for (label, field), volume in zip(METRICS, VOLUMES):
@@ -98,11 +95,11 @@ def run(workdir: Path, slices: int, seed: int, dose_grid_mm: float | None = None
             row["agrees_fine"], row["ours_vs_fine_percent"], row["fine_volume_points"] = \
                 metric_agrees(row["ours"], row["fine"], fine_dvhs[name].volume_percent_at_dose, volume, prescription)
             rows.append(row)
-    return {"prescription_gy": prescription, "normalisation": normalisation, "rows": rows,
-            "dose_grid_mm": [round(v, 3) for v in dose["grid_spacing_mm"]], "qa_seconds": qa_seconds,
+    return {"prescription_gy": prescription, "normalisation": to_record(dose.normalisation), "rows": rows,
+            "dose_grid_mm": [round(v, 3) for v in dose.grid_spacing_mm], "qa_seconds": qa_seconds,
             "rt_dose_max_gy": float(rt_dose.array.max()),
             "rt_dose_at_normalisation_point_gy": float(dose_at_points(rt_dose, np.asarray(point))[0]),
-            "monitor_units": dose["monitor_units"],
+            "monitor_units": dose.monitor_units,
             "rt_plan_meterset": [float(b.BeamMeterset) for b in
                                  pydicom.dcmread(out / "rt" / "RP.qa-template.dcm").FractionGroupSequence[0]
                                  .ReferencedBeamSequence] if (out / "rt" / "RP.qa-template.dcm").exists() else None}

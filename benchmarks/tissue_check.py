@@ -46,6 +46,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dosimetry.qa import QaInputs, run_qa
+from dosimetry.tissue_composition import TissueComposition
 from dosimetry.verdict import Verdict
 from models.phantoms import TISSUE_PROPERTIES, Tissue, generate_phantom
 
@@ -104,12 +105,12 @@ def old_soft_tissue_mean(hu: np.ndarray, body: np.ndarray) -> Verdict:
     return Verdict.PASS if deviation <= 40 else Verdict.WARN if deviation <= 80 else Verdict.FAIL
 
 
-def tissue_verdicts(phantom, hu: np.ndarray, body: np.ndarray) -> tuple[Verdict, dict, dict]:
+def tissue_verdicts(phantom, hu: np.ndarray, body: np.ndarray) -> tuple[Verdict, dict, TissueComposition]:
     result = run_qa(QaInputs(sct=phantom.ct_hu.with_array(hu), site=phantom.site, mr_body_mask=body,
-                             compute_dose=False))
+                             compute_dose=False)).result
     checks = {c.name: c for c in result.checks if c.name in TISSUE_CHECKS}
     worst = max((c.verdict for c in checks.values()), key=lambda v: v.severity)
-    return worst, checks, result.measurements["composition"]
+    return worst, checks, result.composition.tissue
 
 
 def main() -> None:
@@ -130,10 +131,10 @@ def main() -> None:
             cases.update(corruptions(phantom))
             for name, (hu, body) in cases.items():
                 verdict, checks, composition = tissue_verdicts(phantom, hu, body)
-                peak = composition["soft_tissue_peak_hu"]
+                peak = composition.soft_tissue_peak_hu
                 old = old_soft_tissue_mean(hu, body)
                 failed = ", ".join(n for n, c in checks.items() if c.verdict != Verdict.PASS)
-                print(f"{site:7} {seed:>4}  {name:34} {'none' if peak is None else f'{peak:.0f}':>8} "
+                print(f"{site:7} {seed:>4}  {name:34} {'none' if np.isnan(peak) else f'{peak:.0f}':>8} "
                       f"{checks['fat_share'].value:>6.1f} {checks['bone_slices'].value:>9.1f}  {verdict.value:6} "
                       f"{old.value:8}  {failed}")
                 if name == "half soft tissue fat":

@@ -562,6 +562,11 @@ class UncertaintyRegion:
     bounding_box_max_mm: tuple[float, float, float] | None
     centroid_mm: tuple[float, float, float] | None
 
+    @property
+    def percent_above(self) -> float:
+        """:attr:`above_fraction` in percent."""
+        return 100.0 * self.above_fraction
+
 
 def uncertainty_region(uncertainty_std_hu: Volume, body_mask: np.ndarray, level_hu: float,
                        sct: Volume | None = None) -> UncertaintyRegion:

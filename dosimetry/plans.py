@@ -126,35 +126,6 @@ class PhotonPlan:
         """The first beam's isocentre (the plan's, for the single-isocentre plans the QA normalises)."""
         return self.beams[0].control_points[0].isocentre_mm
 
-    def as_dict(self) -> dict:
-        """Plain JSON-able form (``qa.json`` keeps the plan the QA used, so the report can rebuild it)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, value: dict) -> PhotonPlan:
-        """Inverse of :meth:`as_dict`.
-
-        Raises
-        ------
-        PlanError
-            When a field is missing or malformed.
-        """
-        try:
-            beams = tuple(PlanBeam(**{**beam, "control_points": tuple(
-                ControlPoint(**{**point, "isocentre_mm": tuple(point["isocentre_mm"]),
-                                "jaw_x_mm": tuple(point["jaw_x_mm"]), "jaw_y_mm": tuple(point["jaw_y_mm"]),
-                                "mlc_boundaries_mm": _optional_tuple(point["mlc_boundaries_mm"]),
-                                "mlc_positions_mm": _optional_tuple(point["mlc_positions_mm"])})
-                for point in beam["control_points"])}) for beam in value["beams"])
-            point = value.get("normalisation_point_mm")
-            return cls(**{**value, "beams": beams, "normalisation_point_mm": _optional_tuple(point)})
-        except (KeyError, TypeError) as error:
-            raise PlanError(f"malformed plan record: {error}") from None
-
-
-def _optional_tuple(value) -> tuple | None:
-    return None if value is None else tuple(value)
-
 
 def read_rt_plan(source: Path | pydicom.Dataset, *, frame_of_reference_uid: str | None = None) -> PhotonPlan:
     """Read the treatment beams of a photon RT Plan.

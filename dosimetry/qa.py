@@ -29,10 +29,7 @@ fitted best; here the body is water (0 HU) as in routine MRI-only checks.
 from __future__ import annotations
 
 import dataclasses
-
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -50,16 +47,30 @@ from dosimetry.hu_checks import (
     hu_statistics,
     sct_body_outline,
     slice_coverage,
+    uncertainty_region,
 )
 from dosimetry.image_metrics import image_metrics
 from dosimetry.hu_reference import HuReference, hu_quantiles
 from dosimetry.plans import PhotonPlan, template_plan
+from dosimetry.qa_result import (
+    CompositionMeasurement,
+    DoseComparison,
+    DvhCurve,
+    GammaSummary,
+    GuardJudgement,
+    HuReferenceDistance,
+    Normalisation,
+    QaMaps,
+    QaRecord,
+    QaResult,
+    StructureDvh,
+)
 from dosimetry.structures import StructureMask
 from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composition
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
-__all__ = ["QaInputs", "QaResult", "input_envelope_check", "run_qa", "write_qa"]
+__all__ = ["QaInputs", "input_envelope_check", "run_qa"]
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
@@ -102,29 +113,25 @@ _GUARD_LEVELS = {"ok": 0.0, "soft": 1.0, "hard": 2.0}
 
 
 def _hu_distribution_check(sct: Volume, body: np.ndarray, site: str, reference: HuReference,
-                           thresholds: QaThresholds, measured: dict) -> Check:
+                           thresholds: QaThresholds) -> tuple[Check, HuReferenceDistance]:
     """Distance of the body HU distribution from the nearest CT of the site's reference (dosimetry.hu_reference)."""
     if reference.site != site:
         raise DosimetryError(f"the HU reference is for site {reference.site!r} but the QA runs for {site!r}: "
                              "configure the reference built from CTs of this site")
     distance, nearest = reference.nearest(hu_quantiles(sct, body))
-    spread = reference.leave_one_out_hu()
-    measured["hu_reference"] = {"distance_hu": distance, "nearest_case": nearest, "cases": len(reference.case_ids),
-                                "leave_one_out_hu": spread, "source": reference.source}
+    measured = HuReferenceDistance(float(distance), str(nearest), len(reference.case_ids),
+                                   tuple(float(v) for v in reference.leave_one_out_hu()), str(reference.source))
     return judge("hu_distribution", distance, thresholds.hu_distribution_distance_hu,
                  f"body HU distribution distance from the nearest of {len(reference.case_ids)} reference CT(s) "
-                 f"({nearest})")
+                 f"({nearest})"), measured
 
 
-def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = QaThresholds(),
-                         measured: dict | None = None) -> Check:
+def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = QaThresholds()) -> Check:
     """The input guard's verdict as a check: an sCT made from input unlike the training data cannot PASS.
 
     Also the one check of the notice a node sends when its guard refused a series (sct_node.report.refusal).
     """
     verdict, reasons = guard
-    if measured is not None:
-        measured["input_guard"] = {"verdict": verdict, "reasons": list(reasons)}
     check = judge("input_envelope", _GUARD_LEVELS[verdict], thresholds.input_envelope_level,
                   "input guard level (0 inside the training envelope, 1 soft, 2 hard mismatch)")
     if check.verdict != Verdict.PASS:
@@ -134,23 +141,14 @@ def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThres
     return check
 
 
-@dataclass(frozen=True)
-class QaResult:
-    """Every measurement, every check and the verdict, plus the arrays a report draws."""
-
-    verdict: Verdict
-    reasons: tuple[str, ...]
-    checks: tuple[Check, ...]
-    measurements: dict = field(default_factory=dict)
-    arrays: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"verdict": self.verdict.value, "reasons": list(self.reasons),
-                "checks": [c.as_dict() for c in self.checks], "measurements": self.measurements}
-
-
-def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaResult:
+def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRecord:
     """Run every applicable QA step (see the module docstring).
+
+    Returns
+    -------
+    QaRecord
+        The typed result (a step that did not run is None) and the maps a report draws; write it with
+        :func:`dosimetry.qa_result.write_qa`.
 
     Raises
     ------
@@ -169,22 +167,21 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
     measured: dict = {}
 
     stats = hu_statistics(sct, body)
-    fractions = {str(t.tissue): t.percent for t in stats.tissue_fractions}
-    measured["hu"] = {"tissue_percent": fractions, "soft_tissue_mean_hu": stats.soft_tissue_mean_hu,
-                      "bone_mean_hu": stats.bone_mean_hu, "min_hu": stats.min_hu, "max_hu": stats.max_hu,
-                      "invalid_count": stats.invalid_count}
+    measured["hu"] = stats
     checks.append(judge("out_of_range", 100.0 * stats.invalid_fraction, thresholds.out_of_range_fraction_percent,
                         "voxels outside [-1024, 3071] HU or not finite"))
-    checks.append(judge("bone_fraction", fractions.get("bone", 0.0), thresholds.bone_fraction_percent,
+    checks.append(judge("bone_fraction", stats.tissue("bone").percent, thresholds.bone_fraction_percent,
                         f"bone (>= {BONE_FROM_HU:g} HU) inside the body"))
-    checks.extend(_composition_checks(sct, body, inputs.site, thresholds, measured))
+    composition_checks, measured["composition"] = _composition_checks(sct, body, inputs.site, thresholds)
+    checks.extend(composition_checks)
     if inputs.hu_reference is not None:
-        checks.append(_hu_distribution_check(sct, body, inputs.site, inputs.hu_reference, thresholds, measured))
+        check, measured["hu_reference"] = _hu_distribution_check(sct, body, inputs.site, inputs.hu_reference,
+                                                                 thresholds)
+        checks.append(check)
 
     if inputs.mr_body_mask is not None:
         agreement = body_outline_agreement(sct, inputs.mr_body_mask)
-        measured["outline"] = {"dice": agreement.dice, "surface_distance_95_mm": agreement.surface_distance_95_mm,
-                               "max_surface_distance_mm": agreement.max_surface_distance_mm}
+        measured["outline"] = agreement
         checks.append(judge("body_dice", agreement.dice, thresholds.body_dice, "sCT vs MR body outline Dice"))
         # One voxel of disagreement is partial volume, not error: judge the distance beyond one in-plane voxel.
         voxel_mm = max(sct.spacing_mm[0], sct.spacing_mm[1])
@@ -193,53 +190,45 @@ def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRes
                             f"sCT vs MR outline 95th percentile distance beyond one voxel ({voxel_mm:g} mm)"))
     if inputs.mr_grid is not None:
         coverage = slice_coverage(sct, inputs.mr_grid, tolerance_mm=0.01 * min(inputs.mr_grid.spacing_mm))
-        measured["slice_coverage"] = {"mr_slices": coverage.mr_slice_count, "sct_slices": coverage.sct_slice_count,
-                                      "mr_slices_without_sct": list(coverage.mr_slices_without_sct),
-                                      "max_offset_mm": coverage.max_offset_mm,
-                                      "in_plane_grid_matches": coverage.in_plane_grid_matches}
+        measured["slice_coverage"] = coverage
         missing = len(coverage.mr_slices_without_sct) + (0 if coverage.in_plane_grid_matches else coverage.mr_slice_count)
         checks.append(judge("slice_coverage", missing, thresholds.slice_coverage_missing_slices,
                             "MR slices without an sCT slice at the same position and in-plane grid"))
     truncation = field_of_view_truncation(body)
-    measured["field_of_view"] = {"truncated_slices": list(truncation.truncated_slices),
-                                 "max_border_fraction": truncation.max_border_fraction}
+    measured["field_of_view"] = truncation
     checks.append(judge("field_of_view", 100.0 * truncation.truncated_slice_fraction,
                         thresholds.field_of_view_truncated_percent,
                         "body slices touching the in-plane image border (truncated field of view)"))
 
     if inputs.uncertainty_hu is not None:
-        std = inputs.uncertainty_hu.array[body]
-        share = 100.0 * float(np.mean(std > inputs.uncertainty_level_hu))
-        measured["uncertainty"] = {"level_hu": inputs.uncertainty_level_hu, "percent_above": share}
-        checks.append(judge("uncertainty", share, thresholds.uncertainty_fraction_percent,
+        region = uncertainty_region(inputs.uncertainty_hu, body, inputs.uncertainty_level_hu, sct)
+        measured["uncertainty"] = region
+        checks.append(judge("uncertainty", region.percent_above, thresholds.uncertainty_fraction_percent,
                             f"body voxels with ensemble std above {inputs.uncertainty_level_hu:g} HU"))
 
     if inputs.reference_ct is not None:
         metrics = image_metrics(inputs.reference_ct, sct, body)
-        measured["image_metrics"] = {"mae_hu": metrics.mae_hu, "psnr_db": metrics.psnr_db, "ssim": metrics.ssim,
-                                     "per_tissue": {str(t.tissue): {"mae_hu": t.mae_hu, "mean_error_hu": t.mean_error_hu,
-                                                                    "voxels": t.voxel_count}
-                                                    for t in metrics.per_tissue}}
+        measured["image_metrics"] = metrics
         checks.append(judge("mae_body", metrics.mae_hu, thresholds.mae_body_hu, "MAE inside the body vs the real CT"))
 
-    # What the report draws besides the dose: the outline the checks used and the uncertainty map.
-    arrays: dict = {"body_mask": body}
-    if inputs.uncertainty_hu is not None:
-        arrays["uncertainty_hu"] = inputs.uncertainty_hu.array.astype(np.float32)
     if inputs.input_guard is not None and inputs.input_guard[0] in _GUARD_LEVELS:
-        checks.append(input_envelope_check(inputs.input_guard, thresholds, measured))
+        verdict, reasons = inputs.input_guard
+        measured["input_guard"] = GuardJudgement(str(verdict), tuple(str(r) for r in reasons))
+        checks.append(input_envelope_check(inputs.input_guard, thresholds))
+    # What the report draws besides the dose: the outline the checks used and the uncertainty map.
+    maps = QaMaps(body_mask=body, uncertainty_hu=None if inputs.uncertainty_hu is None
+                  else inputs.uncertainty_hu.array.astype(np.float32))
     if inputs.compute_dose:
-        checks.extend(_dose_checks(inputs, body, thresholds, measured, arrays))
+        dose_checks, measured["dose"], maps = _dose_checks(inputs, body, thresholds, maps)
+        checks.extend(dose_checks)
     verdict, reasons = overall(checks)
-    return QaResult(verdict, reasons, tuple(checks), measured, arrays)
+    return QaRecord(QaResult(verdict, reasons, tuple(checks), site=inputs.site, **measured), maps)
 
 
-def _composition_checks(sct: Volume, body: np.ndarray, site: str, thresholds: QaThresholds,
-                        measured: dict) -> list[Check]:
+def _composition_checks(sct: Volume, body: np.ndarray, site: str,
+                        thresholds: QaThresholds) -> tuple[list[Check], CompositionMeasurement]:
     """Soft-tissue peak, fat share (site limits) and bone per slice (:mod:`dosimetry.tissue_composition`)."""
     composition = tissue_composition(sct, body)
-    measured["composition"] = ({"site": site, "soft_tissue_expected_hu": SOFT_TISSUE_EXPECTED_HU}
-                               | composition.as_dict())
     peak = composition.soft_tissue_peak_hu
     shown = "none" if np.isnan(peak) else f"{peak:.0f} HU"
     fat_limit = thresholds.fat_share_head_percent if site == "head" else thresholds.fat_share_pelvis_percent
@@ -253,7 +242,7 @@ def _composition_checks(sct: Volume, body: np.ndarray, site: str, thresholds: Qa
         judge("bone_slices", composition.bone_slice_percent, thresholds.bone_slices_percent,
               f"body slices holding bone (>= {BONE_FROM_HU:g} HU in >= {SLICE_BONE_MIN_PERCENT:g} % of the "
               f"section{where})"),
-    ]
+    ], CompositionMeasurement(site, SOFT_TISSUE_EXPECTED_HU, composition)
 
 
 def _index_ranges(indices: tuple[int, ...]) -> str:
@@ -296,7 +285,7 @@ NORMALISATION_POINT_MIN_SHARE = 0.8
 
 def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_dose: float,
                target_reference: np.ndarray | None, target_weights: np.ndarray | None,
-               target_name: str | None) -> tuple[float, dict]:
+               target_name: str | None) -> tuple[float, Normalisation]:
     """(scale, record): the factor that puts the prescription at the plan's normalisation point or volume.
 
     The reference dose per fraction is made the prescription at a defined place: the median dose of the target
@@ -326,16 +315,20 @@ def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_
                   "for its own machine's calibration, not the engine's)")
     else:
         method = f"real plan: its own MU with the engine's calibration (the {where} is not in the high dose)"
-    record = {"method": method, "at": where, "structure": target_name if target_reference is not None else None,
-              "point_mm": list(point) if point is not None else None,
-              "reference_dose_gy": value * scale, "prescription_gy": prescription,
-              "percent_of_prescription": 100.0 * value * scale / prescription, "dose_scale": scale,
-              "percent_of_maximum": 100.0 * value / max(maximum, 1e-12)}
-    return scale, record
+    return scale, Normalisation(
+        method=method, at=where, structure=target_name if target_reference is not None else None,
+        point_mm=tuple(float(v) for v in point) if point is not None else None,
+        reference_dose_gy=float(value * scale), prescription_gy=float(prescription),
+        percent_of_prescription=float(100.0 * value * scale / prescription), dose_scale=float(scale),
+        percent_of_maximum=float(100.0 * value / max(maximum, 1e-12)))
 
 
-def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, measured: dict,
-                 arrays: dict) -> list[Check]:
+#: The gamma comparison the QA judges: global 2 %/2 mm above 10 % of the reference maximum (Hussein et al. 2017).
+GAMMA_DOSE_PERCENT, GAMMA_DISTANCE_MM, GAMMA_CUTOFF_PERCENT, GAMMA_MAX = 2.0, 2.0, 10.0, 2.0
+
+
+def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
+                 maps: QaMaps) -> tuple[list[Check], DoseComparison, QaMaps]:
     sct = inputs.sct
     targets, organs = _structure_roles(inputs.structures)
     plan = inputs.plan if inputs.plan is not None else _template_for(inputs, body, targets)
@@ -368,41 +361,25 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
                                       float(reference_points[-1]), *target_samples)
     if scale != 1.0:
         if plan.is_template:  # its MU become those that deliver the prescription; a real plan keeps its own
-            plan = plan.with_monitor_units_scaled(scale, normalisation["at"], normalisation["point_mm"])
+            plan = plan.with_monitor_units_scaled(scale, normalisation.at, normalisation.point_mm)
         dose_sct = dose_sct.with_array(dose_sct.array * scale)
         dose_reference = dose_reference.with_array(dose_reference.array * scale)
         sampled = [(role, limit, structure, ref * scale, ev * scale, weights)
                    for role, limit, structure, ref, ev, weights in sampled]
-    gamma = gamma_volumes(dose_reference, dose_sct, 2.0, 2.0, lower_percent_dose_cutoff=10.0, max_gamma=2.0)
+    gamma = gamma_volumes(dose_reference, dose_sct, GAMMA_DOSE_PERCENT, GAMMA_DISTANCE_MM,
+                          lower_percent_dose_cutoff=GAMMA_CUTOFF_PERCENT, max_gamma=GAMMA_MAX)
     difference = dose_sct.array - dose_reference.array
     # The largest difference where gamma looks (reference dose >= its 10 % cut-off) and both doses exist: at the
     # skin a voxel that is air on one image and tissue on the other holds dose on one side only (100 % apart),
     # which is the outline check's business, not a dose difference.
-    evaluated = body_grid & (dose_reference.array >= 0.1 * float(dose_reference.array.max())) \
+    evaluated = body_grid & (dose_reference.array >= GAMMA_CUTOFF_PERCENT / 100 * float(dose_reference.array.max())) \
         & (dose_sct.array > 0) & (dose_reference.array > 0)
     in_body = difference[evaluated] if evaluated.any() else np.zeros(1)
     largest = int(np.argmax(np.abs(in_body)))
-    measured["dose"] = {"plan": plan.label, "template": plan.is_template, "plan_sop_instance_uid": plan.sop_instance_uid,
-                        "plan_definition": plan.as_dict(), "reference": reference_name,
-                        "prescription_gy": prescription, "grid_spacing_mm": list(grid.spacing_mm),
-                        "normalisation": normalisation,
-                        "monitor_units": {beam.name: beam.monitor_units for beam in plan.beams},
-                        "max_dose_sct_gy": float(dose_sct.array.max()),
-                        "max_dose_reference_gy": float(dose_reference.array.max()),
-                        "gamma_2pct_2mm_pass_percent": gamma.pass_rate_percent,
-                        "gamma_criteria": {"dose_percent": 2.0, "distance_mm": 2.0, "low_dose_cutoff_percent": 10.0,
-                                           "normalisation": "global", "max_gamma": 2.0},
-                        "max_abs_difference_percent": float(abs(in_body[largest]) / prescription * 100),
-                        "largest_difference_percent": float(in_body[largest] / prescription * 100)}
-    arrays.update(dose_sct_gy=dose_sct.array, dose_reference_gy=dose_reference.array,
-                  dose_difference_gy=difference, dose_difference_percent=difference / prescription * 100.0,
-                  gamma=gamma.gamma,
-                  dose_grid_spacing_mm=np.asarray(grid.spacing_mm), dose_grid_origin_mm=np.asarray(grid.origin_mm),
-                  dose_grid_direction=np.asarray(grid.direction))
     checks = [judge("gamma", gamma.pass_rate_percent, thresholds.gamma_pass_rate_percent,
-                    f"gamma 2%/2 mm pass rate, sCT vs {reference_name}")]
-    dvh: dict = {}
-    curves: list = []
+                    f"gamma {GAMMA_DOSE_PERCENT:g}%/{GAMMA_DISTANCE_MM:g} mm pass rate, sCT vs {reference_name}")]
+    dvh: list[StructureDvh] = []
+    curves: list[DvhCurve] = []
     top = max(float(dose_sct.array.max()), float(dose_reference.array.max()), 1e-9) * 1.02
     bins = np.linspace(0.0, top, DVH_CURVE_POINTS)
     voxel_cc = float(np.prod(sct.spacing_mm)) / 1000.0
@@ -410,20 +387,26 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds, m
         reference_dvh = dvh_from_samples(reference_doses, voxel_cc, structure.name, weights)
         sct_dvh = dvh_from_samples(sct_doses, voxel_cc, structure.name, weights)
         reference_metrics, sct_metrics = dvh_metrics(reference_dvh, prescription), dvh_metrics(sct_dvh, prescription)
-        key = f"dvh_curve_{len(curves)}"
-        arrays[key] = np.stack([bins, [reference_dvh.volume_percent_at_dose(d) for d in bins],
-                                [sct_dvh.volume_percent_at_dose(d) for d in bins]])  # Gy, % volume, % volume
-        curves.append({"structure": structure.name, "role": role, "array": key})
-        comparison = compare_dvh_metrics(reference_metrics, sct_metrics)
-        worst = max(comparison.dose_differences, key=lambda d: abs(d.difference_percent_of_prescription))
-        dvh[structure.name] = {d.name: {"reference_gy": d.reference_gy, "sct_gy": d.evaluated_gy,
-                                        "difference_percent": d.difference_percent_of_prescription}
-                               for d in comparison.dose_differences}
+        curves.append(DvhCurve(structure.name, role, bins,
+                               np.asarray([reference_dvh.volume_percent_at_dose(d) for d in bins]),
+                               np.asarray([sct_dvh.volume_percent_at_dose(d) for d in bins])))
+        compared = StructureDvh(role, compare_dvh_metrics(reference_metrics, sct_metrics))
+        dvh.append(compared)
+        worst = compared.worst
         checks.append(judge(f"dvh_{structure.name}", abs(worst.difference_percent_of_prescription), limit,
                             f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
-    measured["dvh"] = dvh
-    measured["dvh_curves"] = curves
-    return checks
+    measured = DoseComparison(
+        plan=plan, reference=reference_name, prescription_gy=float(prescription),
+        grid_spacing_mm=tuple(float(v) for v in grid.spacing_mm), normalisation=normalisation,
+        max_dose_sct_gy=float(dose_sct.array.max()), max_dose_reference_gy=float(dose_reference.array.max()),
+        gamma=GammaSummary(float(gamma.pass_rate_percent), GAMMA_DOSE_PERCENT, GAMMA_DISTANCE_MM,
+                           GAMMA_CUTOFF_PERCENT, "global", GAMMA_MAX),
+        largest_difference_percent=float(in_body[largest] / prescription * 100), dvh=tuple(dvh))
+    maps = dataclasses.replace(
+        maps, dose_sct_gy=dose_sct, dose_reference_gy=dose_reference,
+        dose_difference_percent=dose_sct.with_array(difference / prescription * 100.0),
+        gamma=dose_sct.with_array(gamma.gamma), dvh_curves=tuple(curves))
+    return checks, measured, maps
 
 
 def _require_isocentres_in_image(plan: PhotonPlan, image: Volume) -> None:
@@ -464,35 +447,3 @@ def _resample_mask(mask: np.ndarray, zoom_xyz: np.ndarray, shape: tuple[int, int
         return mask
     resampled = ndimage.zoom(mask.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True) >= 0.5
     return resampled[: shape[0], : shape[1], : shape[2]]
-
-
-def write_qa(result: QaResult, output_dir: Path, context: dict | None = None) -> Path:
-    """Write ``qa.json`` (and ``qa_arrays.npz`` with the outline, dose, gamma and DVH arrays) into ``output_dir``.
-
-    Parameters
-    ----------
-    context : dict or None
-        What the caller knows and the QA does not (input paths, model card, software version, date);
-        stored under ``"context"`` so a report can be rebuilt from the folder alone.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if result.arrays:
-        arrays_path = output_dir / "qa_arrays.npz"
-        temporary_arrays = output_dir / "qa_arrays.tmp.npz"
-        np.savez_compressed(temporary_arrays, **result.arrays)
-        temporary_arrays.replace(arrays_path)
-    path = output_dir / "qa.json"
-    temporary = path.with_suffix(".json.tmp")
-    content = result.as_dict() | ({"context": context} if context else {})
-    temporary.write_text(json.dumps(content, indent=2, default=_json_default))
-    temporary.replace(path)
-    return path
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

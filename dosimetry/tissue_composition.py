@@ -135,16 +135,6 @@ class TissueComposition:
     judged_slice_count: int
     slices_without_bone: tuple[int, ...]
 
-    def as_dict(self) -> dict:
-        """JSON-ready values (NaN as None)."""
-        def number(value: float) -> float | None:
-            return None if math.isnan(value) else float(value)
-
-        return {"soft_tissue_peak_hu": number(self.soft_tissue_peak_hu), "fat_peak_hu": number(self.fat_peak_hu),
-                "peaks_hu": [float(p) for p in self.peaks_hu], "fat_share_percent": number(self.fat_share_percent),
-                "bone_slice_percent": float(self.bone_slice_percent), "judged_slice_count": self.judged_slice_count,
-                "slices_without_bone": list(self.slices_without_bone)}
-
 
 def tissue_composition(sct: Volume, body_mask: np.ndarray, thresholds: TissueThresholdsHu | None = None,
                        smoothing_hu: float = HISTOGRAM_SMOOTHING_HU) -> TissueComposition:

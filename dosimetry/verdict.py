@@ -81,11 +81,6 @@ class Check:
     higher_is_better: bool
     source: str
 
-    def as_dict(self) -> dict:
-        return {"name": self.name, "value": None if math.isnan(self.value) else self.value, "unit": self.unit,
-                "verdict": self.verdict.value, "reason": self.reason, "pass_limit": self.pass_limit,
-                "fail_limit": self.fail_limit, "higher_is_better": self.higher_is_better, "source": self.source}
-
 
 def judge(name: str, value: float, limit: Limit, description: str) -> Check:
     """Judge a value against its limit; the reason states value, threshold and what it means.

@@ -618,7 +618,8 @@ def _run_dismiss(args: argparse.Namespace) -> int:
 
 def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
-    from dosimetry.qa import QaInputs, run_qa, write_qa
+    from dosimetry.qa import QaInputs, run_qa
+    from dosimetry.qa_result import write_qa
     from sct_node.dicom.uncertainty_writer import read_uncertainty_map
     from dosimetry.structures import read_structures
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
@@ -666,7 +667,7 @@ def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.hu_reference import load_hu_reference
 
     hu_reference = load_hu_reference(args.hu_reference) if args.hu_reference else None
-    result = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
+    record = run_qa(QaInputs(sct=sct.volume, site=args.site, mr_body_mask=mr_mask, mr_grid=mr.volume if mr else None,
                              hu_reference=hu_reference,
                              reference_ct=reference.volume if reference else None, plan=plan,
                              structures=structures, compute_dose=not args.no_dose,
@@ -677,7 +678,8 @@ def _run_qa(args: argparse.Namespace) -> int:
                          mr_series_description=str(mr.header.get("SeriesDescription", "") or "") if mr else "",
                          reference_ct_files=reference.files if reference else (), structures_file=args.structures,
                          plan_file=args.plan, site=args.site)
-    path = write_qa(result, args.output, context)
+    path = write_qa(record, args.output, context)
+    result = record.result
     if args.json:
         print(path.read_text())
     else:
@@ -799,7 +801,9 @@ def _run_demo(args: argparse.Namespace) -> int:
           f"{result.received_dir}")
     print(f"dosimetric QA: {result.qa_verdict} ({result.qa_json})")
     if result.qa_json and Path(result.qa_json).exists():
-        for reason in json.loads(Path(result.qa_json).read_text()).get("reasons", []):
+        from dosimetry.qa_result import read_qa
+
+        for reason in read_qa(Path(result.qa_json).parent, maps=False).result.reasons:
             print(f"  - {reason}")
     print(f"QA report (PDF): {result.qa_report_pdf}")
     print(f"stages (s): phantom {result.phantom_s}, send {result.send_s}, quiet period {result.quiet_period_s}, "

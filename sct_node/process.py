@@ -180,10 +180,12 @@ class JobProcessor:
                 verdict = run_qa_stage(result, series, model.card, route, output_dir, references,
                                        input_guard=(checked.verdict, tuple(checked.reasons)))
                 timings["qa_s"] = time.perf_counter() - t0
-                timings["qa_verdict"] = verdict
-                if verdict != "ERROR" and route.qa_report:
+                # The job's record keeps text: a verdict, or ERROR for a QA or report that could not be made.
+                timings["qa_verdict"] = verdict.value if verdict is not None else "ERROR"
+                if verdict is not None and route.qa_report:
                     t0 = time.perf_counter()
-                    timings["report"], held = run_report_stage(output_dir, route)
+                    reported, held = run_report_stage(output_dir, route)
+                    timings["report"] = reported.value if reported is not None else "ERROR"
                     timings["report_s"] = time.perf_counter() - t0
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))

@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dosimetry.verdict import Verdict
 from sct_node.config import RouteConfig
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.uids import (
@@ -94,8 +95,8 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
 
 
 def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, output_dir: Path,
-                 references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> str:
-    """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict or ``ERROR``.
+                 references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> Verdict | None:
+    """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict, or None when it could not run.
 
     ``input_guard`` is the input guard's (verdict, reasons): a soft mismatch makes the QA WARN at best,
     a hard one generated anyway FAIL (the ``input_envelope`` check, docs/qa.md).
@@ -104,13 +105,14 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
 
     from dosimetry.errors import DosimetryError
     from dosimetry.hu_reference import load_hu_reference
-    from dosimetry.qa import QaInputs, run_qa, write_qa
+    from dosimetry.qa import QaInputs, run_qa
+    from dosimetry.qa_result import write_qa
     from dosimetry.verdict import thresholds_from_mapping
     from sct_node.report.context import qa_context
 
     try:
         hu_reference = load_hu_reference(route.qa_hu_reference) if route.qa_hu_reference is not None else None
-        qa = run_qa(QaInputs(sct=result.hu, site=route.qa_site, hu_reference=hu_reference,
+        record = run_qa(QaInputs(sct=result.hu, site=route.qa_site, hu_reference=hu_reference,
                              mr_body_mask=result.body_mask, mr_grid=series.volume,
                              uncertainty_hu=result.uncertainty_hu, compute_dose=route.qa_dose,
                              dose_grid_mm=route.qa_dose_grid_mm,
@@ -119,27 +121,27 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
                     thresholds_from_mapping(route.qa_thresholds))
     except DosimetryError as error:
         logger.warning("QA could not run: %s", error)
-        return "ERROR"
+        return None
     except Exception:  # a QA bug must not cost the patient's sCT: log it, deliver anyway
         logger.exception("QA failed with an internal error; the sCT is delivered without QA")
-        return "ERROR"
+        return None
     card = dataclasses.asdict(model_card) | {"identity": model_card.identity}
     context = qa_context(sct_dir=output_dir / "sct", model_card=card, mr_files=series.files,
                          mr_series_uid=series.series_instance_uid,
                          mr_series_description=str(series.header.get("SeriesDescription", "") or ""),
                          reference_ct_files=references.reference_ct_files, structures_file=references.structures_file,
                          plan_file=references.plan_file, site=route.qa_site)
-    write_qa(qa, output_dir / "qa", context)
-    return qa.verdict.value
+    write_qa(record, output_dir / "qa", context)
+    return record.verdict
 
 
-def run_report_stage(output_dir: Path, route: RouteConfig) -> tuple[str, bool]:
+def run_report_stage(output_dir: Path, route: RouteConfig) -> tuple[Verdict | None, bool]:
     """Build the bundle from ``output_dir/qa`` and apply the FAIL policy.
 
     Returns
     -------
-    (str, bool)
-        The report outcome (the verdict, or ``ERROR``) and whether the sCT was held back.
+    (Verdict or None, bool)
+        The verdict the bundle reports (None when it could not be built) and whether the sCT was held back.
     """
     from sct_node.report.bundle import build_bundle, mark_sct_series
 
@@ -149,8 +151,8 @@ def run_report_stage(output_dir: Path, route: RouteConfig) -> tuple[str, bool]:
         logger.exception("the QA report bundle could not be built; the sCT is delivered without it")
         shutil.rmtree(output_dir / "report", ignore_errors=True)
         shutil.rmtree(output_dir / "rt", ignore_errors=True)
-        return "ERROR", False
-    if bundle.verdict == "FAIL" and route.on_qa_fail == "hold":
+        return None, False
+    if bundle.verdict == Verdict.FAIL and route.on_qa_fail == "hold":
         held = output_dir / HELD_DIR
         held.mkdir(exist_ok=True)
         for name in ("sct", "rt"):
@@ -177,7 +179,7 @@ def release_held(output_dir: Path) -> int:
             moved += sum(1 for _ in (held / name).glob("*.dcm"))
             shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
             (held / name).rename(Path(output_dir) / name)
-    mark_sct_series(sorted((Path(output_dir) / "sct").glob("*.dcm")), "FAIL")
+    mark_sct_series(sorted((Path(output_dir) / "sct").glob("*.dcm")), Verdict.FAIL)
     held.rmdir()
     return moved
 

@@ -62,8 +62,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -73,7 +72,8 @@ from highdicom.sr import CodedConcept, RelationshipTypeValues
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dosimetry.verdict import Verdict
+from dosimetry.qa_result import QaResult
+from dosimetry.verdict import Check, Verdict
 from sct_node import __version__
 from sct_node.dicom.image_writer import (
     IMPLEMENTATION_VERSION_NAME,
@@ -170,24 +170,9 @@ _CODING_SCHEME_ITEM = CodingSchemeIdentificationItem(
     designator=CODING_SCHEME, name="sct-node synthetic CT QA concepts", responsible_organization=MANUFACTURER)
 
 
-@dataclass(frozen=True)
-class _QaCheck:
-    """One check of a qa.json, validated."""
-
-    name: str
-    value: float | None
-    unit: str
-    verdict: Verdict
-    reason: str
-    pass_limit: float
-    fail_limit: float
-    higher_is_better: bool
-    source: str
-
-
 def write_qa_sr(
     *,
-    qa: Mapping,
+    qa: QaResult,
     sct_headers: Sequence[pydicom.Dataset],
     path: Path,
     sop_instance_uid: str,
@@ -200,11 +185,9 @@ def write_qa_sr(
 
     Parameters
     ----------
-    qa : mapping
-        The content of a qa.json (:meth:`dosimetry.qa.QaResult.as_dict`): ``verdict``, ``reasons`` and
-        ``checks`` (each with ``name``, ``value`` (None when not measurable), ``unit``, ``verdict``,
-        ``reason``, ``pass_limit``, ``fail_limit``, ``higher_is_better``, ``source``). ``measurements``
-        is not written.
+    qa : QaResult
+        The QA (:func:`dosimetry.qa_result.read_qa`): its verdict, reasons and checks are written (a check
+        value that is NaN, not measured, is written as such); the other measurements are in the PDF.
     sct_headers : sequence of pydicom.Dataset
         Headers of every instance of the sCT series the QA judged (pixel data not needed); they become the
         SR's evidence, and patient and study are copied from the first.
@@ -228,19 +211,15 @@ def write_qa_sr(
     Raises
     ------
     OutputError
-        If ``qa`` is malformed (unknown verdict or unit, duplicate check name, infinite value or limit),
+        If ``qa`` cannot be coded (a unit without a UCUM code, a duplicate check name, an infinite value or limit),
         the headers are missing or of more than one series, or the file cannot be written.
 
     References
     ----------
     DICOM PS3.16 TID 1500, TID 1501, TID 300; PS3.3 A.35.2 (Enhanced SR IOD).
     """
-    verdict = _verdict(qa.get("verdict"), "qa['verdict']")
-    reasons = qa.get("reasons", [])
-    if not isinstance(reasons, Sequence) or isinstance(reasons, (str, bytes)):
-        raise OutputError(f"qa['reasons'] must be a list of texts; found {type(reasons).__name__}")
-    reasons = [str(r) for r in reasons]
-    checks = _checks(qa.get("checks"))
+    verdict, reasons = Verdict(qa.verdict), [str(r) for r in qa.reasons]
+    checks = _checks(qa.checks)
     first = _check_headers(sct_headers)
     moment = now or _dt.datetime.now()
 
@@ -316,7 +295,7 @@ def read_qa_sr(path: Path) -> dict:
     Returns
     -------
     dict
-        ``{"verdict": str, "reasons": [str], "checks": {name: {"verdict": str, "value": float | None,
+        ``{"verdict": Verdict, "reasons": [str], "checks": {name: {"verdict": Verdict, "value": float | None,
         "unit": str}}}``; ``value`` is None for a check that could not be measured, ``unit`` is the
         qa.json unit text.
 
@@ -361,13 +340,6 @@ def read_qa_sr(path: Path) -> dict:
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def _verdict(value: object, where: str) -> Verdict:
-    try:
-        return Verdict(value)
-    except ValueError:
-        raise OutputError(f"{where}: verdict {value!r} is not one of {', '.join(v.value for v in Verdict)}") from None
-
-
 def _finite(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OutputError(f"{where}: expected a number; found {value!r}")
@@ -376,43 +348,25 @@ def _finite(value: object, where: str) -> float:
     return float(value)
 
 
-def _checks(items: object) -> list[_QaCheck]:
-    """The checks of a qa.json, validated; a NaN value counts as not measured, like ``Check.as_dict``."""
-    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
-        raise OutputError(f"qa['checks'] must be a list of checks; found {type(items).__name__}")
-    checks, seen = [], set()
-    for index, item in enumerate(items):
-        where = f"qa['checks'][{index}]"
-        if not isinstance(item, Mapping):
-            raise OutputError(f"{where} must be a mapping; found {type(item).__name__}")
-        missing = [k for k in ("name", "value", "unit", "verdict", "pass_limit", "fail_limit") if k not in item]
-        if missing:
-            raise OutputError(f"{where} lacks {', '.join(missing)}")
-        name = str(item["name"])
-        if not name or name == OVERALL_TRACKING_ID or name in seen:
-            raise OutputError(f"{where}: check name {name!r} is empty, reserved or repeated")
-        seen.add(name)
-        unit = str(item["unit"])
-        if unit not in UCUM_UNITS:
-            raise OutputError(f"{where} ({name}): unit {unit!r} has no UCUM code here; known units: "
+def _checks(checks: Sequence[Check]) -> list[Check]:
+    """The checks, once each, with a unit that has a UCUM code and finite limits; a NaN value is "not measured"
+    (written as such), an infinite one cannot be coded."""
+    seen: set[str] = set()
+    for index, check in enumerate(checks):
+        where = f"check {index} ({check.name!r})"
+        if not check.name or check.name == OVERALL_TRACKING_ID or check.name in seen:
+            raise OutputError(f"{where}: the check name is empty, reserved or repeated")
+        seen.add(check.name)
+        if check.unit not in UCUM_UNITS:
+            raise OutputError(f"{where}: unit {check.unit!r} has no UCUM code here; known units: "
                               f"{', '.join(repr(u) for u in UCUM_UNITS)}")
-        value = item["value"]
-        if isinstance(value, float) and math.isnan(value):
-            value = None
-        checks.append(_QaCheck(
-            name=name,
-            value=None if value is None else _finite(value, f"{where} ({name}) value"),
-            unit=unit,
-            verdict=_verdict(item["verdict"], f"{where} ({name})"),
-            reason=str(item.get("reason", "") or ""),
-            pass_limit=_finite(item["pass_limit"], f"{where} ({name}) pass_limit"),
-            fail_limit=_finite(item["fail_limit"], f"{where} ({name}) fail_limit"),
-            higher_is_better=bool(item.get("higher_is_better", False)),
-            source=str(item.get("source", "") or ""),
-        ))
+        if math.isinf(check.value):
+            raise OutputError(f"{where}: value {check.value!r} is not a finite number")
+        _finite(check.pass_limit, f"{where} pass_limit")
+        _finite(check.fail_limit, f"{where} fail_limit")
     if not checks:
-        raise OutputError("qa['checks'] is empty: a QA SR needs at least one check")
-    return checks
+        raise OutputError("the QA has no check: a QA SR needs at least one")
+    return list(checks)
 
 
 def _check_headers(sct_headers: Sequence[pydicom.Dataset]) -> pydicom.Dataset:
@@ -448,10 +402,11 @@ def _text(concept: Code, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=concept, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
 
 
-def _check_group(check: _QaCheck, sop_instance_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _check_group(check: Check, sop_instance_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     concept, unit = _check_concept(check.name), UCUM_UNITS[check.unit]
+    measured = not math.isnan(check.value)
     measurements = []
-    if check.value is not None:
+    if measured:
         measurements.append(hd.sr.Measurement(name=concept, value=check.value, unit=unit))
     measurements.append(hd.sr.Measurement(name=QA_CODES["pass_limit"], value=check.pass_limit, unit=unit))
     measurements.append(hd.sr.Measurement(name=QA_CODES["fail_limit"], value=check.fail_limit, unit=unit))
@@ -460,7 +415,7 @@ def _check_group(check: _QaCheck, sop_instance_uid: str) -> hd.sr.MeasurementsAn
         hd.sr.QualitativeEvaluation(QA_CODES["higher_is_better"],
                                     QA_CODES["yes"] if check.higher_is_better else QA_CODES["no"]),
     ]
-    if check.value is None:
+    if not measured:
         # No NUM at all rather than a NaN: the quantity, coded, with the reason it has no value (CID 42).
         evaluations.append(hd.sr.QualitativeEvaluation(concept, QA_CODES["not_measured"]))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -496,11 +451,11 @@ def _key(concept: Code | CodedConcept) -> tuple[str, str]:
 
 
 _LIMITS = {_key(QA_CODES["pass_limit"]), _key(QA_CODES["fail_limit"])}
-_VERDICT_OF = {_key(QA_CODES[v.value]): v.value for v in Verdict}
+_VERDICT_OF = {_key(QA_CODES[v.value]): v for v in Verdict}
 _UNIT_OF = {(code.value, code.meaning): text for text, code in UCUM_UNITS.items()}
 
 
-def _verdict_of(concept: CodedConcept) -> str:
+def _verdict_of(concept: CodedConcept) -> Verdict:
     try:
         return _VERDICT_OF[_key(concept)]
     except KeyError:

@@ -26,7 +26,6 @@ re-delivery replaces rather than duplicates), a different QA result new ones.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import pydicom
 
+from dosimetry.verdict import Verdict
 from sct_node.dicom.image_writer import write_dataset_atomic
 from sct_node.dicom.uids import derive_uid
 from sct_node.errors import OutputError
@@ -62,15 +62,15 @@ class Bundle:
         DICOM RT objects on the sCT (structure set, plan, dose): delivered with the sCT.
     """
 
-    verdict: str
+    verdict: Verdict
     pdf: Path
     report_files: tuple[Path, ...]
     rt_files: tuple[Path, ...]
 
 
-def verdict_prefix(verdict: str) -> str:
+def verdict_prefix(verdict: Verdict) -> str:
     """``"QA FAIL "`` / ``"QA WARN "`` / ``""``: what Series Descriptions start with."""
-    return f"QA {verdict} " if verdict in ("FAIL", "WARN") else ""
+    return f"QA {verdict} " if verdict in (Verdict.FAIL, Verdict.WARN) else ""
 
 
 def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_sct: bool = False) -> Bundle:
@@ -113,7 +113,7 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
 
     verdict = data.verdict
     prefix = verdict_prefix(verdict)
-    digest = hashlib.sha256(folder.qa_json.encode()).hexdigest()[:16]
+    digest = folder.digest[:16]
     source = sct.series_instance_uid
 
     def uids(role: str) -> tuple[str, str]:
@@ -125,9 +125,11 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     structure_uid = None
     roi_numbers: dict[str, int] = {}
     if data.body_mask is not None:
-        rois = sct_rois(data.sct, data.body_mask, data.uncertainty_hu,
-                        float(data.qa["measurements"].get("uncertainty", {}).get("level_hu", 100.0)))
-        judged = set((data.qa["measurements"].get("dvh") or {}))  # the structures behind the DVH checks
+        flagged = (data.uncertainty_hu, data.qa.uncertainty.level_hu) \
+            if data.uncertainty_hu is not None and data.qa.uncertainty is not None else ()
+        rois = sct_rois(data.sct, data.body_mask, *flagged)
+        # The structures behind the DVH checks.
+        judged = {d.structure for d in data.qa.dose.dvh} if data.qa.dose is not None else set()
         rois += qa_structure_rois([s for s in data.structures if s.name in judged])
         roi_numbers = {roi.name: number for number, roi in enumerate(rois, start=1)}  # write_rtstruct's numbering
         if rois:
@@ -159,7 +161,8 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
     from sct_node.dicom.rtdose_writer import write_rt_dose
     from sct_node.dicom.rtplan_writer import write_rt_plan
 
-    data, plan = folder.data, folder.plan
+    data = folder.data
+    plan = data.qa.dose.plan if data.qa.dose is not None else None
     files = []
     plan_uid = plan.sop_instance_uid if plan is not None else None
     if plan is not None and plan.is_template:
@@ -168,8 +171,8 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
                                    sop_instance_uid=plan_uid, series_instance_uid=plan_series,
                                    series_description=f"{prefix}QA template plan (not for treatment)",
                                    referenced_structure_set_uid=structure_uid,
-                                   dose_reference_roi_number=roi_numbers.get(_normalisation_structure(data.qa))
-                                   if structure_uid else None))
+                                   dose_reference_roi_number=roi_numbers.get(
+                                       data.qa.dose.normalisation.structure) if structure_uid else None))
     dose_uid, dose_series = uids("rtdose")
     files.append(write_rt_dose(
         dose_gy=data.dose_sct_gy, sct_headers=headers, path=rt_dir / "RD.sct.dcm", sop_instance_uid=dose_uid,
@@ -179,12 +182,7 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
     return files
 
 
-def _normalisation_structure(qa: dict) -> str | None:
-    """The structure a template plan was normalised to (its median dose), if any."""
-    return ((qa["measurements"].get("dose") or {}).get("normalisation") or {}).get("structure")
-
-
-def mark_sct_series(files, verdict: str) -> int:
+def mark_sct_series(files, verdict: Verdict) -> int:
     """Put ``QA FAIL`` / ``QA WARN`` at the start of the sCT's Series Description (atomic rewrite per file).
 
     Returns the number of files changed; a PASS (or an already marked series) changes nothing.

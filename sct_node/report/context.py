@@ -17,24 +17,24 @@ longer exist are left out with a warning; a missing sCT is an error.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
 from dosimetry.errors import DosimetryError
-from dosimetry.plans import PhotonPlan
+from dosimetry.qa_result import QaRecord, read_qa
+from dosimetry.records import from_record
 from models.volume import Volume
 from sct_node import __version__
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.uids import CT_IMAGE_STORAGE
 from sct_node.errors import InputError, SctNodeError
-from sct_node.report.data import DvhCurve, Identifiers, ReportData, StructureOutline
+from sct_node.report.data import Identifiers, ReportData, StructureOutline
 
-__all__ = ["QaFolder", "load_qa_folder", "qa_context"]
+__all__ = ["QaContext", "QaFolder", "load_qa_folder", "qa_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,110 +50,93 @@ class QaFolder:
     data : ReportData
     sct : ImageSeries
         The sCT series (files and headers the bundle references).
-    plan : PhotonPlan or None
-        The plan the dose was computed with (None without a dose).
-    qa_json : str
-        The raw ``qa.json`` text (its hash identifies the report's content).
+    digest : str
+        SHA-256 of ``qa.json``: identifies the report's content (the bundle's UIDs derive from it).
     """
 
     data: ReportData
     sct: ImageSeries
-    plan: PhotonPlan | None
-    qa_json: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class QaContext:
+    """The ``context`` section of ``qa.json``: what the QA was run on (absolute paths), by whom, when."""
+
+    created: str
+    software_version: str
+    sct_dir: str
+    mr_files: tuple[str, ...] = ()
+    mr_series_uid: str = ""
+    mr_series_description: str = ""
+    reference_ct_files: tuple[str, ...] = ()
+    structures_file: str | None = None
+    plan_file: str | None = None
+    site: str = "pelvis"
+    #: The model card of the model that made the sCT (name, version, identity, ...); None for a hand-run QA.
+    model_card: dict[str, str] | None = field(default=None)
 
 
 def qa_context(*, sct_dir: Path, model_card: dict | None, mr_files=(), mr_series_uid: str = "",
                mr_series_description: str = "", reference_ct_files=(), structures_file: Path | None = None,
-               plan_file: Path | None = None, site: str = "pelvis") -> dict:
-    """The ``context`` section of ``qa.json``: what the QA was run on (absolute paths)."""
-    return {
-        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "software_version": __version__,
-        "sct_dir": str(Path(sct_dir).resolve()),
-        "mr_files": [str(Path(p).resolve()) for p in mr_files],
-        "mr_series_uid": mr_series_uid,
-        "mr_series_description": mr_series_description,
-        "reference_ct_files": [str(Path(p).resolve()) for p in reference_ct_files],
-        "structures_file": str(Path(structures_file).resolve()) if structures_file else None,
-        "plan_file": str(Path(plan_file).resolve()) if plan_file else None,
-        "site": site,
-        "model_card": model_card,
-    }
+               plan_file: Path | None = None, site: str = "pelvis") -> QaContext:
+    """What the QA was run on, for ``qa.json`` (:func:`dosimetry.qa_result.write_qa`'s ``context``)."""
+    return QaContext(
+        created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        software_version=__version__,
+        sct_dir=str(Path(sct_dir).resolve()),
+        mr_files=tuple(str(Path(p).resolve()) for p in mr_files),
+        mr_series_uid=mr_series_uid,
+        mr_series_description=mr_series_description,
+        reference_ct_files=tuple(str(Path(p).resolve()) for p in reference_ct_files),
+        structures_file=str(Path(structures_file).resolve()) if structures_file else None,
+        plan_file=str(Path(plan_file).resolve()) if plan_file else None,
+        site=site,
+        model_card={str(k): str(v) for k, v in model_card.items()} if model_card else None,
+    )
 
 
 def load_qa_folder(qa_dir: Path) -> QaFolder:
-    """Read ``qa.json``, ``qa_arrays.npz`` and the series they name.
+    """Read the QA (:func:`dosimetry.qa_result.read_qa`) and the series it names.
 
     Raises
     ------
     InputError
-        No ``qa.json``, unreadable content, or the sCT series cannot be found.
+        No ``qa.json``, unreadable or malformed content, or the sCT series cannot be found.
     """
     qa_dir = Path(qa_dir)
-    json_path = qa_dir / "qa.json"
     try:
-        text = json_path.read_text()
-        qa = json.loads(text)
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{json_path}: cannot read the QA result ({error})") from None
-    for key in ("verdict", "checks", "measurements"):
-        if key not in qa:
-            raise InputError(f"{json_path}: not a QA result (no {key!r})")
-    context = qa.get("context") or {}
-    arrays = _arrays(qa_dir)
+        record = read_qa(qa_dir)
+        context = (from_record(QaContext, dict(record.context), f"{qa_dir / 'qa.json'} context")
+                   if record.context is not None else None)
+    except DosimetryError as error:
+        raise InputError(str(error)) from None
+    return _folder(qa_dir, record, context)
+
+
+def _folder(qa_dir: Path, record: QaRecord, context: QaContext | None) -> QaFolder:
+    maps, qa = record.maps, record.result
     sct = _sct_series(qa_dir, context)
     grid = sct.volume
-    mr = _optional_series(context.get("mr_files") or [], "MR", grid)
-    reference = _optional_series(context.get("reference_ct_files") or [], "reference CT", grid, ct=True)
-    body = arrays.get("body_mask")
-    body = body.astype(bool) if body is not None and body.shape == grid.shape else None
-    uncertainty = arrays.get("uncertainty_hu")
-    uncertainty = grid.with_array(uncertainty.astype(np.float32)) if uncertainty is not None else None
-
-    dose = qa["measurements"].get("dose") or {}
-    dose_volumes: dict[str, Volume | None] = {k: None for k in ("dose_sct_gy", "dose_reference_gy",
-                                                                "dose_difference_percent", "gamma")}
-    if "dose_sct_gy" in arrays:
-        direction = arrays.get("dose_grid_direction", grid.direction)
-        spacing = tuple(float(v) for v in arrays["dose_grid_spacing_mm"])
-        origin = tuple(float(v) for v in arrays["dose_grid_origin_mm"])
-        for key in dose_volumes:
-            if key in arrays:
-                dose_volumes[key] = Volume(arrays[key].astype(np.float32), spacing, origin, np.asarray(direction))
-    plan = None
-    if dose.get("plan_definition"):
-        try:
-            plan = PhotonPlan.from_dict(dose["plan_definition"])
-        except DosimetryError as error:
-            raise InputError(f"{json_path}: {error}") from None
-    curves = tuple(DvhCurve(c["structure"], c["role"], arrays[c["array"]][0], arrays[c["array"]][1],
-                            arrays[c["array"]][2])
-                   for c in qa["measurements"].get("dvh_curves", []) if c.get("array") in arrays)
+    mr = _optional_series(context.mr_files if context else (), "MR", grid)
+    reference = _optional_series(context.reference_ct_files if context else (), "reference CT", grid, ct=True)
+    body = maps.body_mask if maps.body_mask is not None and maps.body_mask.shape == grid.shape else None
+    uncertainty = grid.with_array(maps.uncertainty_hu.astype(np.float32)) \
+        if maps.uncertainty_hu is not None and maps.uncertainty_hu.shape == grid.shape else None
     outlines = ([StructureOutline("BODY", "body", body)] if body is not None else []) + _structures(context, grid)
-    created = _created(context.get("created"))
     data = ReportData(
         qa=qa, identifiers=_identifiers(sct, context), model_card=_model_card(sct, context),
-        software_version=str(context.get("software_version") or __version__), created=created,
+        software_version=context.software_version if context else __version__,
+        created=_created(context.created if context else None),
         sct=grid, body_mask=body, mr=mr, reference_ct=reference, uncertainty_hu=uncertainty,
-        dose_reference_name=str(dose.get("reference", "")), plan_label=dose.get("plan"),
-        prescription_gy=dose.get("prescription_gy"), dvh_curves=curves, structures=tuple(outlines),
-        **dose_volumes)
-    return QaFolder(data, sct, plan, text)
+        dose_sct_gy=maps.dose_sct_gy, dose_reference_gy=maps.dose_reference_gy,
+        dose_difference_percent=maps.dose_difference_percent, gamma=maps.gamma,
+        dvh_curves=maps.dvh_curves, structures=tuple(outlines))
+    return QaFolder(data, sct, record.digest)
 
 
-def _arrays(qa_dir: Path) -> dict[str, np.ndarray]:
-    path = qa_dir / "qa_arrays.npz"
-    if not path.exists():
-        return {}
-    try:
-        with np.load(path) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read the QA arrays ({error})") from None
-
-
-def _sct_series(qa_dir: Path, context: dict) -> ImageSeries:
-    candidates = [Path(context["sct_dir"])] if context.get("sct_dir") else []
+def _sct_series(qa_dir: Path, context: QaContext | None) -> ImageSeries:
+    candidates = [Path(context.sct_dir)] if context is not None and context.sct_dir else []
     candidates.append(qa_dir.parent / "sct")  # the node's job layout, after a move
     for folder in candidates:
         if folder.is_dir() and any(folder.glob("*.dcm")):
@@ -162,7 +145,7 @@ def _sct_series(qa_dir: Path, context: dict) -> ImageSeries:
                      f"{', '.join(str(c) for c in candidates)})")
 
 
-def _optional_series(files: list[str], what: str, grid: Volume, ct: bool = False) -> Volume | None:
+def _optional_series(files: tuple[str, ...], what: str, grid: Volume, ct: bool = False) -> Volume | None:
     present = [Path(f) for f in files if Path(f).exists()]
     if not files:
         return None
@@ -181,10 +164,10 @@ def _optional_series(files: list[str], what: str, grid: Volume, ct: bool = False
     return series.volume
 
 
-def _structures(context: dict, grid: Volume) -> list[StructureOutline]:
+def _structures(context: QaContext | None, grid: Volume) -> list[StructureOutline]:
     from dosimetry.structures import read_structures
 
-    path = context.get("structures_file")
+    path = context.structures_file if context is not None else None
     if not path or not Path(path).exists():
         return []
     try:
@@ -202,7 +185,7 @@ def _structures(context: dict, grid: Volume) -> list[StructureOutline]:
     return outlines
 
 
-def _identifiers(sct: ImageSeries, context: dict) -> Identifiers:
+def _identifiers(sct: ImageSeries, context: QaContext | None) -> Identifiers:
     header = sct.header
 
     def text(keyword: str) -> str:
@@ -212,8 +195,8 @@ def _identifiers(sct: ImageSeries, context: dict) -> Identifiers:
         patient_name=text("PatientName"), patient_id=text("PatientID"), patient_birth_date=text("PatientBirthDate"),
         study_instance_uid=text("StudyInstanceUID"), study_date=text("StudyDate"),
         study_description=text("StudyDescription"),
-        mr_series_instance_uid=str(context.get("mr_series_uid") or _source_series(header)),
-        mr_series_description=str(context.get("mr_series_description") or ""),
+        mr_series_instance_uid=(context.mr_series_uid if context else "") or _source_series(header),
+        mr_series_description=context.mr_series_description if context else "",
         sct_series_instance_uid=text("SeriesInstanceUID"), sct_series_description=text("SeriesDescription"),
         frame_of_reference_uid=text("FrameOfReferenceUID"))
 
@@ -224,11 +207,10 @@ def _source_series(header: pydicom.Dataset) -> str:
     return ""
 
 
-def _model_card(sct: ImageSeries, context: dict) -> dict:
+def _model_card(sct: ImageSeries, context: QaContext | None) -> dict:
     """The model card from the QA context, else what the sCT's Contributing Equipment says."""
-    card = context.get("model_card")
-    if card:
-        return {str(k): str(v) for k, v in card.items()}
+    if context is not None and context.model_card:
+        return dict(context.model_card)
     for item in sct.header.get("ContributingEquipmentSequence", []) or []:
         description = str(item.get("ContributionDescription", "") or "")
         identity = description.rsplit("Model identity ", 1)[-1].rstrip(".") if "Model identity " in description else ""
@@ -243,7 +225,7 @@ def _model_card(sct: ImageSeries, context: dict) -> dict:
             "intended_use": "not known: no model card and no Contributing Equipment on the sCT", "known": "no"}
 
 
-def _created(value) -> _dt.datetime:
+def _created(value: str | None) -> _dt.datetime:
     try:
         return _dt.datetime.fromisoformat(value) if value else _dt.datetime.now().astimezone()
     except ValueError:

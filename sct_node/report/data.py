@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dosimetry.qa_result import DvhCurve, QaResult
+from dosimetry.verdict import Verdict
 from models.volume import Volume
 
 __all__ = ["DvhCurve", "Identifiers", "ReportData", "StructureOutline"]
@@ -47,28 +49,6 @@ class Identifiers:
 
 
 @dataclass(frozen=True)
-class DvhCurve:
-    """Cumulative DVHs of one structure under both doses, on common dose bins.
-
-    Attributes
-    ----------
-    structure : str
-    role : str
-        ``target`` or ``organ``.
-    dose_gy : numpy.ndarray
-        Ascending dose values (Gy) at which the volumes are given.
-    reference_volume_percent, sct_volume_percent : numpy.ndarray
-        Percent of the structure receiving at least ``dose_gy``.
-    """
-
-    structure: str
-    role: str
-    dose_gy: np.ndarray
-    reference_volume_percent: np.ndarray
-    sct_volume_percent: np.ndarray
-
-
-@dataclass(frozen=True)
 class StructureOutline:
     """A structure to draw on the figures: a boolean (z, y, x) mask on the sCT grid."""
 
@@ -85,10 +65,9 @@ class ReportData:
 
     Attributes
     ----------
-    qa : dict
-        The content of ``qa.json``: ``verdict`` (PASS/WARN/FAIL), ``reasons`` (list of str),
-        ``checks`` (list of dicts with name, value, unit, verdict, reason, pass_limit, fail_limit,
-        higher_is_better, source) and ``measurements`` (nested dict).
+    qa : QaResult
+        The QA's verdict, reasons, checks and measurements (:mod:`dosimetry.qa_result`); the plan, the
+        prescription and the dose reference's name are its ``dose``.
     identifiers : Identifiers
     model_card : dict
         name, version, description, content_hash, intended_use, identity (str values).
@@ -105,18 +84,12 @@ class ReportData:
     dose_sct_gy, dose_reference_gy, dose_difference_percent, gamma : Volume or None
         On the dose grid (same directions as the sCT, coarser spacing); None when no dose was computed.
         ``gamma`` is NaN where it was not evaluated (below the low-dose cut-off).
-    dose_reference_name : str
-        "bulk-density sCT" or "real CT".
-    plan_label : str or None
-        The plan the doses come from, e.g. "4-field box (template)".
-    prescription_gy : float or None
-        Dose per fraction the differences are expressed against.
     dvh_curves : tuple of DvhCurve
     structures : tuple of StructureOutline
         Outlines to draw (body, targets, organs) on the sCT grid.
     """
 
-    qa: dict
+    qa: QaResult
     identifiers: Identifiers
     model_card: dict
     software_version: str
@@ -130,15 +103,27 @@ class ReportData:
     dose_reference_gy: Volume | None = None
     dose_difference_percent: Volume | None = None
     gamma: Volume | None = None
-    dose_reference_name: str = ""
-    plan_label: str | None = None
-    prescription_gy: float | None = None
     dvh_curves: tuple[DvhCurve, ...] = ()
     structures: tuple[StructureOutline, ...] = field(default_factory=tuple)
 
     @property
-    def verdict(self) -> str:
-        return str(self.qa["verdict"])
+    def verdict(self) -> Verdict:
+        return self.qa.verdict
+
+    @property
+    def dose_reference_name(self) -> str:
+        """"bulk-density sCT" or "real CT" ("" without a dose)."""
+        return self.qa.dose.reference if self.qa.dose is not None else ""
+
+    @property
+    def plan_label(self) -> str | None:
+        """The plan the doses come from, e.g. "4-field box (template)"."""
+        return self.qa.dose.plan.label if self.qa.dose is not None else None
+
+    @property
+    def prescription_gy(self) -> float | None:
+        """Dose per fraction the differences are expressed against."""
+        return self.qa.dose.prescription_gy if self.qa.dose is not None else None
 
     @property
     def has_dose(self) -> bool:

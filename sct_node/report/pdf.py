@@ -53,6 +53,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.textpath import TextToPath
 
+from dosimetry.qa_result import QaResult
+from dosimetry.verdict import Check, Verdict
 from models.volume import Volume
 from sct_node.dicom.image_writer import write_atomic
 from sct_node.errors import InputError, OutputError
@@ -84,11 +86,11 @@ _ISODOSE_PERCENT = (20.0, 50.0, 95.0)  # of prescription, drawn dotted, dashed, 
 _ISODOSE_STYLES = (":", "--", "-")
 _ISODOSE_COLOURS = ("tab:blue", "tab:green", "tab:red")
 _GAMMA_MAX = 2.0
-_VERDICT_SHADE = {"PASS": None, "WARN": "0.85", "FAIL": "0.65"}
+_VERDICT_SHADE = {Verdict.PASS: None, Verdict.WARN: "0.85", Verdict.FAIL: "0.65"}
 _VERDICT_MEANING = {
-    "PASS": "every check is within its pass limit",
-    "WARN": "at least one check lies between its pass and fail limits: review before use",
-    "FAIL": "at least one check is beyond its fail limit: do not use without review",
+    Verdict.PASS: "every check is within its pass limit",
+    Verdict.WARN: "at least one check lies between its pass and fail limits: review before use",
+    Verdict.FAIL: "at least one check is beyond its fail limit: do not use without review",
 }
 _OUTLINE_COLOUR = "tab:orange"
 _GRID_HSPACE = 0.45  # between rows of image panels, in units of a row's height
@@ -168,12 +170,9 @@ def render_report_pdf(data: ReportData, path: Path) -> Path:
 
 def _require_consistent(data: ReportData) -> ReportData:
     """``data`` with a boolean body mask, or an InputError naming what does not fit."""
-    qa = data.qa
-    if not isinstance(qa, dict) or str(qa.get("verdict")) not in _VERDICT_SHADE:
-        found = qa.get("verdict") if isinstance(qa, dict) else type(qa).__name__
-        raise InputError(f"report data: qa['verdict'] must be PASS, WARN or FAIL; found {found!r}")
-    if not isinstance(qa.get("checks", []), list):
-        raise InputError(f"report data: qa['checks'] must be a list; found {type(qa.get('checks')).__name__}")
+    if not isinstance(data.qa, QaResult):
+        raise InputError(f"report data: qa must be a QaResult (dosimetry.qa_result.read_qa); found "
+                         f"{type(data.qa).__name__}")
     grid = data.sct.shape
     named = [("body_mask", data.body_mask)] + [(f"structure {s.name!r}", s.mask) for s in data.structures]
     named += [(name, volume.array) for name, volume in
@@ -390,7 +389,7 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
               va="center")
 
     blocks = [_Block(0.65, title), _Block(0.85, banner)]
-    reasons = [str(r) for r in data.qa.get("reasons", [])]
+    reasons = list(data.qa.reasons)
     if reasons:
         blocks += _paragraph("Reasons:", 9, bold=True, space_after_in=0.02)
         for reason in reasons:
@@ -414,7 +413,7 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
     blocks += _table([[_Cell(label, bold=True), _Cell(str(value) if value else "—")] for label, value in rows],
                      (1.8, _CONTENT_W_IN - 1.8))
 
-    checks = list(data.qa.get("checks", []))
+    checks = data.qa.checks
     blocks.append(_heading(f"Checks ({len(checks)})"))
     if not checks:
         return blocks + _paragraph("No check was recorded in the QA result.")
@@ -423,16 +422,14 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
     widths = (1.75, 1.0, 0.95, 0.95, 0.6, _CONTENT_W_IN - 5.25)
     rows_cells = []
     for check in checks:
-        verdict_text = str(check.get("verdict", "?"))
-        higher = bool(check.get("higher_is_better", False))
-        unit = str(check.get("unit", "") or "")
+        higher = check.higher_is_better
         rows_cells.append([
-            _Cell(str(check.get("name", "?")), bold=True),
-            _Cell(_check_value_text(check, data.qa.get("measurements", {}) or {})),
-            _Cell(_limit_text("≥" if higher else "≤", check.get("pass_limit"), unit)),
-            _Cell(_limit_text("<" if higher else ">", check.get("fail_limit"), unit)),
-            _Cell(verdict_text, bold=True, shade=_VERDICT_SHADE.get(verdict_text, "0.65")),
-            _Cell(str(check.get("source", "") or "—"), size_pt=6.0),
+            _Cell(check.name, bold=True),
+            _Cell(_check_value_text(check, data.qa)),
+            _Cell(_limit_text("≥" if higher else "≤", check.pass_limit, check.unit)),
+            _Cell(_limit_text("<" if higher else ">", check.fail_limit, check.unit)),
+            _Cell(check.verdict.value, bold=True, shade=_VERDICT_SHADE[check.verdict]),
+            _Cell(check.source or "—", size_pt=6.0),
         ])
     blocks += _table(rows_cells, widths, header)
     blocks.append(_Block(0.06, lambda figure, top_in: None))
@@ -441,72 +438,51 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
     return blocks + _dose_summary_blocks(data) + _dvh_table_blocks(data) + _image_metrics_blocks(data)
 
 
-def _check_value_text(check: dict, measurements: dict) -> str:
+def _check_value_text(check: Check, qa: QaResult) -> str:
     """The measured value as the physicist reads it: DVH rows name their metric, the soft-tissue peak shows
     the peak itself besides its distance from the expected value, gamma its criteria."""
-    name, unit = str(check.get("name", "")), str(check.get("unit", "") or "")
-    value = _value_text(check.get("value"), unit)
-    if name.startswith("dvh_"):
-        metrics = (measurements.get("dvh") or {}).get(name.removeprefix("dvh_")) or {}
-        if metrics:
-            metric = max(metrics, key=lambda m: abs(float(metrics[m].get("difference_percent", 0.0))))
-            signed = float(metrics[metric]["difference_percent"])
-            return f"{metric} {signed:+.2f} % of prescription"
-    if name == "soft_tissue_peak":
-        composition = measurements.get("composition") or {}
-        peak, expected = composition.get("soft_tissue_peak_hu"), composition.get("soft_tissue_expected_hu")
-        if isinstance(peak, (int, float)) and math.isfinite(peak) and isinstance(expected, (int, float)):
-            return f"peak {peak:.0f} HU ({value} from {expected:g})"
+    value = _value_text(check.value, check.unit)
+    dvh = qa.dose.dvh_of(check.name.removeprefix("dvh_")) if qa.dose and check.name.startswith("dvh_") else None
+    if dvh is not None:
+        return f"{dvh.worst.name} {dvh.worst.difference_percent_of_prescription:+.2f} % of prescription"
+    if check.name == "soft_tissue_peak" and qa.composition is not None:
+        peak = qa.composition.tissue.soft_tissue_peak_hu
+        if math.isfinite(peak):
+            return f"peak {peak:.0f} HU ({value} from {qa.composition.soft_tissue_expected_hu:g})"
         return "no soft-tissue peak"
-    if name == "gamma":
-        criteria = (measurements.get("dose") or {}).get("gamma_criteria") or {}
-        if criteria:
-            return (f"{value} at {criteria.get('dose_percent', '?'):g} %/{criteria.get('distance_mm', '?'):g} mm, "
-                    f"{criteria.get('normalisation', 'global')}, cut-off {criteria.get('low_dose_cutoff_percent', 0):g} %")
+    if check.name == "gamma" and qa.dose is not None:
+        return f"{value} at {qa.dose.gamma.criteria_text}"
     return value
 
 
 def _dose_summary_blocks(data: ReportData) -> list[_Block]:
     """What the dose comparison was: plan, normalisation and MU, maxima, the largest difference, gamma."""
-    dose = (data.qa.get("measurements", {}) or {}).get("dose") or {}
-    if not dose:
+    dose = data.qa.dose
+    if dose is None:
         return []
-    prescription = float(dose.get("prescription_gy") or 0.0)
-    normalisation = dose.get("normalisation") or {}
-    rows = [("Plan", f"{dose.get('plan', '?')}" + (" (template: not a clinical plan)" if dose.get("template") else "")),
-            ("Reference dose", f"{dose.get('reference', '?')}"),
-            ("Prescription", f"{prescription:.3g} Gy per fraction" if prescription else "not given")]
-    if normalisation:
-        at = normalisation.get("at", "?")
-        point = normalisation.get("point_mm")
-        where = f"{at} ({', '.join(f'{v:.1f}' for v in point)} mm)" if point else at
-        rows.append(("Normalisation", f"{normalisation.get('method', '?')}: reference dose at the {where} "
-                                      f"{float(normalisation.get('reference_dose_gy', 0.0)):.3f} Gy "
-                                      f"({float(normalisation.get('percent_of_prescription', 0.0)):.1f} % of "
-                                      "prescription)"))
-    units = dose.get("monitor_units") or {}
-    if units:
-        rows.append(("Monitor units", ", ".join(f"{name} {float(mu):.1f}" for name, mu in units.items())
+    prescription = dose.prescription_gy
+    norm = dose.normalisation
+    where = f"{norm.at} ({', '.join(f'{v:.1f}' for v in norm.point_mm)} mm)" if norm.point_mm else norm.at
+    rows = [("Plan", dose.plan.label + (" (template: not a clinical plan)" if dose.plan.is_template else "")),
+            ("Reference dose", dose.reference),
+            ("Prescription", f"{prescription:.3g} Gy per fraction"),
+            ("Normalisation", f"{norm.method}: reference dose at the {where} {norm.reference_dose_gy:.3f} Gy "
+                              f"({norm.percent_of_prescription:.1f} % of prescription)")]
+    if dose.monitor_units:
+        rows.append(("Monitor units", ", ".join(f"{name} {mu:.1f}" for name, mu in dose.monitor_units.items())
                      + " (engine calibration: 1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm)"))
-    for key, label in (("max_dose_sct_gy", "Maximum dose, sCT"), ("max_dose_reference_gy", "Maximum dose, reference")):
-        if isinstance(dose.get(key), (int, float)):
-            value = float(dose[key])
-            share = f" ({100 * value / prescription:.1f} % of prescription)" if prescription else ""
-            rows.append((label, f"{value:.3f} Gy{share}"))
-    largest = dose.get("largest_difference_percent", dose.get("max_abs_difference_percent"))
-    if isinstance(largest, (int, float)):
-        rows.append(("Largest dose difference", f"{float(largest):+.2f} % of prescription (sCT − reference, in the "
-                                                "body where the reference dose is at least 10 % of its maximum)"))
-    criteria = dose.get("gamma_criteria") or {}
-    if isinstance(dose.get("gamma_2pct_2mm_pass_percent"), (int, float)):
-        rows.append(("Gamma pass rate", f"{float(dose['gamma_2pct_2mm_pass_percent']):.2f} % at "
-                                        f"{criteria.get('dose_percent', 2):g} %/{criteria.get('distance_mm', 2):g} mm, "
-                                        f"{criteria.get('normalisation', 'global')} dose difference, "
-                                        f"{criteria.get('low_dose_cutoff_percent', 10):g} % low-dose cut-off"))
-    grid = dose.get("grid_spacing_mm")
-    if grid:
-        rows.append(("Dose grid", " x ".join(f"{float(v):.2f}" for v in grid) + " mm (DVHs: every structure voxel "
-                     "of the image grid, boundary super-sampled)"))
+    for value, label in ((dose.max_dose_sct_gy, "Maximum dose, sCT"),
+                         (dose.max_dose_reference_gy, "Maximum dose, reference")):
+        rows.append((label, f"{value:.3f} Gy ({100 * value / prescription:.1f} % of prescription)"))
+    rows.append(("Largest dose difference", f"{dose.largest_difference_percent:+.2f} % of prescription (sCT − "
+                                            "reference, in the body where the reference dose is at least "
+                                            f"{dose.gamma.low_dose_cutoff_percent:g} % of its maximum)"))
+    gamma = dose.gamma
+    rows.append(("Gamma pass rate", f"{gamma.pass_rate_percent:.2f} % at {gamma.dose_percent:g} %/"
+                                    f"{gamma.distance_mm:g} mm, {gamma.normalisation} dose difference, "
+                                    f"{gamma.low_dose_cutoff_percent:g} % low-dose cut-off"))
+    rows.append(("Dose grid", " x ".join(f"{v:.2f}" for v in dose.grid_spacing_mm) + " mm (DVHs: every structure "
+                 "voxel of the image grid, boundary super-sampled)"))
     return [_heading("Dose comparison")] + _table([[_Cell(label, bold=True), _Cell(text)] for label, text in rows],
                                                   (1.8, _CONTENT_W_IN - 1.8))
 
@@ -516,20 +492,18 @@ _DVH_TABLE_METRICS = ("D98%", "D95%", "D50%", "D2%", "Dmean")
 
 def _dvh_table_blocks(data: ReportData) -> list[_Block]:
     """D98, D95, D50, D2 and Dmean per structure: reference, sCT and difference in % of prescription."""
-    dvh = (data.qa.get("measurements", {}) or {}).get("dvh") or {}
-    if not dvh:
+    if data.qa.dose is None or not data.qa.dose.dvh:
         return []
     reference = data.dose_reference_name or "reference"
     header = [_Cell(text, bold=True, shade="0.93") for text in
               ("Structure", "Metric", f"{reference} (Gy)", "sCT (Gy)", "sCT − reference (% of prescription)")]
     rows = []
-    for name, metrics in dvh.items():
-        for index, metric in enumerate(m for m in _DVH_TABLE_METRICS if m in metrics):
-            values = metrics[metric]
-            difference = float(values.get("difference_percent", 0.0))
-            rows.append([_Cell(name if index == 0 else "", bold=True), _Cell(metric),
-                         _Cell(f"{float(values.get('reference_gy', math.nan)):.3f}"),
-                         _Cell(f"{float(values.get('sct_gy', math.nan)):.3f}"),
+    for structure in data.qa.dose.dvh:
+        metrics = [m for m in structure.comparison.dose_differences if m.name in _DVH_TABLE_METRICS]
+        for index, metric in enumerate(metrics):
+            difference = metric.difference_percent_of_prescription
+            rows.append([_Cell(structure.structure if index == 0 else "", bold=True), _Cell(metric.name),
+                         _Cell(f"{metric.reference_gy:.3f}"), _Cell(f"{metric.evaluated_gy:.3f}"),
                          _Cell(f"{difference:+.2f} %" if abs(difference) >= 0.005 else "0.00 %")])
     return ([_heading("Dose-volume metrics")] + _table(rows, (1.6, 0.8, 1.3, 1.1, _CONTENT_W_IN - 4.8), header)
             + _paragraph("D98% near-minimum, D50% median, D2% near-maximum dose (ICRU 83); the checks judge each "
@@ -541,22 +515,20 @@ _TISSUE_NAMES = {"air": "air", "lung": "lung-like", "fat": "fat", "soft_tissue":
 
 def _image_metrics_blocks(data: ReportData) -> list[_Block]:
     """MAE, mean error per tissue class (of the real CT), PSNR and SSIM, when a real CT was given."""
-    metrics = (data.qa.get("measurements", {}) or {}).get("image_metrics") or {}
-    if not metrics:
+    metrics = data.qa.image_metrics
+    if metrics is None:
         return []
     header = [_Cell(text, bold=True, shade="0.93") for text in
               ("Region", "MAE (HU)", "Mean error sCT − CT (HU)", "Voxels")]
-    rows = [[_Cell("body", bold=True), _Cell(f"{float(metrics.get('mae_hu', math.nan)):.1f}"), _Cell("—"),
-             _Cell("—")]]
-    for tissue, values in (metrics.get("per_tissue") or {}).items():
-        rows.append([_Cell(_TISSUE_NAMES.get(tissue, tissue)), _Cell(f"{float(values.get('mae_hu', math.nan)):.1f}"),
-                     _Cell(f"{float(values.get('mean_error_hu', math.nan)):+.1f}"),
-                     _Cell(f"{int(values.get('voxels', 0)):,}")])
+    rows = [[_Cell("body", bold=True), _Cell(f"{metrics.mae_hu:.1f}"), _Cell("—"), _Cell(f"{metrics.mask_voxel_count:,}")]]
+    for tissue in metrics.per_tissue:
+        rows.append([_Cell(_TISSUE_NAMES.get(tissue.tissue.value, tissue.tissue.value)),
+                     _Cell(_value_text(tissue.mae_hu, "", ".1f")),
+                     _Cell(_value_text(tissue.mean_error_hu, "", "+.1f")), _Cell(f"{tissue.voxel_count:,}")])
     return ([_heading("Image metrics against the real CT")]
             + _table(rows, (1.6, 1.2, 2.0, _CONTENT_W_IN - 4.8), header)
-            + _paragraph(f"PSNR {float(metrics.get('psnr_db', math.nan)):.1f} dB, SSIM "
-                         f"{float(metrics.get('ssim', math.nan)):.3f}, inside the body; tissue classes by the real "
-                         "CT's HU.", 7))
+            + _paragraph(f"PSNR {metrics.psnr_db:.1f} dB, SSIM {metrics.ssim:.3f}, inside the body; tissue classes "
+                         "by the real CT's HU.", 7))
 
 
 def _dicom_date(value: str) -> str:
@@ -564,22 +536,15 @@ def _dicom_date(value: str) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else value
 
 
-def _value_text(value: object, unit: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _value_text(value: float | None, unit: str, spec: str = ".4g") -> str:
+    """A measured value; NaN (could not be measured) or None (not applicable) as "not measured"."""
+    if value is None or math.isnan(value):
         return "not measured"
-    try:
-        return f"{float(value):.4g} {unit}".strip()
-    except (TypeError, ValueError):
-        return str(value)
+    return f"{value:{spec}} {unit}".strip()
 
 
-def _limit_text(sign: str, value: object, unit: str) -> str:
-    if value is None:
-        return "—"
-    try:
-        return f"{sign} {float(value):g} {unit}".strip()
-    except (TypeError, ValueError):
-        return f"{sign} {value}"
+def _limit_text(sign: str, value: float, unit: str) -> str:
+    return f"{sign} {value:g} {unit}".strip()
 
 
 # ------------------------------------------------------------------------------------ images
@@ -790,9 +755,8 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         ax.text(hu + 12, 0.97, f"{name} {hu:g}", transform=ax.get_xaxis_transform(), rotation=90, va="top",
                 ha="left", fontsize=6, parse_math=False,
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6, "alpha": 0.85})
-    composition = data.qa.get("measurements", {}).get("composition") or {}
-    peak = composition.get("soft_tissue_peak_hu")
-    if isinstance(peak, (int, float)) and math.isfinite(peak):
+    peak = data.qa.composition.tissue.soft_tissue_peak_hu if data.qa.composition is not None else math.nan
+    if math.isfinite(peak):
         ax.axvline(peak, color="black", linestyle="-.", linewidth=1.0, label=f"sCT soft-tissue peak {peak:.0f} HU")
     ax.legend(loc="upper right")
     summary = _composition_text(data.qa)
@@ -810,12 +774,11 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         for i, line in enumerate(_wrap(absent, _CONTENT_W_IN, 8.5)):
             _text(figure, _MARGIN_X_IN, top_in - 0.3 - 0.16 * i, line, 8.5)
         return
-    measured = data.qa.get("measurements", {}).get("uncertainty", {})
+    measured = data.qa.uncertainty
     caption = "Standard deviation across the model's ensemble, HU."
-    if "percent_above" in measured and "level_hu" in measured:
-        caption += (f" {float(measured['percent_above']):.2f} % of the body lies above "
-                    f"{float(measured['level_hu']):g} HU.")
-    level = float(measured["level_hu"]) if isinstance(measured.get("level_hu"), (int, float)) else None
+    if measured is not None:
+        caption += f" {measured.percent_above:.2f} % of the body lies above {measured.level_hu:g} HU."
+    level = measured.level_hu if measured is not None else None
     if level is not None:
         caption += " The level is drawn as a white contour and as a line on the scale."
     for i, line in enumerate(_wrap(caption, _CONTENT_W_IN, 7.5)):
@@ -840,33 +803,26 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
         bar.ax.axhline(level, color="black", linewidth=0.8)
 
 
-def _composition_text(qa: dict) -> str:
-    """One paragraph on the tissue composition of the sCT body, from ``qa.json`` (what is there of it)."""
-    measurements = qa.get("measurements", {}) or {}
+def _composition_text(qa: QaResult) -> str:
+    """One paragraph on the tissue composition of the sCT body (what the QA measured of it)."""
     parts = []
-    shares = (measurements.get("hu") or {}).get("tissue_percent") or {}
     names = {"air": "air", "lung": "lung-like", "fat": "fat", "soft_tissue": "soft tissue", "bone": "bone"}
-    if shares:
-        parts.append("Inside the body: " + ", ".join(f"{names.get(k, k)} {float(v):.1f} %" for k, v in shares.items()
-                                                     if isinstance(v, (int, float))) + ".")
-    composition = measurements.get("composition") or {}
+    if qa.hu is not None:
+        parts.append("Inside the body: " + ", ".join(f"{names.get(t.tissue.value, t.tissue.value)} {t.percent:.1f} %"
+                                                     for t in qa.hu.tissue_fractions) + ".")
+    if qa.composition is not None:
+        tissue = qa.composition.tissue
 
-    def hu(key: str) -> str:
-        value = composition.get(key)
-        return f"{float(value):.0f} HU" if isinstance(value, (int, float)) else "none"
+        def hu(value: float) -> str:
+            return f"{value:.0f} HU" if math.isfinite(value) else "none"
 
-    if composition:
-        share = composition.get("fat_share_percent")
-        share_text = f"{float(share):.1f} %" if isinstance(share, (int, float)) else "not measurable"
-        check = next((c for c in qa.get("checks", []) if c.get("name") == "soft_tissue_peak"), {})
-        limit = check.get("pass_limit")
-        centre = composition.get("soft_tissue_expected_hu")
-        expected = (f" (passes within {float(limit):g} HU of {float(centre):g} HU)"
-                    if isinstance(limit, (int, float)) and isinstance(centre, (int, float)) else "")
-        parts.append(f"Soft-tissue peak {hu('soft_tissue_peak_hu')}{expected}; fat peak "
-                     f"{hu('fat_peak_hu')} (fat -100 ± 20 HU); fat share of fat and soft tissue {share_text} "
-                     f"(site: {composition.get('site', '?')}); bone in "
-                     f"{float(composition.get('bone_slice_percent', 0.0)):.0f} % of the body slices.")
+        share = f"{tissue.fat_share_percent:.1f} %" if math.isfinite(tissue.fat_share_percent) else "not measurable"
+        check = qa.check("soft_tissue_peak")
+        expected = (f" (passes within {check.pass_limit:g} HU of {qa.composition.soft_tissue_expected_hu:g} HU)"
+                    if check is not None else "")
+        parts.append(f"Soft-tissue peak {hu(tissue.soft_tissue_peak_hu)}{expected}; fat peak "
+                     f"{hu(tissue.fat_peak_hu)} (fat -100 ± 20 HU); fat share of fat and soft tissue {share} "
+                     f"(site: {qa.composition.site}); bone in {tissue.bone_slice_percent:.0f} % of the body slices.")
     return " ".join(parts) or "No tissue composition was recorded in the QA result."
 
 
@@ -900,10 +856,11 @@ def _draw_dose_page(figure: Figure, data: ReportData) -> None:
         limit = _symmetric_limit(difference.array)
         if float(np.nanmax(np.abs(difference.array))) > limit:
             scale_note = f" The difference scale spans ±{limit:.1f} % (99.5th percentile); arrows mark larger ones"
-            judged = ((data.qa.get("measurements", {}) or {}).get("dose") or {}).get("largest_difference_percent")
-            scale_note += (f" (the largest where the reference dose is at least 10 %: {float(judged):+.1f} %; at "
-                           "the skin, air on one image and tissue on the other differ by up to 100 %)."
-                           if isinstance(judged, (int, float)) else ".")
+            judged = data.qa.dose
+            scale_note += (f" (the largest where the reference dose is at least "
+                           f"{judged.gamma.low_dose_cutoff_percent:g} %: {judged.largest_difference_percent:+.1f} %; "
+                           "at the skin, air on one image and tissue on the other differ by up to 100 %)."
+                           if judged is not None else ".")
     _page_title(figure, f"Dose: {plan}, sCT vs {reference}",
                 f"Planes through {through}. Prescription {shown}; the dose scale runs to the maximum, "
                 f"{peak_gy:.2f} Gy. Isodoses 95 / 50 / 20 % {of_what} drawn solid / dashed / dotted. Dose "
@@ -1038,17 +995,16 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
                              "alone.")
     elif not data.dvh_curves:
         blocks.append(_heading("DVH"))
-        template = bool(((data.qa.get("measurements", {}) or {}).get("dose") or {}).get("template"))
+        template = data.qa.dose is not None and data.qa.dose.plan.is_template
         blocks += _paragraph("No DVH curves: the QA had no target or organ at risk (no RT Structure Set was routed "
                              "with the MR or given to `sct-node qa --structures`)"
                              + (", so the template plan was placed on the body centre and normalised at its "
                                 "isocentre." if template else "."))
     card = data.model_card
     sources = []
-    for check in data.qa.get("checks", []):
-        source = str(check.get("source", "") or "")
-        if source and source not in [s for _, s in sources]:
-            sources.append((str(check.get("name", "?")), source))
+    for check in data.qa.checks:
+        if check.source and check.source not in [s for _, s in sources]:
+            sources.append((check.name, check.source))
     if data.has_dose:
         plan = f"The doses here come from {data.plan_label or 'an unnamed plan'}."
         reference = f"This report's dose reference: {data.dose_reference_name or 'not named'}."
@@ -1089,7 +1045,7 @@ def _closing_blocks(data: ReportData) -> list[_Block]:
           "whether the sCT looks like a CT of its site; "
           + ("the HU errors themselves are measured here only because a real CT was given (image metrics "
              "table); a routine sCT has none. " if data.reference_ct is not None or
-             (data.qa.get("measurements", {}) or {}).get("image_metrics") else
+             data.qa.image_metrics is not None else
              "without a real CT, as here, no HU error can be measured. ")
           + "Tissue classes and thresholds are generic defaults for head and pelvis: commission your own per site "
             "and scanner.")),

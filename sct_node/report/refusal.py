@@ -20,6 +20,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from dosimetry.qa import input_envelope_check
+from dosimetry.qa_result import GuardJudgement, QaResult, result_record
+from dosimetry.verdict import Verdict
 from models.envelope import GuardResult
 from sct_node import __version__
 from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
@@ -34,12 +36,14 @@ REFUSAL_PDF = "sCT-refused.pdf"
 _PAGE_IN = (8.27, 11.69)  # A4 portrait, as the QA report
 
 
-def _refusal_qa(result: GuardResult, model_name: str, policy: str) -> dict:
-    check = input_envelope_check((result.verdict, result.reasons)).as_dict()
+def _refusal_qa(result: GuardResult, model_name: str, policy: str) -> QaResult:
+    """A QA of one check, ``input_envelope``, and no other step (there is no sCT to measure)."""
+    check = input_envelope_check((result.verdict, tuple(result.reasons)))
     headline = (f"no sCT was generated: the input guard found a {result.verdict} mismatch between this MR and the "
                 f"training envelope of model {model_name}, and the route refuses it (on_input_outside_envelope = "
                 f"\"{policy}\")")
-    return {"verdict": "FAIL", "reasons": [headline, *result.reasons], "checks": [check]}
+    return QaResult(Verdict.FAIL, (headline, *result.reasons), (check,),
+                    input_guard=GuardJudgement(result.verdict, tuple(result.reasons)))
 
 
 def _render_pdf(path: Path, *, header: pydicom.Dataset, volume: np.ndarray, result: GuardResult,
@@ -143,7 +147,7 @@ def write_refusal_notice(*, mr_files, volume: np.ndarray, result: GuardResult, m
         raise OutputError("the refusal notice needs the refused MR series' headers; found none")
     qa = _refusal_qa(result, model_name, policy)
     source = str(headers[0].SeriesInstanceUID)
-    digest = hashlib.sha256(repr((qa, model_identity)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(repr((result_record(qa), model_identity)).encode()).hexdigest()[:16]
 
     def uids(role: str) -> tuple[str, str]:
         return (derive_uid(source, "guard-refusal", role, digest, "instance"),

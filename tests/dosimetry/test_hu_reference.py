@@ -25,9 +25,9 @@ def head():
 
 
 def _check(reference, ct, body, site="head"):
-    result = run_qa(QaInputs(sct=ct, site=site, mr_body_mask=body, compute_dose=False, hu_reference=reference))
+    result = run_qa(QaInputs(sct=ct, site=site, mr_body_mask=body, compute_dose=False, hu_reference=reference)).result
     (check,) = [c for c in result.checks if c.name == "hu_distribution"]
-    return check, result.measurements["hu_reference"]
+    return check, result.hu_reference
 
 
 def test_w1_is_the_mean_hu_shift():
@@ -44,7 +44,7 @@ def test_a_held_out_ct_passes(head):
     reference, phantom = head
     check, measured = _check(reference, phantom.ct_hu, phantom.body_mask)
     assert check.verdict.value == "PASS", check.reason
-    assert measured["cases"] == 3 and len(measured["leave_one_out_hu"]) == 3
+    assert measured.cases == 3 and len(measured.leave_one_out_hu) == 3
 
 
 def test_half_the_brain_as_fat_warns_and_all_soft_tissue_as_fat_fails(head):

@@ -11,6 +11,7 @@ import pytest
 from dosimetry.errors import DosimetryError
 from dosimetry.plans import template_plan
 from dosimetry.qa import QaInputs, run_qa
+from dosimetry.qa_result import SCHEMA_VERSION, read_qa, write_qa
 from dosimetry.structures import StructureMask
 from dosimetry.verdict import Verdict
 from models.phantoms import Tissue, generate_phantom
@@ -36,37 +37,40 @@ def _without_bone(phantom):
 def test_the_real_ct_as_its_own_sct_passes_every_check(phantom):
     ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
     result = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, reference_ct=ct,
-                             structures=_structures(phantom)))
+                             structures=_structures(phantom))).result
     assert result.verdict == Verdict.PASS and result.reasons == ()
-    assert result.measurements["dose"]["gamma_2pct_2mm_pass_percent"] == 100.0
-    assert result.measurements["image_metrics"]["mae_hu"] == 0.0
+    assert result.dose.gamma.pass_rate_percent == 100.0
+    assert result.image_metrics.mae_hu == 0.0
 
 
 def test_bone_set_to_water_fails_for_the_bone_and_the_target_dose(phantom):
     ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
     result = run_qa(QaInputs(sct=_without_bone(phantom), mr_body_mask=phantom.body_mask, reference_ct=ct,
-                             structures=_structures(phantom)))
+                             structures=_structures(phantom))).result
     assert result.verdict == Verdict.FAIL
     failed = {c.name for c in result.checks if c.verdict == Verdict.FAIL}
     assert "bone_fraction" in failed
     assert any(reason.startswith("bone (>= 200 HU) inside the body 0 %") for reason in result.reasons)
     # Water instead of bone puts more dose in the target: the DVH comparison notices.
-    ptv = result.measurements["dvh"]["PTV"]
-    assert max(abs(m["difference_percent"]) for m in ptv.values()) > 1.0
+    ptv = result.dose.dvh_of("PTV")
+    assert abs(ptv.worst.difference_percent_of_prescription) > 1.0
 
 
 def test_qa_cli_writes_qa_json_and_signals_fail(phantom, tmp_path, capsys):
     written = write_phantom_dicom(phantom, "qa", tmp_path / "dicom")
     ok = main(["qa", "--sct", str(written.ct_dir), "--mr", str(written.mr_t1_dir),
                "--structures", str(written.rtstruct_path), "--output", str(tmp_path / "qa-ct")])
-    summary = json.loads((tmp_path / "qa-ct" / "qa.json").read_text())
-    assert ok == EXIT_OK, summary["reasons"]
-    assert summary["verdict"] in ("PASS", "WARN")
-    assert {c["name"] for c in summary["checks"]} >= {"bone_fraction", "body_dice", "gamma", "dvh_PTV"}
-    assert summary["measurements"]["dose"]["reference"] == "bulk-density sCT"
-    arrays = np.load(tmp_path / "qa-ct" / "qa_arrays.npz")
-    assert {"dose_sct_gy", "dose_reference_gy", "dose_difference_gy", "dose_difference_percent", "gamma"} <= set(arrays)
-    np.testing.assert_allclose(arrays["dose_difference_gy"], arrays["dose_sct_gy"] - arrays["dose_reference_gy"])
+    record = read_qa(tmp_path / "qa-ct")
+    summary, maps = record.result, record.maps
+    assert ok == EXIT_OK, summary.reasons
+    assert summary.verdict in (Verdict.PASS, Verdict.WARN)
+    assert {c.name for c in summary.checks} >= {"bone_fraction", "body_dice", "gamma", "dvh_PTV"}
+    assert summary.dose.reference == "bulk-density sCT"
+    assert json.loads((tmp_path / "qa-ct" / "qa.json").read_text())["schema_version"] == SCHEMA_VERSION
+    prescription = summary.dose.prescription_gy
+    np.testing.assert_allclose(maps.dose_difference_percent.array,
+                               (maps.dose_sct_gy.array - maps.dose_reference_gy.array) / prescription * 100, atol=1e-4)
+    assert [c.structure for c in maps.dvh_curves] == [d.structure for d in summary.dose.dvh]
     # The same CT with its bone replaced by water fails.
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -84,22 +88,23 @@ def test_qa_cli_writes_qa_json_and_signals_fail(phantom, tmp_path, capsys):
 
 def test_slice_coverage_and_field_of_view_are_judged(phantom):
     ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
-    same = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, mr_grid=ct, compute_dose=False))
+    same = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, mr_grid=ct, compute_dose=False)).result
     checks = {c.name: c for c in same.checks}
     assert checks["slice_coverage"].verdict == Verdict.PASS and checks["slice_coverage"].value == 0
     assert checks["field_of_view"].verdict == Verdict.PASS
     # An MR with two more slices than the sCT: the sCT is missing anatomy.
     longer = Volume(np.zeros((ct.shape[0] + 2, *ct.shape[1:])), ct.spacing_mm, ct.origin_mm, ct.direction)
-    missing = run_qa(QaInputs(sct=ct, mr_grid=longer, compute_dose=False))
+    missing = run_qa(QaInputs(sct=ct, mr_grid=longer, compute_dose=False)).result
     coverage = {c.name: c for c in missing.checks}["slice_coverage"]
     assert coverage.verdict == Verdict.FAIL and coverage.value == 2
-    assert missing.measurements["slice_coverage"]["mr_slices_without_sct"] == [ct.shape[0], ct.shape[0] + 1]
+    assert missing.slice_coverage.mr_slices_without_sct == (ct.shape[0], ct.shape[0] + 1)
+    assert missing.dose is None and missing.outline is None  # steps that did not run
     # Cutting the image through the body in-plane truncates every body slice.
     rows = np.flatnonzero(phantom.body_mask.any(axis=(0, 2)))
     top, bottom = rows[0] + 4, rows[-1] - 4  # four rows inside the body at both ends
     cropped = Volume(ct.array[:, top:bottom, :], ct.spacing_mm, ct.index_to_patient(np.array([0.0, top, 0.0])),
                      ct.direction)
-    truncated = run_qa(QaInputs(sct=cropped, compute_dose=False))
+    truncated = run_qa(QaInputs(sct=cropped, compute_dose=False)).result
     field = {c.name: c for c in truncated.checks}["field_of_view"]
     assert field.verdict == Verdict.FAIL and field.value > 50
 
@@ -140,21 +145,21 @@ def test_a_real_plan_keeps_its_mu_and_its_dose_is_put_at_the_prescription(phanto
     clinical = dc.replace(template, label="Prostate 60/30", is_template=False, fractions=30, prescription_gy=60.0,
                           beams=tuple(dc.replace(b, monitor_units=180.0) for b in template.beams))
     result = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, reference_ct=ct, plan=clinical,
-                             structures=structures))
-    dose = result.measurements["dose"]
-    assert dose["prescription_gy"] == 2.0  # 60 Gy in 30 fractions, per fraction
-    assert dose["normalisation"]["method"].startswith("real plan: its dose scaled by")
-    assert dose["normalisation"]["dose_scale"] != 1.0
-    assert result.measurements["dvh"]["PTV"]["D50%"]["reference_gy"] == pytest.approx(2.0, rel=1e-6)
-    assert set(dose["monitor_units"].values()) == {180.0}  # the clinical plan's own MU
-    assert not dose["template"]
+                             structures=structures)).result
+    dose = result.dose
+    assert dose.prescription_gy == 2.0  # 60 Gy in 30 fractions, per fraction
+    assert dose.normalisation.method.startswith("real plan: its dose scaled by")
+    assert dose.normalisation.dose_scale != 1.0
+    assert dose.dvh_of("PTV").comparison.d50.reference_gy == pytest.approx(2.0, rel=1e-6)
+    assert set(dose.monitor_units.values()) == {180.0}  # the clinical plan's own MU
+    assert not dose.plan.is_template
     # Without a target and with the isocentre off the fields, a real plan is left unscaled and says so.
     off_axis = dc.replace(clinical, beams=tuple(
         dc.replace(b, control_points=tuple(dc.replace(p, jaw_x_mm=(20.0, 60.0)) for p in b.control_points))
         for b in clinical.beams))
-    unscaled = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, plan=off_axis))
-    assert unscaled.measurements["dose"]["normalisation"]["dose_scale"] == 1.0
-    assert "not in the high dose" in unscaled.measurements["dose"]["normalisation"]["method"]
+    unscaled = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, plan=off_axis)).result
+    assert unscaled.dose.normalisation.dose_scale == 1.0
+    assert "not in the high dose" in unscaled.dose.normalisation.method
 
 
 def test_a_template_is_refused_a_normalisation_point_outside_the_high_dose(phantom):
@@ -168,3 +173,43 @@ def test_a_template_is_refused_a_normalisation_point_outside_the_high_dose(phant
                                            for p in b.control_points)) for b in template.beams))
     with pytest.raises(DosimetryError, match="not a place to normalise"):
         run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, plan=shifted))
+
+
+def test_a_written_qa_reads_back_as_the_same_typed_result(phantom, tmp_path):
+    """write_qa then read_qa gives an equal QaResult (every measurement, NaN and infinity included) and the
+    same maps; nothing is lost to a dict on the way."""
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    uncertainty = ct.with_array(np.full(ct.shape, 20.0, dtype=np.float32))
+    run = run_qa(QaInputs(sct=ct, mr_body_mask=phantom.body_mask, mr_grid=ct, reference_ct=ct,
+                          uncertainty_hu=uncertainty, structures=_structures(phantom),
+                          input_guard=("soft", ("echo time 30 ms outside 8-15 ms",))))
+    assert run.result.image_metrics.psnr_db == float("inf")  # identical images: written as "Infinity"
+    write_qa(run, tmp_path, context={"site": "pelvis"})
+    back = read_qa(tmp_path)
+    assert back.result == run.result
+    assert back.context == {"site": "pelvis"} and len(back.digest) == 64
+    assert back.result.input_guard.verdict == "soft" and back.result.uncertainty.percent_above == 0.0
+    np.testing.assert_array_equal(back.maps.body_mask, phantom.body_mask)
+    np.testing.assert_allclose(back.maps.dose_sct_gy.array, run.maps.dose_sct_gy.array, rtol=1e-6)
+    assert back.maps.dose_sct_gy.same_grid(run.maps.dose_sct_gy)
+    assert [c.structure for c in back.maps.dvh_curves] == [c.structure for c in run.maps.dvh_curves]
+    text = (tmp_path / "qa.json").read_text()
+    assert "NaN" not in text.replace('"NaN"', "") and "Infinity" in text  # standard JSON only
+
+
+def test_read_qa_refuses_an_older_layout_and_names_a_malformed_field(phantom, tmp_path):
+    ct = phantom.ct_hu.with_array(phantom.ct_hu.array.astype(np.float32))
+    write_qa(run_qa(QaInputs(sct=ct, compute_dose=False)), tmp_path)
+    content = json.loads((tmp_path / "qa.json").read_text())
+    older = {key: value for key, value in content.items() if key != "schema_version"}
+    (tmp_path / "qa.json").write_text(json.dumps(older))
+    with pytest.raises(DosimetryError, match="written by an earlier sct-node; run `sct-node qa`"):
+        read_qa(tmp_path)
+    content["verdict"] = "MAYBE"
+    content["measurements"]["field_of_view"]["truncated_slices"] = "none"
+    (tmp_path / "qa.json").write_text(json.dumps(content))
+    with pytest.raises(DosimetryError, match=r"verdict: Input should be 'PASS', 'WARN' or 'FAIL'.*"
+                                             r"field_of_view.truncated_slices"):
+        read_qa(tmp_path)
+    with pytest.raises(DosimetryError, match="cannot read the QA result"):
+        read_qa(tmp_path / "nowhere")

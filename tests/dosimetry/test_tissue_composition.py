@@ -45,7 +45,8 @@ def _body(
 
 
 def _tissue_checks(sct: Volume, body: np.ndarray, site: str = "head", thresholds: QaThresholds | None = None):
-    result = run_qa(QaInputs(sct=sct, site=site, mr_body_mask=body, compute_dose=False), thresholds or QaThresholds())
+    result = run_qa(QaInputs(sct=sct, site=site, mr_body_mask=body, compute_dose=False),
+                    thresholds or QaThresholds()).result
     return result, {c.name: c for c in result.checks if c.name in TISSUE_CHECKS}
 
 
@@ -109,7 +110,6 @@ def test_nan_voxels_belong_to_no_class_and_an_empty_window_measures_nothing():
     composition = tissue_composition(nan_sct, body)
     assert math.isnan(composition.soft_tissue_peak_hu) and math.isnan(composition.fat_share_percent)
     assert composition.bone_slice_percent == 0.0
-    assert composition.as_dict()["soft_tissue_peak_hu"] is None
     # A body of nothing but bone-valued voxels has no fat or soft tissue to measure: both checks fail.
     _, checks = _tissue_checks(sct.with_array(np.where(body, 300.0, -1000.0).astype(np.float32)), body)
     peak = checks["soft_tissue_peak"]
@@ -168,7 +168,7 @@ def test_fat_share_verdicts_use_the_site_limits(site, fat_percent, expected):
     limit = getattr(QaThresholds(), f"fat_share_{site}_percent")
     assert (check.pass_limit, check.fail_limit) == (limit.pass_limit, limit.fail_limit)
     assert f"in a {site}" in check.reason
-    assert result.measurements["composition"]["site"] == site
+    assert result.composition.site == site
 
 
 @pytest.mark.parametrize(("bone_slices", "expected"), [(8, Verdict.PASS), (6, Verdict.WARN), (4, Verdict.FAIL)])
@@ -180,7 +180,7 @@ def test_bone_slices_verdicts(bone_slices, expected):
     assert check.value == pytest.approx(100.0 * bone_slices / SHAPE[0])
     if bone_slices < SHAPE[0]:
         assert f"slices without bone: {bone_slices}-{SHAPE[0] - 1}" in check.reason
-    assert result.measurements["composition"]["slices_without_bone"] == list(range(bone_slices, SHAPE[0]))
+    assert result.composition.tissue.slices_without_bone == tuple(range(bone_slices, SHAPE[0]))
 
 
 def test_limits_are_overridden_per_route_and_the_replaced_name_is_explained():

@@ -27,7 +27,7 @@ def test_lower_is_better_limits_and_nan():
     assert judge("d98", 3.5, limit, "D98").verdict == Verdict.FAIL
     nan = judge("d98", math.nan, limit, "D98")
     assert nan.verdict == Verdict.FAIL and "could not be measured" in nan.reason
-    assert nan.as_dict()["value"] is None
+    assert math.isnan(nan.value)
 
 
 def test_overall_is_the_worst_with_its_reasons():

@@ -12,6 +12,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from dosimetry.qa_result import read_qa
+from dosimetry.verdict import Verdict
 from models.bulk import BulkDensityModel
 from models.envelope import Envelope
 from models.phantoms import generate_phantom
@@ -220,10 +222,11 @@ def test_the_qa_cannot_pass_an_sct_made_from_input_outside_the_envelope(training
     """Marked (route "mark"): the sCT is made, and the QA's input_envelope check fails it for a hard mismatch."""
     job, output = _run_job(tmp_path, getattr(training_grid_dicom, series), "mark", qa=True)
     assert job.state == "done", job.reason
-    qa = json.loads((output / "qa" / "qa.json").read_text())
-    (check,) = [c for c in qa["checks"] if c["name"] == "input_envelope"]
+    qa = read_qa(output / "qa", maps=False).result
+    check = qa.check("input_envelope")
     if expected is None:
-        assert check["verdict"] == "PASS" and check["value"] == 0
+        assert check.verdict == Verdict.PASS and check.value == 0 and qa.input_guard.verdict == "ok"
     else:
-        assert check["verdict"] == expected and qa["verdict"] == "FAIL" and check["value"] == 2
-        assert "T2-weighted" in check["reason"] and any("training envelope" in r for r in qa["reasons"])
+        assert check.verdict == expected and qa.verdict == Verdict.FAIL and check.value == 2
+        assert qa.input_guard.verdict == "hard" and any("T2-weighted" in r for r in qa.input_guard.reasons)
+        assert "T2-weighted" in check.reason and any("training envelope" in r for r in qa.reasons)

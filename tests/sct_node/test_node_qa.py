@@ -9,6 +9,8 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE
 
+from dosimetry.qa_result import read_qa
+from dosimetry.verdict import Verdict
 from models.phantoms import generate_phantom
 from sct_node.config import (
     NetworkConfig,
@@ -55,20 +57,20 @@ def _run(tmp_path: Path, send_references: bool) -> dict:
         (job,) = [j for j in node.state.jobs() if j.route == "mr"]
         assert job.state == "done", job.reason
         assert json.loads(job.timings)["qa_verdict"] in ("PASS", "WARN", "FAIL")
-        return json.loads((job.output_dir / "qa" / "qa.json").read_text())
+        return read_qa(job.output_dir / "qa", maps=False).result
     finally:
         node.stop()
 
 
 def test_without_references_the_bulk_model_fails_its_bone_check(tmp_path):
     qa = _run(tmp_path, send_references=False)
-    assert qa["measurements"]["dose"]["reference"] == "bulk-density sCT"
-    assert qa["measurements"]["dose"]["template"] is True
-    assert qa["verdict"] == "FAIL" and any("bone" in reason for reason in qa["reasons"])
+    assert qa.dose.reference == "bulk-density sCT"
+    assert qa.dose.plan.is_template
+    assert qa.verdict == Verdict.FAIL and any("bone" in reason for reason in qa.reasons)
 
 
 def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path):
     qa = _run(tmp_path, send_references=True)
-    assert qa["measurements"]["dose"]["reference"] == "real CT"
-    assert qa["measurements"]["image_metrics"]["mae_hu"] > 50  # water-only sCT against a CT with bone
-    assert {"PTV", "BLADDER", "RECTUM"} <= set(qa["measurements"]["dvh"])
+    assert qa.dose.reference == "real CT"
+    assert qa.image_metrics.mae_hu > 50  # water-only sCT against a CT with bone
+    assert {"PTV", "BLADDER", "RECTUM"} <= {d.structure for d in qa.dose.dvh}

@@ -5,7 +5,7 @@ structures, report), then checked with independent tools on the bundle's own obj
 
 * the RT Plan's MU, the RT Dose and the normalisation: the delivered dose at the normalisation point is the
   prescription per fraction, and the RT Plan's Beam Meterset is the MU the dose was computed with;
-* every DVH metric in qa.json against a recalculation of the same plan on the sCT's own grid (no
+* every DVH metric the QA reports against a recalculation of the same plan on the sCT's own grid (no
   interpolation at all), and our DVH calculation against dicompyler-core's on the bundle's RT Structure Set
   and RT Dose.
 
@@ -14,7 +14,6 @@ benchmarks/dvh_accuracy.py runs the same comparison on the full-resolution pelvi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,8 @@ from dosimetry.density import relative_electron_density_volume
 from dosimetry.dose_sampling import dose_at_points
 from dosimetry.dvh import cumulative_dvh, dvh_from_samples, dvh_metrics
 from dosimetry.engine import compute_dose
-from dosimetry.plans import PhotonPlan
 from dosimetry.qa import STRUCTURE_SUPERSAMPLING
+from dosimetry.qa_result import QaResult, read_qa
 from dosimetry.rtdose import read_rt_dose
 from dosimetry.structures import read_structures
 from models.phantoms import generate_phantom
@@ -47,7 +46,7 @@ METRICS = (("D98%", "d98_gy", 98.0), ("D95%", "d95_gy", 95.0), ("D50%", "d50_gy"
 ORGANS = ("BLADDER", "RECTUM", "FEMUR_HEAD_L", "FEMUR_HEAD_R")
 
 
-def _through_the_cli(root: Path, seed: int, commissioning: bool) -> tuple[Path, dict]:
+def _through_the_cli(root: Path, seed: int, commissioning: bool) -> tuple[Path, QaResult]:
     """Phantom -> bulk sCT -> qa (against the real CT with the structures when commissioning) -> report."""
     phantom = generate_phantom("pelvis", seed, shape_zyx=SHAPE_ZYX, spacing_mm=SPACING_MM)
     written = write_phantom_dicom(phantom, f"numbers-{seed}", root / "dicom")
@@ -59,7 +58,7 @@ def _through_the_cli(root: Path, seed: int, commissioning: bool) -> tuple[Path, 
     assert code == EXIT_QA_FAIL or not commissioning  # the bulk sCT has no bone
     assert main(["report", "--qa", str(root / "qa"), "--output", str(root / "out")]) in (0, EXIT_QA_FAIL)
     root.joinpath("structures-given").write_text(str(written.rtstruct_path))
-    return root, json.loads((root / "qa" / "qa.json").read_text())
+    return root, read_qa(root / "qa", maps=False).result
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +82,16 @@ def _delivered(root):
 def test_without_structures_the_template_delivers_the_prescription_at_its_isocentre(demo_like):
     root, qa = demo_like
     plan, dose = _delivered(root)
-    measured = qa["measurements"]["dose"]
-    prescription = measured["prescription_gy"]
+    measured = qa.dose
+    prescription = measured.prescription_gy
     reference = plan.DoseReferenceSequence[0]
     assert reference.DoseReferenceStructureType == "COORDINATES"
     point = np.asarray([float(v) for v in reference.DoseReferencePointCoordinates])
-    assert measured["normalisation"]["at"] == "isocentre"
-    assert np.allclose(point, measured["normalisation"]["point_mm"])
+    assert measured.normalisation.at == "isocentre"
+    assert np.allclose(point, measured.normalisation.point_mm)
     # The sCT's dose at the isocentre (the RT Dose) is the prescription up to what the sCT changes against the
     # bulk reference it was normalised on; the reference dose there is the prescription exactly.
-    assert measured["normalisation"]["reference_dose_gy"] == pytest.approx(prescription, rel=1e-9)
+    assert measured.normalisation.reference_dose_gy == pytest.approx(prescription, rel=1e-9)
     at_point = float(dose_at_points(dose.dose_gy, point[None])[0])
     assert at_point == pytest.approx(prescription, rel=0.03)
     # Not 141 Gy per 2 Gy fraction: a central field's maximum stays within a few ten per cent of the prescription.
@@ -100,39 +99,39 @@ def test_without_structures_the_template_delivers_the_prescription_at_its_isocen
     assert float(reference.TargetPrescriptionDose) == pytest.approx(prescription)
     # The MU are those the dose was computed with, and they scale the dose: the RT Plan and the RT Dose agree.
     meterset = [float(b.BeamMeterset) for b in plan.FractionGroupSequence[0].ReferencedBeamSequence]
-    assert meterset == pytest.approx(list(measured["monitor_units"].values()), rel=1e-6)
+    assert meterset == pytest.approx(list(measured.monitor_units.values()), rel=1e-6)
     assert all(m != 100.0 for m in meterset)
     recomputed = compute_dose(relative_electron_density_volume(read_series([root / "sct"], sop_classes=None).volume),
-                              beams_from_plan(PhotonPlan.from_dict(measured["plan_definition"])))
+                              beams_from_plan(measured.plan))
     assert float(dose_at_points(recomputed, point[None])[0]) == pytest.approx(at_point, rel=0.02)
 
 
 def test_with_a_target_the_template_delivers_the_prescription_as_the_target_median(commissioning):
     root, qa = commissioning
     plan, _ = _delivered(root)
-    measured = qa["measurements"]["dose"]
-    assert measured["normalisation"]["at"] == "median dose of PTV"
+    measured = qa.dose
+    assert measured.normalisation.at == "median dose of PTV"
     reference = plan.DoseReferenceSequence[0]
     assert reference.DoseReferenceStructureType == "VOLUME"
     structures = pydicom.dcmread(root / "out" / "rt" / "RS.sct.dcm")
     names = {int(r.ROINumber): str(r.ROIName) for r in structures.StructureSetROISequence}
     assert names[int(reference.ReferencedROINumber)] == "PTV"
-    assert qa["measurements"]["dvh"]["PTV"]["D50%"]["reference_gy"] == pytest.approx(measured["prescription_gy"],
-                                                                                      rel=1e-6)
+    assert measured.dvh_of("PTV").comparison.d50.reference_gy == pytest.approx(measured.prescription_gy, rel=1e-6)
 
 
 def test_the_bundle_structure_set_carries_the_target_and_organs_behind_the_dvh_checks(commissioning):
     root, qa = commissioning
     sct = read_series([root / "sct"], sop_classes=None).volume
     written = {s.name: s for s in read_structures(root / "out" / "rt" / "RS.sct.dcm", sct)}
-    assert set(qa["measurements"]["dvh"]) == {"PTV", *ORGANS}
+    judged = {d.structure for d in qa.dose.dvh}
+    assert judged == {"PTV", *ORGANS}
     # Exactly the structures behind the DVH checks join ours (the phantom's BONES, judged by no check, does not).
-    assert set(written) - {"BODY", "BONE", "INTERNAL_AIR"} == set(qa["measurements"]["dvh"])
+    assert set(written) - {"BODY", "BONE", "INTERNAL_AIR"} == judged
     assert written["PTV"].interpreted_type == "PTV"
     # Re-contoured on the sCT grid, they rasterise back to the structures the QA evaluated.
     given = Path((root / "structures-given").read_text())
     original = {s.name: s for s in read_structures(given, sct)}
-    for name in qa["measurements"]["dvh"]:
+    for name in judged:
         assert np.array_equal(written[name].mask, original[name].mask), name
 
 
@@ -154,18 +153,17 @@ def test_the_reported_dvh_metrics_agree_with_a_recalculation_on_the_image_grid(c
     """What qa.json says against the truth: the same plan and MU recomputed on the sCT's own grid, the
     structures' voxels read with no interpolation at all."""
     root, qa = commissioning
-    prescription = qa["measurements"]["dose"]["prescription_gy"]
-    dvh = qa["measurements"]["dvh"]
+    prescription = qa.dose.prescription_gy
+    dvh = {d.structure: {m.name: m.evaluated_gy for m in d.comparison.dose_differences} for d in qa.dose.dvh}
     sct = read_series([root / "sct"], sop_classes=None).volume
-    plan = PhotonPlan.from_dict(qa["measurements"]["dose"]["plan_definition"])
-    fine_dose = compute_dose(relative_electron_density_volume(sct), beams_from_plan(plan))
+    fine_dose = compute_dose(relative_electron_density_volume(sct), beams_from_plan(qa.dose.plan))
     reference = {}
     for structure in read_structures(root / "out" / "rt" / "RS.sct.dcm", sct, names=list(dvh)):
         fine_dvh = cumulative_dvh(fine_dose, structure.mask, structure.name)
         fine = dvh_metrics(fine_dvh, prescription)
         reference[structure.name] = {label: (getattr(fine, field), fine_dvh.volume_percent_at_dose)
                                      for label, field, _ in METRICS}
-    ours = {name: {label: dvh[name][label]["sct_gy"] for label, _, _ in METRICS} for name in dvh}
+    ours = {name: {label: dvh[name][label] for label, _, _ in METRICS} for name in dvh}
     failures = _disagreements(ours, reference, prescription, "fine grid")
     assert failures == [], "\n".join(failures)
 
@@ -177,8 +175,8 @@ def test_our_dvh_calculation_agrees_with_dicompyler_core_on_the_bundle_objects(c
     RT Dose; across a penumbra, linear interpolation of the RT Dose is up to about 1 % of prescription off
     the engine's dose: benchmarks/dvh_accuracy.py prints both comparisons.)"""
     root, qa = commissioning
-    prescription = qa["measurements"]["dose"]["prescription_gy"]
-    names = list(qa["measurements"]["dvh"])
+    prescription = qa.dose.prescription_gy
+    names = [d.structure for d in qa.dose.dvh]
     structures_file, dose_file = root / "out" / "rt" / "RS.sct.dcm", root / "out" / "rt" / "RD.sct.dcm"
     sct = read_series([root / "sct"], sop_classes=None).volume
     rt_dose = read_rt_dose(dose_file).dose_gy

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as _dt
-import json
 import math
 
 import highdicom as hd
@@ -15,7 +13,8 @@ import pytest
 from pydicom.uid import EnhancedSRStorage, ExplicitVRLittleEndian
 
 from dosimetry.qa import QaInputs, run_qa
-from dosimetry.verdict import QaThresholds, thresholds_from_mapping
+from dosimetry.qa_result import read_qa, write_qa
+from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
 from models.base import ModelCard
 from models.phantoms.generator import generate_phantom
 from sct_node.dicom.qa_sr import (
@@ -52,21 +51,25 @@ def sct_headers(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def qa():
-    """A real qa.json content from run_qa with PASS, WARN and FAIL checks, plus one check that was not measured.
+def qa(tmp_path_factory):
+    """A QA result from run_qa, written and read back, with PASS, WARN and FAIL checks plus one check that was
+    not measured.
 
-    Strict local thresholds make the phantom's bone fraction fail and its fat share warn; the
-    not-measured check is what ``Check.as_dict`` gives for a NaN value, with the verdict ``judge`` gives it.
+    Strict local thresholds make the phantom's bone fraction fail and its fat share warn; the not-measured
+    check has the NaN value and the verdict ``judge`` gives a measurement that could not be made.
     """
     phantom = generate_phantom("pelvis", 3, (12, 32, 32), (8.0, 8.0, 10.0))
     thresholds = thresholds_from_mapping({"bone_fraction_percent": {"pass_limit": 60.0, "fail_limit": 50.0},
                                           "fat_share_pelvis_percent": {"pass_limit": 0.0, "fail_limit": 100.0}})
-    result = run_qa(QaInputs(sct=phantom.ct_hu, mr_body_mask=phantom.body_mask, structures=()), thresholds)
-    content = json.loads(json.dumps(result.as_dict()))  # exactly what a qa.json holds
-    check = next(c for c in content["checks"] if c["name"] == NOT_MEASURED)
-    check.update(value=None, verdict="FAIL", reason="sCT vs MR body outline Dice: could not be measured")
-    content["reasons"].append(check["reason"])
-    return content
+    run = run_qa(QaInputs(sct=phantom.ct_hu, mr_body_mask=phantom.body_mask, structures=()), thresholds)
+    reason = "sCT vs MR body outline Dice: could not be measured"
+    checks = tuple(dataclasses.replace(c, value=math.nan, verdict=Verdict.FAIL, reason=reason)
+                   if c.name == NOT_MEASURED else c for c in run.result.checks)
+    run = dataclasses.replace(run, result=dataclasses.replace(run.result, checks=checks,
+                                                              reasons=(*run.result.reasons, reason)))
+    folder = tmp_path_factory.mktemp("qa")
+    write_qa(run, folder)
+    return read_qa(folder).result
 
 
 @pytest.fixture
@@ -77,30 +80,28 @@ def sr_path(tmp_path, qa, sct_headers):
 
 
 def test_the_fixture_has_every_verdict_and_a_check_without_value(qa):
-    verdicts = {c["verdict"] for c in qa["checks"]}
-    assert verdicts == {"PASS", "WARN", "FAIL"} and qa["verdict"] == "FAIL"
-    assert [c["name"] for c in qa["checks"] if c["value"] is None] == [NOT_MEASURED]
+    verdicts = {c.verdict for c in qa.checks}
+    assert verdicts == {Verdict.PASS, Verdict.WARN, Verdict.FAIL} and qa.verdict == Verdict.FAIL
+    assert [c.name for c in qa.checks if math.isnan(c.value)] == [NOT_MEASURED]
 
 
 def test_highdicom_reads_back_the_verdict_and_every_check(sr_path, qa):
     back = read_qa_sr(sr_path)
-    assert back["verdict"] == qa["verdict"]
-    assert back["reasons"] == qa["reasons"]
-    assert set(back["checks"]) == {c["name"] for c in qa["checks"]}
-    for check in qa["checks"]:
-        read = back["checks"][check["name"]]
-        assert (read["verdict"], read["unit"]) == (check["verdict"], check["unit"]), check["name"]
-        if check["value"] is None:
+    assert back["verdict"] is qa.verdict
+    assert back["reasons"] == list(qa.reasons)
+    assert set(back["checks"]) == {c.name for c in qa.checks}
+    for check in qa.checks:
+        read = back["checks"][check.name]
+        assert (read["verdict"], read["unit"]) == (check.verdict, check.unit), check.name
+        if math.isnan(check.value):
             assert read["value"] is None
         else:
-            assert read["value"] == pytest.approx(check["value"], rel=1e-12, abs=1e-12), check["name"]
+            assert read["value"] == pytest.approx(check.value, rel=1e-12, abs=1e-12), check.name
 
 
 def test_a_passing_qa_reads_back_as_pass_without_reasons(tmp_path, qa, sct_headers):
-    passing = copy.deepcopy(qa)
-    for check in passing["checks"]:
-        check["verdict"] = "PASS"
-    passing.update(verdict="PASS", reasons=[])
+    passing = dataclasses.replace(qa, verdict=Verdict.PASS, reasons=(), checks=tuple(
+        dataclasses.replace(c, verdict=Verdict.PASS) for c in qa.checks))
     path = write_qa_sr(qa=passing, sct_headers=sct_headers, path=tmp_path / "sr.dcm", sop_instance_uid="2.25.3",
                        series_instance_uid="2.25.4", series_description="sCT QA", model_identity=CARD.identity)
     back = read_qa_sr(path)
@@ -142,13 +143,13 @@ def test_report_structure_codes_and_observer(sr_path, qa):
     device = report.get_observer_contexts(observer_type=pydicom.sr.codedict.codes.DCM.Device)[0]
     assert device.observer_identifying_attributes.model_name == CARD.identity
     groups = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
-    assert set(groups) == {c["name"] for c in qa["checks"]} | {"overall"}
+    assert set(groups) == {c.name for c in qa.checks} | {"overall"}
     # Each check's limits are measurements in its unit; a check without a value says why, coded (CID 42).
-    for check in qa["checks"]:
-        numbers = {m.name.value: m for m in groups[check["name"]].get_measurements()}
-        assert numbers[QA_CODES["pass_limit"].value].value == pytest.approx(check["pass_limit"])
-        assert numbers[QA_CODES["fail_limit"].value].value == pytest.approx(check["fail_limit"])
-        assert numbers[QA_CODES["pass_limit"].value].unit.value == UCUM_UNITS[check["unit"]].value
+    for check in qa.checks:
+        numbers = {m.name.value: m for m in groups[check.name].get_measurements()}
+        assert numbers[QA_CODES["pass_limit"].value].value == pytest.approx(check.pass_limit)
+        assert numbers[QA_CODES["fail_limit"].value].value == pytest.approx(check.fail_limit)
+        assert numbers[QA_CODES["pass_limit"].value].unit.value == UCUM_UNITS[check.unit].value
     missing = groups[NOT_MEASURED]
     assert len(missing.get_measurements()) == 2  # the two limits, no value
     coded = {(e.name.value, e.value.value) for e in missing.get_qualitative_evaluations()}
@@ -179,26 +180,26 @@ def test_sr_passes_dciodvfy(sr_path):
 def test_every_unit_and_check_of_the_qa_has_a_code(qa):
     for field in dataclasses.fields(QaThresholds):
         assert getattr(QaThresholds(), field.name).unit in UCUM_UNITS, field.name
-    for check in qa["checks"]:
-        assert f"check:{check['name']}" in QA_CODES, check["name"]
+    for check in qa.checks:
+        assert f"check:{check.name}" in QA_CODES, check.name
     values = [(code.value, code.scheme_designator) for code in QA_CODES.values()]
     assert len(values) == len(set(values)), "two concepts share a code"
     assert all(len(code.value) <= 16 for code in QA_CODES.values())  # Code Value is SH
 
 
+def _first_check(qa, **changes):
+    return dataclasses.replace(qa, checks=(dataclasses.replace(qa.checks[0], **changes), *qa.checks[1:]))
+
+
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda q: q["checks"][0].update(unit="furlongs"), "furlongs"),
-    (lambda q: q["checks"][0].update(verdict="MAYBE"), "MAYBE"),
-    (lambda q: q["checks"][0].update(value=float("inf")), "finite"),
-    (lambda q: q["checks"][0].update(fail_limit=None), "fail_limit"),
-    (lambda q: q["checks"].append(dict(q["checks"][0])), "repeated"),
-    (lambda q: q.update(verdict="OK"), "OK"),
-    (lambda q: q.update(checks=[]), "empty"),
-    (lambda q: q.update(reasons="one reason"), "reasons"),
+    (lambda q: _first_check(q, unit="furlongs"), "furlongs"),
+    (lambda q: _first_check(q, value=float("inf")), "finite"),
+    (lambda q: _first_check(q, fail_limit=float("nan")), "fail_limit"),
+    (lambda q: dataclasses.replace(q, checks=(*q.checks, q.checks[0])), "repeated"),
+    (lambda q: dataclasses.replace(q, checks=()), "no check"),
 ])
-def test_refuses_a_malformed_qa(tmp_path, qa, sct_headers, change, message):
-    broken = copy.deepcopy(qa)
-    change(broken)
+def test_refuses_a_qa_it_cannot_code(tmp_path, qa, sct_headers, change, message):
+    broken = change(qa)
     with pytest.raises(OutputError, match=message):
         write_qa_sr(qa=broken, sct_headers=sct_headers, path=tmp_path / "sr.dcm", sop_instance_uid="2.25.5",
                     series_instance_uid="2.25.6", series_description="x", model_identity=CARD.identity)

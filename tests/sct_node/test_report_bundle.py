@@ -7,13 +7,16 @@ must carry the verdict in every Series Description.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
+from dosimetry.qa_result import read_qa
 from dosimetry.structures import read_structures
+from dosimetry.verdict import Verdict
 from models.phantoms import generate_phantom
 from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
 from sct_node.dicom.phantom_writer import write_phantom_dicom
@@ -86,17 +89,17 @@ def test_every_object_is_in_the_sct_study_and_frame_and_says_qa_fail(bundle):
     assert referenced <= sct_uids and len(referenced) == SHAPE_ZYX[0]
 
 
-def test_the_sr_reports_the_verdict_and_every_measurement_of_qa_json(bundle):
+def test_the_sr_reports_the_verdict_and_every_check_of_the_qa(bundle):
     root, _ = bundle
-    qa = json.loads((root / "qa" / "qa.json").read_text())
+    qa = read_qa(root / "qa", maps=False).result
     report = read_qa_sr(root / "out" / "report" / "SR.qa.dcm")
-    assert report["verdict"] == qa["verdict"] == "FAIL"
-    assert set(report["checks"]) == {c["name"] for c in qa["checks"]}
-    for check in qa["checks"]:
-        read = report["checks"][check["name"]]
-        assert read["verdict"] == check["verdict"]
-        if check["value"] is not None:
-            assert read["value"] == pytest.approx(check["value"], rel=1e-6, abs=1e-9)
+    assert report["verdict"] == qa.verdict == Verdict.FAIL
+    assert set(report["checks"]) == {c.name for c in qa.checks}
+    for check in qa.checks:
+        read = report["checks"][check.name]
+        assert read["verdict"] == check.verdict
+        if not math.isnan(check.value):
+            assert read["value"] == pytest.approx(check.value, rel=1e-6, abs=1e-9)
 
 
 def test_the_rt_structure_set_gives_the_qa_outline_back(bundle):

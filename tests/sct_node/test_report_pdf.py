@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
+from dosimetry.qa_result import DoseComparison, QaResult
 from dosimetry.verdict import QaThresholds
 from models.volume import Volume
 from sct_node.errors import InputError, OutputError
 from sct_node.report.data import DvhCurve, Identifiers, ReportData, StructureOutline
 from sct_node.report.pdf import EXPECTED_TISSUE_PEAKS_HU, render_report_pdf
+from tests.factories import qa_results as factory
 
 SHAPE = (12, 40, 52)  # (z, y, x)
 SPACING_MM = (0.9, 1.3, 3.0)
@@ -39,13 +41,12 @@ THRESHOLD_OF = {"out_of_range": "out_of_range_fraction_percent", "bone_fraction"
 
 def _check(name, value, verdict, unit="%", higher=False, pass_limit=2.0, fail_limit=3.0):
     field = THRESHOLD_OF.get(name)
-    source = getattr(QaThresholds(), field).source if field else f"source of {name} (Author et al. 2020)"
-    return {"name": name, "value": value, "unit": unit, "verdict": verdict, "reason": f"{name} is {verdict}",
-            "pass_limit": pass_limit, "fail_limit": fail_limit, "higher_is_better": higher, "source": source}
+    source = getattr(QaThresholds(), field).source if field else ""
+    return factory.check(name, value, verdict, unit, higher, pass_limit, fail_limit, source)
 
 
-def _qa(verdict: str = "FAIL") -> dict:
-    checks = [
+def _qa(verdict: str = "FAIL", dose: bool | DoseComparison = False, **measurements) -> QaResult:
+    checks = (
         _check("out_of_range", 0.0, "PASS", pass_limit=0.0, fail_limit=0.1),
         _check("bone_fraction", 0.05 if verdict == "FAIL" else 8.0, "FAIL" if verdict == "FAIL" else "PASS",
                higher=True, pass_limit=1.0, fail_limit=0.2),
@@ -60,10 +61,12 @@ def _qa(verdict: str = "FAIL") -> dict:
         _check("gamma", 97.3, "PASS", higher=True, pass_limit=95.0, fail_limit=90.0),
         _check("dvh_PTV", 1.2, "PASS"),
         _check("dvh_Rectum", None, "FAIL" if verdict == "FAIL" else "PASS"),
-    ]
+    )
     reasons = [LONG_REASON, "dvh_Rectum: could not be measured"] if verdict == "FAIL" else []
-    return {"verdict": verdict, "reasons": reasons, "checks": checks,
-            "measurements": {"uncertainty": {"level_hu": 100.0, "percent_above": 6.5}}}
+    if dose:  # True: a default dose comparison; or the DoseComparison given
+        measurements["dose"] = factory.dose_comparison() if dose is True else dose
+    return factory.qa_result(checks, verdict, tuple(reasons), uncertainty=factory.uncertainty(100.0, 6.5),
+                             **measurements)
 
 
 def _grid(array: np.ndarray, spacing=SPACING_MM, origin=ORIGIN_MM) -> Volume:
@@ -129,9 +132,8 @@ def _report(full: bool = True, verdict: str = "FAIL", **changes) -> ReportData:
         parts = dict(mr=_grid(np.where(body, 300.0, 5.0).astype(np.float32) + rng.normal(0, 5, SHAPE)),
                      reference_ct=_grid(hu + rng.normal(0, 20, SHAPE).astype(np.float32)),
                      uncertainty_hu=_grid(np.where(body, 30.0, 0.0) + 80.0 * (hu > 500)),
-                     dose_reference_name="real CT", plan_label="4-field box (template)", prescription_gy=2.0,
                      dvh_curves=_dvh_curves(), **_dose(target))
-    data = ReportData(qa=_qa(verdict), identifiers=IDENTIFIERS, model_card=MODEL_CARD, software_version="0.1.0",
+    data = ReportData(qa=_qa(verdict, dose=full), identifiers=IDENTIFIERS, model_card=MODEL_CARD, software_version="0.1.0",
                       created=_dt.datetime(2024, 5, 1, 12, 30), sct=sct, body_mask=body,
                       structures=(StructureOutline("BODY", "body", body), StructureOutline("PTV", "target", target)),
                       **parts)
@@ -189,8 +191,8 @@ def test_first_page_content(full_pdf):
     assert "T2 TSE ax" in first and "1.2.3.4.5.8" in first
     assert "1960-01-31" in first  # the DICOM date shown as a date
     assert LONG_REASON in first  # wrapped, not cut
-    for check in _qa()["checks"]:
-        assert check["name"] in summary, check["name"]
+    for check in _qa().checks:
+        assert check.name in summary, check.name
     # Limits carry their direction: gamma passes at >= 95 and fails below 90; DVH passes at <= 2.
     assert "≥ 95 %" in summary and "< 90 %" in summary and "≤ 2 %" in summary
     assert "not measured" in summary  # the None value of dvh_Rectum
@@ -217,15 +219,14 @@ def test_limitations_and_tissue_peaks(full_pdf):
 
 
 def test_the_histogram_page_shows_the_judged_tissue_composition(tmp_path):
-    qa = _qa("FAIL")
-    qa["checks"].append(_check("fat_share", 42.1, "FAIL", unit="% of fat and soft-tissue voxels",
-                               pass_limit=30.0, fail_limit=35.0))
-    qa["checks"].append(_check("soft_tissue_peak", 2.0, "PASS", unit="HU", pass_limit=25.0, fail_limit=50.0))
-    qa["measurements"] |= {
-        "hu": {"tissue_percent": {"air": 1.0, "lung": 1.2, "fat": 33.0, "soft_tissue": 48.6, "bone": 16.2}},
-        "composition": {"site": "head", "soft_tissue_expected_hu": 35.0, "soft_tissue_peak_hu": 37.0,
-                        "fat_peak_hu": -95.0, "peaks_hu": [-95.0, 37.0], "fat_share_percent": 42.1,
-                        "bone_slice_percent": 98.9, "judged_slice_count": 91, "slices_without_bone": [90]}}
+    qa = _qa("FAIL", hu=factory.hu_statistics({"air": 1.0, "lung": 1.2, "fat": 33.0, "soft_tissue": 48.6,
+                                                "bone": 16.2}),
+             composition=factory.composition("head", 37.0, -95.0, 42.1, 98.9, (90,)))
+    qa = dataclasses.replace(qa, checks=(*[c for c in qa.checks if c.name != "soft_tissue_peak"],
+                                         _check("fat_share", 42.1, "FAIL", unit="% of fat and soft-tissue voxels",
+                                                pass_limit=30.0, fail_limit=35.0),
+                                         _check("soft_tissue_peak", 2.0, "PASS", unit="HU", pass_limit=25.0,
+                                                fail_limit=50.0)))
     path = render_report_pdf(_report(full=False, qa=qa), tmp_path / "report.pdf")
     histogram = next(t for t in _texts(path) if "HU histogram" in t)
     assert "Inside the body: air 1.0 %, lung-like 1.2 %, fat 33.0 %, soft tissue 48.6 %, bone 16.2 %." in histogram
@@ -233,7 +234,7 @@ def test_the_histogram_page_shows_the_judged_tissue_composition(tmp_path):
     assert "fat share of fat and soft tissue 42.1 % (site: head)" in histogram
     assert "bone in 99 % of the body slices" in histogram
     assert "sCT soft-tissue peak 37 HU" in histogram  # the legend of the line drawn at the peak
-    # A qa.json from before these measurements says so instead of inventing numbers.
+    # A QA without these measurements says so instead of inventing numbers.
     old = render_report_pdf(_report(full=False), tmp_path / "old.pdf")
     assert "No tissue composition was recorded" in next(t for t in _texts(old) if "HU histogram" in t)
 
@@ -275,8 +276,7 @@ def test_pass_and_fail_reports_differ_on_the_first_page(tmp_path):
 
 
 def test_long_check_table_flows_onto_further_pages(tmp_path):
-    qa = _qa()
-    qa["checks"] = [_check(f"check_{n:03d}", float(n), "PASS") for n in range(90)]
+    qa = dataclasses.replace(_qa(), checks=tuple(_check(f"check_{n:03d}", float(n), "PASS") for n in range(90)))
     texts = _texts(render_report_pdf(_report(full=False, qa=qa), tmp_path / "long.pdf"))
     images_page = next(i for i, t in enumerate(texts) if "Axial, coronal and sagittal planes" in t)
     summary_pages = texts[:images_page]
@@ -327,29 +327,16 @@ def test_planes_of_both_grids_are_placed_in_millimetres():
                 assert top - bottom == pytest.approx(nz * 3.0)
 
 
-def _signable_qa() -> dict:
-    """A QA result with every number the report must show (as dosimetry.qa writes them)."""
-    qa = _qa("WARN")
+def _signable_qa() -> QaResult:
+    """A QA result with every number the report must show."""
     metrics = {"D98%": (1.95, 1.97), "D95%": (1.96, 1.98), "D50%": (2.0, 2.03), "D2%": (2.06, 2.09),
                "Dmean": (2.0, 2.02), "Dmax": (2.1, 2.12)}
-    qa["measurements"].update({
-        "dvh": {"PTV": {m: {"reference_gy": r, "sct_gy": e, "difference_percent": (e - r) / 2.0 * 100}
-                        for m, (r, e) in metrics.items()},
-                "Rectum": {m: {"reference_gy": r * 0.5, "sct_gy": e * 0.5, "difference_percent": (e - r) / 4.0 * 100}
-                           for m, (r, e) in metrics.items()}},
-        "dose": {"plan": "4-field box (template)", "template": True, "reference": "real CT", "prescription_gy": 2.0,
-                 "normalisation": {"method": "template: prescription at the median dose of PTV",
-                                   "at": "median dose of PTV", "point_mm": None, "reference_dose_gy": 2.0,
-                                   "percent_of_prescription": 100.0},
-                 "monitor_units": {"G000": 65.2, "G090": 65.2}, "max_dose_sct_gy": 2.13, "max_dose_reference_gy": 2.1,
-                 "largest_difference_percent": -9.8, "gamma_2pct_2mm_pass_percent": 97.3,
-                 "gamma_criteria": {"dose_percent": 2.0, "distance_mm": 2.0, "low_dose_cutoff_percent": 10.0,
-                                    "normalisation": "global"}, "grid_spacing_mm": [2.5, 2.5, 2.5]},
-        "image_metrics": {"mae_hu": 61.5, "psnr_db": 27.9, "ssim": 0.912,
-                          "per_tissue": {"fat": {"mae_hu": 40.2, "mean_error_hu": -12.3, "voxels": 1200},
-                                         "bone": {"mae_hu": 180.4, "mean_error_hu": -95.1, "voxels": 300}}},
-        "composition": {"site": "pelvis", "soft_tissue_expected_hu": 35.0, "soft_tissue_peak_hu": 47.0}})
-    return qa
+    dvh = (factory.structure_dvh("PTV", "target", metrics),
+           factory.structure_dvh("Rectum", "organ", {m: (r * 0.5, e * 0.5) for m, (r, e) in metrics.items()}))
+    return _qa("WARN", dose=factory.dose_comparison(dvh),
+               image_metrics=factory.image_metrics(61.5, 27.9, 0.912, {"fat": (40.2, -12.3, 1200),
+                                                                      "bone": (180.4, -95.1, 300)}),
+               composition=factory.composition("pelvis", 47.0))
 
 
 def test_the_report_shows_every_number_that_decides(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from dosimetry.qa_result import read_qa
 from models.phantoms import generate_phantom
 from models.volume import Volume
 from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
@@ -46,7 +47,7 @@ def test_translate_ensemble_writes_the_map_and_qa_checks_it(tmp_path, capsys):
                  "--uncertainty-level-hu", f"{level:.3f}", "--no-dose",
                  "--output", str(tmp_path / "qa")])
     assert code in (EXIT_OK, EXIT_QA_FAIL, 1)
-    qa = json.loads((tmp_path / "qa" / "qa.json").read_text())
-    assert qa["measurements"]["uncertainty"]["level_hu"] == round(level, 3)
-    assert 0 < qa["measurements"]["uncertainty"]["percent_above"] < 100
-    assert "uncertainty" in {c["name"] for c in qa["checks"]}
+    qa = read_qa(tmp_path / "qa", maps=False).result
+    assert qa.uncertainty.level_hu == round(level, 3)
+    assert 0 < qa.uncertainty.percent_above < 100
+    assert qa.check("uncertainty") is not None
