@@ -1,63 +1,64 @@
-"""Beam data of the photon dose engine: a central-axis depth-dose curve, a lateral kernel, a calibration.
+"""Beam data of the photon dose engine, commissioned from measured and published 6 MV data.
 
 A :class:`BeamModel` is the whole description of a photon beam that
 :mod:`dosimetry.engine` needs:
 
 * a percent-depth-dose (PDD) curve of the reference field (10 x 10 cm at the
-  isocentre plane) at the reference SSD (100 cm), from which the engine
-  derives the attenuation function ``T(d) = PDD(d) / PDD(d_max) * ((SSD + d)
-  / (SSD + d_max))**2`` (a tissue-maximum ratio of the reference field that
-  neglects the change of phantom scatter, ``S_p``, with the field size at
-  depth: below about 1 % at the depths of interest);
-* a lateral kernel, a sum of two normalised Gaussians in the isocentre plane:
-  a narrow *primary* one (penumbra: source size and electron range) and a
-  wide *scatter* one (phantom scatter), whose widths and weight grow with
-  radiological depth;
+  isocentre plane) at the reference SSD, from which the engine derives the
+  attenuation function ``T(d) = PDD(d) / PDD(d_max) * ((SSD + d) / (SSD +
+  d_max))**2`` (a tissue-maximum ratio of the reference field);
+* a lateral kernel in the isocentre plane: a narrow *primary* Gaussian with
+  its own width along X (the MLC's leaf-travel direction) and Y (the
+  diaphragms'), whose widths give the penumbra, and a wide *scatter* Gaussian
+  (phantom scatter) whose weight and width grow with radiological depth; the
+  kernel of a field divided by that of the reference field gives the field-size
+  dependence of the dose in the phantom (``S_p`` and its change with depth);
+* a head-scatter factor ``S_c`` of each aperture's equivalent square
+  (``2XY / (X + Y)`` of its open extent at the isocentre plane), ``(1 - A exp(-s
+  / l)) / (1 - A exp(-100 mm / l))``: 1 for the reference field;
 * an absolute calibration: ``dose_per_mu_gy`` at ``d_max`` for the reference
   field at the reference SSD.
 
-The default: generic 6 MV (:data:`GENERIC_6MV`)
------------------------------------------------
-PDD of a 10 x 10 cm field at SSD 100 cm, depths in cm::
+The default: :data:`ELEKTA_AGILITY_6MV`
+---------------------------------------
+Loaded from ``dosimetry/beam_data/elekta_agility_6mv.json``, which keeps every
+figure with its provenance:
 
-    depth  0.0   0.2   0.5   1.0   1.5    2.0   2.5   3.0   4.0   5.0   6.0   7.0   8.0
-    PDD    15.0  55.0  80.0  95.5  100.0  99.2  97.6  95.5  91.2  86.9  82.7  78.6  74.8
+* the 10 x 10 cm PDD (SSD 90 cm) that becomes ``T(d)``, and the 5 x 5 cm PDD,
+  the 80-20 % penumbrae and 50 % widths of both fields at 15, 50, 100 and
+  200 mm depth (crossplane and inplane), all measured on one Elekta Agility
+  in a water tank (pymedphys repository history, data of Cancer Care
+  Associates);
+* the calibration of the same machine: 1 cGy/MU at d_max for 10 x 10 cm at
+  SSD 100 cm (``dose_per_mu_gy`` here is that dose at the reference SSD of
+  90 cm, ``0.01 ((1000 + d_max) / (900 + d_max))**2`` Gy);
+* output factors at 10 cm depth from 2 x 2 to 40 x 40 cm: the measured 5 x 5,
+  the Radiological Physics Center's Elekta 6 MV small-field dataset (Followill
+  et al. 2012: 2, 3, 4, 6 cm) and, where no measured value was found (15, 30,
+  40 cm), values derived from Elekta Monaco (sct-node issue 15): a planning
+  system's, not a measurement, and said so in the file;
+* the kernel and head-scatter parameters fitted to all of them by
+  ``scripts/commission_beam_model.py``; ``tests/dosimetry/test_commissioning.py``
+  checks the engine against the same figures (output factors within 2 %, the
+  5 x 5 PDD within 2 % beyond the build-up, penumbrae and widths within 1 mm).
 
-    depth  9.0   10.0  12.0  14.0  15.0  16.0  18.0  20.0  25.0  30.0  35.0  40.0
-    PDD    71.1  67.5  60.8  54.7  51.8  49.1  44.0  39.3  30.2  23.1  17.7  13.6
+What the fit cannot separate: ``S_c`` and ``S_p`` are only known through their
+product at 10 cm depth below 5 x 5 cm, so the depth dependence of very small
+fields is the kernel's extrapolation. No measured PDD of a field larger than
+10 x 10 cm was available: large-field depth doses are the model's prediction.
 
-Provenance, honestly stated:
-
-* ``d_max = 1.5 cm``, 67.5 % at 10 cm and 39.3 % at 20 cm are the 6 MV,
-  10 x 10 cm, SSD 100 cm values of BJR Supplement 25 as transcribed by a
-  third-party implementation of a beam-quality procedure; they were not
-  checked here against the printed supplement.
-* Between 1.5 and 20 cm the curve is the smooth function
-  ``ln PDD = ln 100 - mu (x - l (1 - exp(-x / l))) - c x**2 / 2`` with
-  ``x = d - 1.5 cm``, ``l = 0.6 cm``, ``mu = 0.04753 /cm``,
-  ``c = 4.86e-4 /cm**2``, fitted through those anchors; it gives 86.9 % at
-  5 cm and 51.8 % at 15 cm, inside the ranges usually quoted for 6 MV
-  (86-87 %, 51-52 %) but *not* read from BJR 25.
-* Beyond 20 cm the curve continues with a constant logarithmic slope of
-  0.053 /cm, typical of 6 MV; the build-up values above ``d_max`` are a
-  typical shape (BJR 25 does not tabulate the build-up region).
-
-Lateral kernel defaults (isocentre plane, ``d`` radiological depth in mm):
-primary sigma ``2.5 + 0.01 d`` mm; with the scatter term this gives a 10 x 10
-cm field an 80-20 % penumbra of about 5.3 mm at d_max, 7.6 mm at 10 cm and
-10.6 mm at 20 cm (SSD 100 cm), typical of 6 MV; scatter sigma 50 mm with weight
-``0.2 (1 - exp(-d / 80 mm))``, which changes the dose at 10 cm depth by
-about +7 % for a 20 x 20 cm field and -5 % for a 5 x 5 cm field relative to
-10 x 10 cm: the right direction and rough size for 6 MV phantom scatter.
-
-The model is meant for *relative* comparison of one plan on two images. A
-clinic that wants absolute agreement replaces the PDD with its commissioning
-data and tunes the kernel; both are plain fields of :class:`BeamModel`.
+The model is meant for *relative* comparison of one plan on two images; a
+clinic replaces the file with its own commissioning data and re-runs the
+fit.
 
 References
 ----------
-British Journal of Radiology Supplement 25, "Central axis depth dose data
-for use in radiotherapy" (British Institute of Radiology, 1996).
+D. S. Followill et al., J. Appl. Clin. Med. Phys. 13(5):282-289 (2012),
+doi:10.1120/jacmp.v13i5.3962 (small-field output factors).
+
+T. C. Zhu et al., "Report of AAPM Therapy Physics Committee Task Group 74:
+in-air output ratio, S_c, for megavoltage photon beams", Med. Phys. 36(11),
+5261 (2009) (head scatter, equivalent square of the collimator setting).
 
 F. M. Khan and J. P. Gibbons, "The Physics of Radiation Therapy", 5th ed.,
 chapters 9-10 (PDD, TMR and their conversion with the inverse-square law).
@@ -69,14 +70,16 @@ doi:10.1088/0031-9155/44/11/201 (primary/scatter separation, pencil kernels).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from dosimetry.errors import DosimetryError
 
-__all__ = ["GENERIC_6MV", "BeamModel", "BeamModelError"]
+__all__ = ["ELEKTA_AGILITY_6MV", "BeamModel", "BeamModelError", "load_beam_model"]
 
 
 class BeamModelError(DosimetryError):
@@ -101,7 +104,7 @@ class BeamModel:
     Parameters
     ----------
     name : str
-        Label for reports, e.g. ``"generic 6 MV"``.
+        Label for reports, e.g. ``"Elekta Agility 6 MV (commissioned)"``.
     depths_mm : tuple of float
         Depths of the PDD nodes, mm, strictly increasing from 0; at least 3.
     percent_depth_dose : tuple of float
@@ -113,24 +116,26 @@ class BeamModel:
         Side of the square reference field at the isocentre plane, mm.
     dose_per_mu_gy : float
         Dose per MU at d_max for the reference field at the reference SSD, Gy.
-    primary_sigma_mm, primary_sigma_mm_per_mm : float
-        Width of the primary Gaussian at zero depth and its growth per mm of
+    primary_sigma_x_mm, primary_sigma_x_mm_per_mm : float
+        Width of the primary Gaussian along X (MLC leaf travel) at zero depth and its growth per mm of
         radiological depth (isocentre plane).
+    primary_sigma_y_mm, primary_sigma_y_mm_per_mm : float
+        The same along Y (the diaphragms or Y jaws).
     scatter_sigma_mm, scatter_sigma_mm_per_mm : float
-        The same for the scatter Gaussian.
+        The same for the scatter Gaussian (both directions).
     scatter_weight_max : float
         Limit of the scatter weight at depth, in [0, 1).
     scatter_buildup_mm : float
         Depth over which the scatter weight builds up (``1 - exp(-d / this)``).
+    head_scatter_amplitude, head_scatter_length_mm : float
+        ``A`` and ``l`` of the head-scatter factor (module docstring); ``A = 0`` switches it off.
+    energy_mv : float
+        Nominal energy the data belong to.
 
     Raises
     ------
     BeamModelError
         If the table is malformed or a parameter is out of range.
-
-    References
-    ----------
-    BJR Supplement 25 (1996); Ahnesjö and Aspradakis, Phys. Med. Biol. 44, R99 (1999).
     """
 
     name: str
@@ -139,12 +144,17 @@ class BeamModel:
     reference_ssd_mm: float = 1000.0
     reference_field_mm: float = 100.0
     dose_per_mu_gy: float = 0.01
-    primary_sigma_mm: float = 2.5
-    primary_sigma_mm_per_mm: float = 0.01
+    primary_sigma_x_mm: float = 2.5
+    primary_sigma_x_mm_per_mm: float = 0.01
+    primary_sigma_y_mm: float = 2.5
+    primary_sigma_y_mm_per_mm: float = 0.01
     scatter_sigma_mm: float = 50.0
     scatter_sigma_mm_per_mm: float = 0.0
     scatter_weight_max: float = 0.2
     scatter_buildup_mm: float = 80.0
+    head_scatter_amplitude: float = 0.0
+    head_scatter_length_mm: float = 30.0
+    energy_mv: float = 6.0
 
     def __post_init__(self) -> None:
         depths = np.asarray(self.depths_mm, dtype=np.float64)
@@ -165,13 +175,17 @@ class BeamModel:
             raise BeamModelError("the depth-dose table must extend beyond its maximum (d_max)")
         object.__setattr__(self, "depths_mm", tuple(float(v) for v in depths))
         object.__setattr__(self, "percent_depth_dose", tuple(float(v) for v in pdd))
-        for attribute in ("reference_ssd_mm", "reference_field_mm", "dose_per_mu_gy", "primary_sigma_mm",
-                          "scatter_sigma_mm", "scatter_buildup_mm"):
+        for attribute in ("reference_ssd_mm", "reference_field_mm", "dose_per_mu_gy", "primary_sigma_x_mm",
+                          "primary_sigma_y_mm", "scatter_sigma_mm", "scatter_buildup_mm", "head_scatter_length_mm",
+                          "energy_mv"):
             object.__setattr__(self, attribute, _positive(getattr(self, attribute), attribute))
-        for attribute in ("primary_sigma_mm_per_mm", "scatter_sigma_mm_per_mm", "scatter_weight_max"):
+        for attribute in ("primary_sigma_x_mm_per_mm", "primary_sigma_y_mm_per_mm", "scatter_sigma_mm_per_mm",
+                          "scatter_weight_max", "head_scatter_amplitude"):
             object.__setattr__(self, attribute, _positive(getattr(self, attribute), attribute, allow_zero=True))
         if self.scatter_weight_max >= 1:
             raise BeamModelError(f"scatter_weight_max must be below 1; found {self.scatter_weight_max}")
+        if self.head_scatter_amplitude >= 1:
+            raise BeamModelError(f"head_scatter_amplitude must be below 1; found {self.head_scatter_amplitude}")
 
     @property
     def dmax_mm(self) -> float:
@@ -206,7 +220,7 @@ class BeamModel:
         values[beyond] = table[-1] * np.exp(slope * (depth[beyond] - depths[-1]))
         return values
 
-    def kernel(self, depth_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def kernel(self, depth_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Lateral kernel parameters at radiological depths (isocentre plane).
 
         Parameters
@@ -216,25 +230,52 @@ class BeamModel:
 
         Returns
         -------
-        primary_sigma_mm, scatter_sigma_mm, scatter_weight : numpy.ndarray
-            The kernel is ``(1 - w) G(primary_sigma) + w G(scatter_sigma)``
-            with ``G`` a normalised 2-D Gaussian.
+        primary_sigma_x_mm, primary_sigma_y_mm, scatter_sigma_mm, scatter_weight : numpy.ndarray
+            The kernel is ``(1 - w) G(sigma_x, sigma_y) + w G(scatter_sigma)`` with ``G`` a normalised
+            2-D Gaussian.
         """
         depth = np.maximum(np.asarray(depth_mm, dtype=np.float64), 0.0)
-        primary = self.primary_sigma_mm + self.primary_sigma_mm_per_mm * depth
+        sigma_x = self.primary_sigma_x_mm + self.primary_sigma_x_mm_per_mm * depth
+        sigma_y = self.primary_sigma_y_mm + self.primary_sigma_y_mm_per_mm * depth
         scatter = self.scatter_sigma_mm + self.scatter_sigma_mm_per_mm * depth
         weight = self.scatter_weight_max * (1.0 - np.exp(-depth / self.scatter_buildup_mm))
-        return primary, scatter, weight
+        return sigma_x, sigma_y, scatter, weight
+
+    def head_scatter(self, side_mm: float) -> float:
+        """``S_c`` of an aperture whose equivalent square has side ``side_mm`` at the isocentre plane (1 at the
+        reference field)."""
+        amplitude, length = self.head_scatter_amplitude, self.head_scatter_length_mm
+
+        def raw(side: float) -> float:
+            return 1.0 - amplitude * math.exp(-max(side, 0.0) / length)
+
+        return raw(side_mm) / raw(self.reference_field_mm)
 
 
-_GENERIC_6MV_DEPTHS_CM = (0.0, 0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0,
-                          14.0, 15.0, 16.0, 18.0, 20.0, 25.0, 30.0, 35.0, 40.0)
-_GENERIC_6MV_PDD = (15.0, 55.0, 80.0, 95.5, 100.0, 99.2, 97.6, 95.5, 91.2, 86.9, 82.7, 78.6, 74.8, 71.1, 67.5,
-                    60.8, 54.7, 51.8, 49.1, 44.0, 39.3, 30.2, 23.1, 17.7, 13.6)
+def load_beam_model(name: str) -> BeamModel:
+    """The commissioned beam model ``dosimetry/beam_data/<name>.json`` (module docstring).
 
-#: Generic 6 MV beam, 1 cGy/MU at d_max for 10 x 10 cm at SSD 100 cm (module docstring).
-GENERIC_6MV = BeamModel(
-    name="generic 6 MV (BJR 25 anchors)",
-    depths_mm=tuple(10.0 * d for d in _GENERIC_6MV_DEPTHS_CM),
-    percent_depth_dose=_GENERIC_6MV_PDD,
-)
+    Raises
+    ------
+    BeamModelError
+        If there is no such file or it lacks a field.
+    """
+    path = Path(__file__).with_name("beam_data") / f"{name}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        depths, pdd = zip(*data["pdd_ssd_900"]["10x10"])
+        fitted = data["fitted"]
+        ssd = float(data["reference_ssd_mm"])
+        dmax = float(depths[int(np.argmax(pdd))])
+        calibration = float(data["calibration"]["dose_per_mu_gy_at_dmax_ssd_1000"])
+        return BeamModel(name=str(data["name"]), depths_mm=tuple(float(d) for d in depths),
+                         percent_depth_dose=tuple(float(v) for v in pdd), reference_ssd_mm=ssd,
+                         reference_field_mm=float(data["reference_field_mm"]),
+                         dose_per_mu_gy=calibration * ((1000.0 + dmax) / (ssd + dmax)) ** 2,
+                         energy_mv=float(data["energy_mv"]), **{k: float(v) for k, v in fitted.items()})
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BeamModelError(f"beam data {path}: cannot be read ({type(error).__name__}: {error})") from None
+
+
+#: The default beam: one Elekta Agility's 6 MV, commissioned (module docstring).
+ELEKTA_AGILITY_6MV = load_beam_model("elekta_agility_6mv")

@@ -35,9 +35,11 @@ source along the beam axis. At each grid point::
   exactly, while smaller fields get less scatter and larger ones more.
 
 The beam's-eye-view dose is then interpolated trilinearly at every voxel.
-Calibration: ``dose_per_mu_gy`` (1 cGy/MU for :data:`GENERIC_6MV`) at
-``d_max`` on the axis of a 10 x 10 cm field (at the isocentre plane) at SSD
-100 cm, isocentre on the surface.
+Calibration: ``dose_per_mu_gy`` at ``d_max`` on the axis of a 10 x 10 cm field
+(at the isocentre plane) at the beam model's reference SSD; the default,
+:data:`dosimetry.beam_model.ELEKTA_AGILITY_6MV`, is calibrated to 1 cGy/MU at
+d_max at SSD 100 cm (the measured machine's). Each aperture's fluence is
+weighted by the head-scatter factor ``S_c`` of its equivalent square.
 
 What it does not model
 ----------------------
@@ -49,9 +51,10 @@ What it does not model
   convolution/superposition or collapsed-cone engine would scale it).
 * Scatter from heterogeneities beyond the effective-depth correction, missing
   tissue and oblique incidence (other than through the path length).
-* Head scatter (``S_c``), field-size output factors beyond the phantom-scatter
-  kernel, off-axis softening, horns, wedges, MLC transmission,
-  tongue-and-groove, rounded leaf tips, extended source size.
+* Head scatter beyond one ``S_c`` per aperture (no extra-focal source
+  profile), off-axis softening, horns, wedges, MLC transmission,
+  tongue-and-groove; rounded leaf tips and source size only through the
+  fitted penumbra width along X and Y.
 * Any energy other than the beam model's (one beam model per call).
 
 Voxels lighter than ``zero_dose_below_density`` (air around the patient) get
@@ -70,9 +73,8 @@ length / TMR-ratio method).
 F. M. Khan and J. P. Gibbons, "The Physics of Radiation Therapy", 5th ed.,
 chapters 9-12.
 
-British Journal of Radiology Supplement 25, "Central axis depth dose data for
-use in radiotherapy" (1996): source of the default beam data's anchors
-(:mod:`dosimetry.beam_model`).
+Beam data and their sources: :mod:`dosimetry.beam_model` and
+``dosimetry/beam_data/elekta_agility_6mv.json``.
 
 IEC 61217:2011 for the beam geometry (:mod:`dosimetry.beam`).
 """
@@ -91,7 +93,7 @@ from torch.nn import functional
 
 from dosimetry._grids import trilinear_at_points
 from dosimetry.beam import Beam, BeamGeometry, aperture_fluence, beam_geometry
-from dosimetry.beam_model import GENERIC_6MV, BeamModel
+from dosimetry.beam_model import ELEKTA_AGILITY_6MV, BeamModel
 from dosimetry.errors import DosimetryError
 from models.volume import Volume
 
@@ -168,7 +170,7 @@ def compute_dose(
     density: Volume,
     beams: Sequence[Beam],
     *,
-    beam_model: BeamModel = GENERIC_6MV,
+    beam_model: BeamModel = ELEKTA_AGILITY_6MV,
     options: EngineOptions | None = None,
 ) -> Volume:
     """Dose of photon beams on a relative-electron-density image.
@@ -182,7 +184,7 @@ def compute_dose(
     beams : sequence of Beam
         The beams; their doses add.
     beam_model : BeamModel, optional
-        Beam data (default :data:`dosimetry.beam_model.GENERIC_6MV`).
+        Beam data (default :data:`dosimetry.beam_model.ELEKTA_AGILITY_6MV`).
     options : EngineOptions, optional
         Numerical options (defaults: 2 mm BEV grid, 2 mm depth step).
 
@@ -211,7 +213,7 @@ def compute_dose_and_points(
     beams: Sequence[Beam],
     points_mm: np.ndarray | None,
     *,
-    beam_model: BeamModel = GENERIC_6MV,
+    beam_model: BeamModel = ELEKTA_AGILITY_6MV,
     options: EngineOptions | None = None,
 ) -> tuple[Volume, np.ndarray | None]:
     """:func:`compute_dose`, and the same dose evaluated at arbitrary patient points in the same pass.
@@ -413,9 +415,9 @@ def _bev_dose(
         return None  # every aperture closed: no dose
     boxes = np.asarray(extents)
     nodes = np.asarray(options.kernel_depth_nodes_mm)
-    primary_sigma, scatter_sigma, scatter_weight = model.kernel(nodes)
+    sigma_x, sigma_y, scatter_sigma, scatter_weight = model.kernel(nodes)
     margin = options.scatter_margin_sigmas * float(max(scatter_sigma.max() if scatter_weight.max() > 0 else 0.0,
-                                                       primary_sigma.max()))
+                                                       sigma_x.max(), sigma_y.max()))
     projected_u = (relative @ geometry.x_axis) * sad / depth_along_axis
     projected_v = (relative @ geometry.y_axis) * sad / depth_along_axis
     u_low = max(boxes[:, 0].min() - margin, projected_u.min())
@@ -478,22 +480,24 @@ def _scatter_ratio(
     u_t: torch.Tensor,
     v_t: torch.Tensor,
 ) -> torch.Tensor:
-    """``(F conv K)(u, v) / (F_ref conv K)(0, 0)`` at each grid point's radiological depth."""
+    """``(F conv K)(u, v) / (F_ref conv K)(0, 0)`` at each grid point's radiological depth, ``F`` weighted by
+    each aperture's head-scatter factor."""
     nodes = np.asarray(options.kernel_depth_nodes_mm)
-    primary_sigma, scatter_sigma, scatter_weight = model.kernel(nodes)
+    sigma_x, sigma_y, scatter_sigma, scatter_weight = model.kernel(nodes)
     half_field = model.reference_field_mm / 2
-    # On-axis value of the reference square field convolved with the kernel (separable: erf squared).
-    reference = ((1 - scatter_weight) * special.erf(half_field / (math.sqrt(2) * primary_sigma)) ** 2
+    # On-axis value of the reference square field convolved with the kernel (separable: a product of erfs).
+    reference = ((1 - scatter_weight) * special.erf(half_field / (math.sqrt(2) * sigma_x))
+                 * special.erf(half_field / (math.sqrt(2) * sigma_y))
                  + scatter_weight * special.erf(half_field / (math.sqrt(2) * scatter_sigma)) ** 2)
-    fluence = aperture_fluence(beam.segments, u_t, v_t)  # (Nv, Nu)
+    fluence = _head_scattered_fluence(beam, model, u_t, v_t)  # (Nv, Nu)
     du = float(u_t[1] - u_t[0])
     dv = float(v_t[1] - v_t[0])
     maps = []
     for k in range(len(nodes)):
         weight = float(scatter_weight[k])
         blurred = (1.0 - weight) * (
-            _gaussian_matrix(v_t, float(primary_sigma[k]), dv) @ fluence
-            @ _gaussian_matrix(u_t, float(primary_sigma[k]), du).T
+            _gaussian_matrix(v_t, float(sigma_y[k]), dv) @ fluence
+            @ _gaussian_matrix(u_t, float(sigma_x[k]), du).T
         )
         if weight > 0:
             blurred = blurred + weight * (
@@ -510,6 +514,21 @@ def _scatter_ratio(
     columns = node_maps.shape[1]
     return torch.take(flat, lower * columns + pixel) * (1 - fraction) + \
         torch.take(flat, (lower + 1) * columns + pixel) * fraction
+
+
+def _head_scattered_fluence(beam: Beam, model: BeamModel, u_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+    """The apertures' fluence, each segment weighted by its meterset share and by ``S_c`` of its equivalent
+    square (``2XY / (X + Y)`` of its open extent at the isocentre plane, AAPM TG-74)."""
+    total = sum(segment.meterset_weight for segment in beam.segments)
+    fluence = torch.zeros((v_t.numel(), u_t.numel()), dtype=u_t.dtype, device=u_t.device)
+    for segment in beam.segments:
+        extent = segment.open_extent_mm()
+        if segment.meterset_weight == 0 or extent is None:
+            continue
+        width, height = extent[1] - extent[0], extent[3] - extent[2]
+        factor = model.head_scatter(2.0 * width * height / (width + height))
+        fluence += (segment.meterset_weight / total * factor) * aperture_fluence((segment,), u_t, v_t)
+    return fluence
 
 
 def _bev_to_voxels(bev: _BevDose, grid: _VoxelGrid, geometry: BeamGeometry, options: EngineOptions) -> torch.Tensor:

@@ -22,7 +22,7 @@ from dosimetry.beam import (
     beam_geometry,
     beams_from_plan,
 )
-from dosimetry.beam_model import GENERIC_6MV, BeamModel, BeamModelError
+from dosimetry.beam_model import ELEKTA_AGILITY_6MV, BeamModel, BeamModelError
 from dosimetry.engine import DoseEngineError, EngineOptions, compute_dose
 from dosimetry.errors import DosimetryError
 from dosimetry.plans import template_plan
@@ -63,15 +63,7 @@ def _width_at_half_max(positions_mm: np.ndarray, profile: np.ndarray) -> float:
     return float(right - left)
 
 
-# --- Published depth dose --------------------------------------------------------------------------------------
-
-#: Reference PDD points of a 6 MV, 10 x 10 cm field at SSD 100 cm (depth cm -> percent).
-#: 1.5 cm (d_max), 10 cm and 20 cm: BJR Supplement 25 (1996) values for 6 MV as transcribed by a third-party
-#: implementation of the Accuray beam-quality procedure (67.5 % and 39.3 %), not checked against the printed
-#: supplement. 5 cm and 15 cm: NOT read from BJR 25 - the middle of the ranges usually quoted for 6 MV
-#: (86-87 %, 51-52 %); treat them as uncertain.
-REFERENCE_PDD_6MV = {1.5: 100.0, 5.0: 86.5, 10.0: 67.5, 15.0: 51.5, 20.0: 39.3}
-
+# --- Calibration (the measured and published beam data: tests/dosimetry/test_commissioning.py) ----------------
 
 @pytest.fixture(scope="module")
 def water_ssd100():
@@ -84,26 +76,10 @@ def water_ssd100():
     return phantom, dose, depth_mm
 
 
-def test_percent_depth_dose_matches_bjr25_6mv(water_ssd100):
-    """PDD of 10 x 10 cm at SSD 100 cm within 2 percentage points of the reference points beyond d_max.
-
-    Reference: British Journal of Radiology Supplement 25 (1996), 6 MV, 10 x 10 cm, SSD 100 cm; see
-    ``REFERENCE_PDD_6MV`` for which values are certain. The engine's default beam data are built on the
-    same anchors, so this test checks the implementation (ray tracing, inverse square, lateral
-    normalisation, discretisation), not the physics of the beam data.
-    """
-    _, dose, depth_mm = water_ssd100
-    central = _central_axis_y(dose)
-    pdd = 100.0 * central / central.max()
-    assert depth_mm[np.argmax(central)] == pytest.approx(15.0, abs=3.0)
-    deviations = {d: float(np.interp(10.0 * d, depth_mm, pdd)) - ref for d, ref in REFERENCE_PDD_6MV.items()}
-    assert max(abs(v) for v in deviations.values()) <= 2.0, deviations
-
-
 def test_calibration_is_one_centigray_per_mu_at_dmax(water_ssd100):
     _, dose, depth_mm = water_ssd100
     central = _central_axis_y(dose)
-    assert float(np.interp(15.0, depth_mm, central)) == pytest.approx(1.0, rel=0.01)  # 100 MU -> 1 Gy
+    assert float(np.interp(14.0, depth_mm, central)) == pytest.approx(1.0, rel=0.01)  # 100 MU -> 1 Gy at d_max
 
 
 # --- Analytic laws ---------------------------------------------------------------------------------------------
@@ -144,7 +120,7 @@ def test_dose_behind_a_slab_follows_the_effective_depth(slab_density, thickness_
         # Voxel centres sit at odd mm depths; the slab occupies whole voxels.
         measured = np.interp(depth + 1, depth_mm, heterogeneous) / np.interp(depth + 1, depth_mm, reference)
         effective = depth + 1 + thickness_mm * (slab_density - 1.0)
-        expected = GENERIC_6MV.attenuation(np.array([effective]))[0] / GENERIC_6MV.attenuation(
+        expected = ELEKTA_AGILITY_6MV.attenuation(np.array([effective]))[0] / ELEKTA_AGILITY_6MV.attenuation(
             np.array([depth + 1]))[0]
         assert (measured < 1.0) == (slab_density > 1.0)
         assert measured == pytest.approx(expected, rel=0.01), (depth, measured, expected)
@@ -163,8 +139,9 @@ def test_half_maximum_width_matches_projected_field_and_out_of_field_dose_is_low
         assert _width_at_half_max(x_mm, profile) == pytest.approx(projected, abs=2.0)
         centre = profile[len(profile) // 2]
         edge = projected / 2
-        assert np.interp(edge + 30.0, x_mm, profile) < 0.05 * centre
-        assert np.interp(edge + 60.0, x_mm, profile) < 0.03 * centre
+        # Measured on an Elekta Agility at 20 cm depth: 7-8 % and 4 % (tests/dosimetry/test_commissioning.py).
+        assert np.interp(edge + 30.0, x_mm, profile) < 0.10 * centre
+        assert np.interp(edge + 60.0, x_mm, profile) < 0.05 * centre
 
 
 def test_larger_fields_give_more_dose_at_depth():
@@ -204,12 +181,17 @@ def test_mlc_narrower_than_jaws_narrows_the_field():
 
 
 def test_two_half_weight_segments_deliver_half_the_open_field():
+    """Segments add linearly, each with the head scatter of its own aperture: two 4 x 8 cm halves at half the
+    MU each give half the 8 x 8 cm dose, less by S_c(5.3 cm) / S_c(8 cm) (the jaws close half the head)."""
     phantom = _box((50, 80, 50))
     left = BeamSegment((-40.0, 0.0), (-40.0, 40.0), meterset_weight=1.0)
     right = BeamSegment((0.0, 40.0), (-40.0, 40.0), meterset_weight=1.0)
     split = compute_dose(phantom, [Beam(0.0, (0.0, 0.0, 0.0), 100.0, (left, right))]).array
+    alone = [compute_dose(phantom, [Beam(0.0, (0.0, 0.0, 0.0), 50.0, (half,))]).array for half in (left, right)]
+    np.testing.assert_allclose(split, alone[0] + alone[1], atol=1e-4 * split.max())
     whole = compute_dose(phantom, [Beam.open_field(0.0, (0.0, 0.0, 0.0), 80.0, 80.0, 100.0)]).array
-    np.testing.assert_allclose(split, 0.5 * whole, atol=2e-3 * whole.max())
+    head = ELEKTA_AGILITY_6MV.head_scatter(2 * 40.0 * 80.0 / 120.0) / ELEKTA_AGILITY_6MV.head_scatter(80.0)
+    np.testing.assert_allclose(split, 0.5 * whole * head, atol=2e-3 * whole.max())
 
 
 # --- Geometry conventions --------------------------------------------------------------------------------------
