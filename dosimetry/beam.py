@@ -3,7 +3,22 @@
 A :class:`Beam` is one static beam direction (gantry, collimator and couch
 angles, isocentre, SAD) with its monitor units and one or more
 :class:`BeamSegment` apertures, each delivering a fraction of the MU (step and
-shoot). An arc is represented as one static beam per control point.
+shoot).
+
+Plans with moving parts (:func:`beams_from_plan`)
+-------------------------------------------------
+The dose of a continuous arc (VMAT, dynamic conformal arc) is approximated
+by static sub-arcs of at most :data:`MAX_ARC_STEP_DEG` (2.5 degrees): each
+control-point segment of an arc becomes ``ceil(rotation / 2.5 deg)`` static
+beams at the mid-angles of equal sub-arcs, with jaws and MLC leaves linearly
+interpolated to the same midpoints and the segment's MU (cumulative meterset
+weight difference x beam MU) shared equally. Collimator and couch rotation
+during an arc are interpolated the same way. A static-gantry segment with
+moving leaves or jaws (sliding-window IMRT) becomes apertures at the
+midpoints of sub-steps of at most :data:`MAX_LEAF_STEP_MM` (2 mm) of leaf
+travel, so its fluence is the time average of the moving aperture.
+Step-and-shoot segments (identical apertures at both ends) are used as they
+are. Neither step depends on :class:`dosimetry.engine.EngineOptions`.
 
 Coordinate conventions
 ----------------------
@@ -57,11 +72,15 @@ import numpy as np
 import torch
 
 from dosimetry.errors import DosimetryError
+from dosimetry.plans import ControlPoint, energy_problem, gantry_travel_deg
 
 if TYPE_CHECKING:
     from dosimetry.plans import PhotonPlan
 
 __all__ = [
+    "ARC_GANTRY_BIN_DEG",
+    "MAX_ARC_STEP_DEG",
+    "MAX_LEAF_STEP_MM",
     "Beam",
     "BeamError",
     "BeamGeometry",
@@ -488,28 +507,64 @@ def aperture_fluence(
     return fluence
 
 
+#: Largest gantry (or collimator, couch) rotation, degrees, that one static sub-arc stands for. 2.5 rather than
+#: 2: the usual VMAT export (178 control points per 358-degree arc, 2.02 degrees apart) is then computed at one
+#: sub-arc per control-point segment instead of two, and coarser exports (4 degrees) are still split.
+MAX_ARC_STEP_DEG = 2.5
+#: Largest leaf or jaw travel, mm at the isocentre plane, that one sub-step of a static-gantry dynamic
+#: (sliding-window) segment stands for.
+MAX_LEAF_STEP_MM = 2.0
+#: Gantry bin, degrees, in which the QA and ``sct-node dose`` compute an arc's sub-arcs as one beam (their
+#: apertures kept): the arc's dose from static beams at most this far apart (beams_from_plan).
+ARC_GANTRY_BIN_DEG = 5.0
+
+
 def beams_from_plan(
     plan: PhotonPlan,
     *,
-    patient_position: PatientPosition | str = PatientPosition.HFS,
-    accept_energy_mv: Sequence[float] | None = (6.0,),
+    patient_position: PatientPosition | str | None = None,
+    max_arc_step_deg: float = MAX_ARC_STEP_DEG,
+    max_leaf_step_mm: float = MAX_LEAF_STEP_MM,
+    gantry_bin_deg: float = 0.0,
 ) -> tuple[Beam, ...]:
-    """Engine beams from a :class:`dosimetry.plans.PhotonPlan`.
+    """Engine beams from a :class:`dosimetry.plans.PhotonPlan`: control-point segments as static beams.
 
-    Consecutive segments of a plan beam that share gantry, collimator, couch
-    and isocentre become one :class:`Beam` with several segments (step and
-    shoot); a change of any of them (an arc) starts a new static beam.
+    Between control points *i* and *i + 1* a plan beam delivers (cumulative meterset weight difference) x
+    its MU (:meth:`dosimetry.plans.PlanBeam.segments`). What the engine computes for such a segment:
+
+    * **arc** (the gantry, collimator or couch turns): the continuous arc is approximated by
+      ``ceil(rotation / max_arc_step_deg)`` static sub-arcs of equal rotation, each a static :class:`Beam`
+      at the sub-arc's mid-angle with the jaws and MLC leaves linearly interpolated to that midpoint and an
+      equal share of the segment's MU. With the default 2.5 degrees, the sub-arcs of a VMAT arc with
+      control points 2-4 degrees apart lie 2-2.5 degrees apart: the approximation is that of replacing a
+      continuous rotation by static beams at most 2.5 degrees apart, as planning systems compute arcs;
+    * **static gantry, moving leaves or jaws** (sliding-window IMRT, dynamic jaws): the motion is split into
+      ``ceil(travel / max_leaf_step_mm)`` sub-steps (travel: the largest leaf or jaw movement), each an
+      aperture at its sub-step's midpoint with an equal share of the MU, so the fluence is the time average
+      of the moving aperture (exact for its integral over the field while no leaf crosses a jaw);
+    * **static gantry and aperture** (static fields, step-and-shoot segments): the aperture as it is.
+
+    Consecutive segments at the same gantry, collimator, couch and isocentre form one :class:`Beam` with
+    several :class:`BeamSegment` apertures; each sub-arc is a beam of its own.
 
     Parameters
     ----------
     plan : dosimetry.plans.PhotonPlan
         The plan (read from an RT Plan, or a template).
-    patient_position : PatientPosition or str, optional
-        Patient Position of the planning image (default HFS).
-    accept_energy_mv : sequence of float or None, optional
-        Nominal energies the caller accepts for the engine's beam model
-        (default 6 MV only); None accepts any energy, knowingly computing a
-        6 MV-like dose for it.
+    patient_position : PatientPosition or str or None, optional
+        Patient Position of the planning image; default: the plan's (from its patient setup), else HFS.
+    max_arc_step_deg : float, optional
+        Largest rotation one static sub-arc stands for, degrees (default :data:`MAX_ARC_STEP_DEG`).
+    max_leaf_step_mm : float, optional
+        Largest leaf or jaw travel one sub-step of a static-gantry dynamic segment stands for, mm
+        (default :data:`MAX_LEAF_STEP_MM`).
+    gantry_bin_deg : float, optional
+        0 (default): every sub-arc is a beam of its own. Positive: consecutive sub-arcs of a plan beam whose
+        gantry angles fall in the same ``gantry_bin_deg`` bin (bins start at 0 degrees) become one beam at
+        their MU-weighted mean angle, with every sub-arc's aperture as one of its segments: the apertures
+        keep their ``max_arc_step_deg`` sampling, the geometry is computed once per bin
+        (:data:`ARC_GANTRY_BIN_DEG` is what the QA and ``sct-node dose`` use; benchmarks/dose_engine_timing.py
+        measures what it costs in dose and saves in time).
 
     Returns
     -------
@@ -518,41 +573,98 @@ def beams_from_plan(
     Raises
     ------
     BeamError
-        For a beam at another energy, or a control point the engine cannot use.
+        For a beam at an energy the beam data do not cover (they are 6 MV only), an isocentre that moves
+        during a segment, non-positive steps, or a control point the engine cannot use.
     """
+    for name, value in (("max_arc_step_deg", max_arc_step_deg), ("max_leaf_step_mm", max_leaf_step_mm)):
+        if not (_finite(value, name) > 0):
+            raise BeamError(f"{name} must be positive; found {value!r}")
+    if not _finite(gantry_bin_deg, "gantry_bin_deg") >= 0:
+        raise BeamError(f"gantry_bin_deg must be 0 (no binning) or positive; found {gantry_bin_deg!r}")
+    position = plan.patient_position if patient_position is None else patient_position
+    try:
+        position = PatientPosition(position or PatientPosition.HFS)
+    except ValueError:
+        raise BeamError(f"patient position {position!r} is not supported; expected one of "
+                        f"{', '.join(p.value for p in PatientPosition)}") from None
     beams: list[Beam] = []
     for plan_beam in plan.beams:
-        if accept_energy_mv is not None and not any(
-            math.isclose(plan_beam.energy_mv, e, abs_tol=0.05) for e in accept_energy_mv
-        ):
-            raise BeamError(
-                f"beam {plan_beam.name!r} is {plan_beam.energy_mv:g} MV; the beam model covers "
-                f"{', '.join(f'{e:g}' for e in accept_energy_mv)} MV (pass accept_energy_mv=None to compute anyway)"
-            )
-        groups: list[tuple[tuple, list[tuple[BeamSegment, float]]]] = []
-        for point, monitor_units in plan_beam.segments():
-            key = (point.gantry_deg, point.collimator_deg, point.couch_deg, tuple(point.isocentre_mm))
-            mlc = None
-            if point.mlc_boundaries_mm is not None and point.mlc_positions_mm is not None:
-                mlc = MlcAperture.from_dicom(point.mlc_boundaries_mm, point.mlc_positions_mm)
-            segment = BeamSegment(tuple(point.jaw_x_mm), tuple(point.jaw_y_mm), mlc, monitor_units)
-            if groups and groups[-1][0] == key:
-                groups[-1][1].append((segment, monitor_units))
-            else:
-                groups.append((key, [(segment, monitor_units)]))
-        for index, ((gantry, collimator, couch, isocentre), items) in enumerate(groups):
+        problem = energy_problem(f"beam {plan_beam.name!r}", plan_beam.energy_mv)
+        if problem:
+            raise BeamError(problem)
+        groups: list[tuple[tuple, list[BeamSegment], list[float]]] = []
+        for start, end, monitor_units in plan_beam.segments():
+            if tuple(start.isocentre_mm) != tuple(end.isocentre_mm):
+                raise BeamError(f"beam {plan_beam.name!r}: the isocentre moves from {start.isocentre_mm} to "
+                                f"{end.isocentre_mm} mm while the beam is on; couch motion during irradiation "
+                                "is not modelled")
+            for point, share in _sub_steps(start, end, monitor_units, float(max_arc_step_deg),
+                                           float(max_leaf_step_mm)):
+                where = math.floor(point.gantry_deg / gantry_bin_deg) if gantry_bin_deg > 0 else point.gantry_deg
+                key = (where, point.collimator_deg, point.couch_deg, tuple(point.isocentre_mm))
+                mlc = None
+                if point.mlc_boundaries_mm is not None and point.mlc_positions_mm is not None:
+                    mlc = MlcAperture.from_dicom(point.mlc_boundaries_mm, point.mlc_positions_mm)
+                segment = BeamSegment(tuple(point.jaw_x_mm), tuple(point.jaw_y_mm), mlc, share)
+                if groups and groups[-1][0] == key:
+                    groups[-1][1].append(segment)
+                    groups[-1][2].append(point.gantry_deg)
+                else:
+                    groups.append((key, [segment], [point.gantry_deg]))
+        for index, ((_, collimator, couch, isocentre), segments, angles) in enumerate(groups):
             suffix = f" [{index + 1}/{len(groups)}]" if len(groups) > 1 else ""
+            weights = [s.meterset_weight for s in segments]
             beams.append(
                 Beam(
-                    gantry,
+                    float(np.average(angles, weights=weights)) if sum(weights) > 0 else angles[0],
                     isocentre,
-                    sum(mu for _, mu in items),
-                    tuple(segment for segment, _ in items),
+                    sum(s.meterset_weight for s in segments),
+                    tuple(segments),
                     collimator_deg=collimator,
                     couch_deg=couch,
                     source_axis_distance_mm=plan_beam.source_axis_distance_mm,
-                    patient_position=PatientPosition(patient_position),
+                    patient_position=position,
                     name=f"{plan_beam.name}{suffix}",
                 )
             )
     return tuple(beams)
+
+
+def _shorter_turn_deg(start: float, end: float) -> float:
+    difference = (end - start) % 360.0
+    return difference - 360.0 if difference > 180.0 else difference
+
+
+def _sub_steps(start: ControlPoint, end: ControlPoint, monitor_units: float, max_arc_step_deg: float,
+               max_leaf_step_mm: float) -> list[tuple[ControlPoint, float]]:
+    """The static states (at each sub-step's midpoint) a control-point segment is computed as, with their MU."""
+    turns = (gantry_travel_deg(start, end), _shorter_turn_deg(start.collimator_deg, end.collimator_deg),
+             _shorter_turn_deg(start.couch_deg, end.couch_deg))
+    moving = [(start.jaw_x_mm, end.jaw_x_mm), (start.jaw_y_mm, end.jaw_y_mm)]
+    leaves = start.mlc_positions_mm is not None and end.mlc_positions_mm is not None
+    if leaves:
+        moving.append((start.mlc_positions_mm, end.mlc_positions_mm))
+    travel_mm = max(float(np.max(np.abs(np.subtract(b, a)))) for a, b in moving)
+    rotation_deg = max(abs(t) for t in turns)
+    if rotation_deg > 1e-9:
+        count = math.ceil(rotation_deg / max_arc_step_deg - 1e-9)
+    elif travel_mm > 1e-9:
+        count = math.ceil(travel_mm / max_leaf_step_mm - 1e-9)
+    else:
+        return [(start, monitor_units)]
+    result = []
+    for k in range(count):
+        t = (k + 0.5) / count
+        point = ControlPoint(
+            (start.gantry_deg + t * turns[0]) % 360.0, (start.collimator_deg + t * turns[1]) % 360.0,
+            (start.couch_deg + t * turns[2]) % 360.0, start.isocentre_mm, _between(start.jaw_x_mm, end.jaw_x_mm, t),
+            _between(start.jaw_y_mm, end.jaw_y_mm, t), start.mlc_boundaries_mm if leaves else None,
+            _between(start.mlc_positions_mm, end.mlc_positions_mm, t) if leaves else None,
+            start.cumulative_meterset_weight)
+        result.append((point, monitor_units / count))
+    return result
+
+
+def _between(start: Sequence[float], end: Sequence[float], t: float) -> tuple[float, ...]:
+    """Linear interpolation, a fraction ``t`` of the way from ``start`` to ``end``."""
+    return tuple(float(a + t * (b - a)) for a, b in zip(start, end, strict=True))

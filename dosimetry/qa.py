@@ -70,7 +70,7 @@ from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composit
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
-__all__ = ["QaInputs", "input_envelope_check", "run_qa"]
+__all__ = ["QaInputs", "dose_grid_image", "input_envelope_check", "run_qa"]
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
@@ -335,7 +335,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
     _require_isocentres_in_image(plan, sct)
     prescription = plan.prescription_gy / max(plan.fractions, 1) if (plan.prescription_gy and not plan.is_template) \
         else inputs.prescription_gy
-    zoom = np.asarray(sct.spacing_mm) / max(inputs.dose_grid_mm, min(sct.spacing_mm))
+    zoom = _dose_grid_zoom(sct, inputs.dose_grid_mm)
     grid = _resample(sct, zoom, order=1)
     body_grid = _resample_mask(body, zoom, grid.shape)
     reference_hu = inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body)
@@ -426,6 +426,16 @@ def _bulk(sct: Volume, body: np.ndarray) -> Volume:
     hu[body] = 0.0
     hu[body & (sct.array >= BONE_FROM_HU)] = BULK_BONE_HU
     return sct.with_array(hu)
+
+
+def dose_grid_image(image_hu: Volume, dose_grid_mm: float = DEFAULT_DOSE_GRID_MM) -> Volume:
+    """An image (HU) resampled (linearly) onto the dose grid the QA computes on: ``dose_grid_mm`` spacing, never
+    finer than the image's finest, same outer edges and orientation. ``sct-node dose`` uses it too."""
+    return _resample(image_hu, _dose_grid_zoom(image_hu, dose_grid_mm), order=1)
+
+
+def _dose_grid_zoom(image: Volume, dose_grid_mm: float) -> np.ndarray:
+    return np.asarray(image.spacing_mm) / max(dose_grid_mm, min(image.spacing_mm))
 
 
 def _resample(volume: Volume, zoom_xyz: np.ndarray, order: int) -> Volume:

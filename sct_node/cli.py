@@ -250,6 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     gamma.add_argument("--json", action="store_true", help="print the result as JSON")
     gamma.set_defaults(handler=_run_gamma)
 
+    dose = commands.add_parser(
+        "dose", parents=[common], help="compute an RT Plan's dose on a CT series and write it as RT Dose",
+        description="Compute a photon RT Plan's dose on a CT series with sct-node's simplified engine and write it "
+                    "as an RT Dose: physical dose in Gy, the sum over all fractions of the computed fraction group "
+                    "(Dose Summation Type PLAN, or FRACTION when the plan has several fraction groups), referencing "
+                    "the plan; hold it against your planning system's dose with `sct-node gamma`. Plans the engine "
+                    "does not model are refused by name, one line each (docs/dose.md).")
+    dose.add_argument("--ct", type=Path, required=True, help="CT series folder (the plan's frame of reference)")
+    dose.add_argument("--plan", type=Path, required=True, help="photon RT Plan file (with or without file meta)")
+    dose.add_argument("--output", "-o", type=Path, required=True, help="RT Dose file to write")
+    dose.add_argument("--fraction-group", type=_positive_int, metavar="N",
+                      help="Fraction Group Number to compute (default: the only one, or the first that holds "
+                           "treatment beams with MU)")
+    dose.add_argument("--dose-grid-mm", type=_positive_float, default=None, metavar="MM",
+                      help="dose grid spacing (default 2.5; never finer than the CT)")
+    dose.set_defaults(handler=_run_dose)
+
     demo = commands.add_parser(
         "demo", parents=[common], help="run the whole path on loopback: phantom -> node -> planning system",
         description="Generate a phantom MR series, start the node and a stand-in planning system on loopback, send "
@@ -620,14 +637,15 @@ def _run_qa(args: argparse.Namespace) -> int:
     from dosimetry.plans import read_rt_plan
     from dosimetry.qa import QaInputs, run_qa
     from dosimetry.qa_result import write_qa
-    from sct_node.dicom.uncertainty_writer import read_uncertainty_map
     from dosimetry.structures import read_structures
     from dosimetry.verdict import QaThresholds, Verdict, thresholds_from_mapping
     from models.body_mask import body_mask_from_mr
+    from sct_node.dicom.files import open_dataset
     from sct_node.dicom.reader import read_series
-    from sct_node.report.context import qa_context
     from sct_node.dicom.uids import CT_IMAGE_STORAGE
+    from sct_node.dicom.uncertainty_writer import read_uncertainty_map
     from sct_node.errors import InputError
+    from sct_node.report.context import qa_context
 
     sct = read_series([args.sct], sop_classes=[CT_IMAGE_STORAGE])
     frame = sct.frame_of_reference_uid
@@ -650,7 +668,8 @@ def _run_qa(args: argparse.Namespace) -> int:
                              "grid (resample it onto the MR first)")
         drawn_on.add(reference.series_instance_uid)
     uncertainty = read_uncertainty_map(args.uncertainty, sct.volume) if args.uncertainty else None
-    plan = read_rt_plan(args.plan, frame_of_reference_uid=frame) if args.plan else None
+    plan = read_rt_plan(open_dataset(args.plan), frame_of_reference_uid=frame,
+                        source_name=str(args.plan)) if args.plan else None
     structures = tuple(read_structures(args.structures, sct.volume, frame_of_reference_uid=frame,
                                        referenced_series_uid=drawn_on, allow_empty=True)) if args.structures else ()
     for empty in (s for s in structures if not s.mask.any()):
@@ -741,9 +760,8 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_release(args: argparse.Namespace) -> int:
-    from sct_node.qa_stage import release_held
-
     from sct_node.errors import SctNodeError
+    from sct_node.qa_stage import release_held
 
     state = _open_state(args.config)
     job = state.job(args.job)
@@ -783,6 +801,54 @@ def _run_gamma(args: argparse.Namespace) -> int:
         kind = "local" if args.local else "global"
         print(f"gamma {args.dose_percent:g}%/{args.distance_mm:g} mm ({kind}, cutoff {args.cutoff_percent:g}%): "
               f"pass rate {result.pass_rate_percent:.2f}% of {result.evaluated_points} points")
+    return EXIT_OK
+
+
+def _run_dose(args: argparse.Namespace) -> int:
+    from dosimetry.beam import beams_from_plan
+    from dosimetry.density import relative_electron_density_volume
+    from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
+    from dosimetry.engine import compute_dose
+    from dosimetry.plans import read_rt_plan
+    from dosimetry.qa import dose_grid_image
+    from sct_node.dicom.files import open_dataset
+    from sct_node.dicom.reader import read_series
+    from sct_node.dicom.rtdose_writer import write_rt_dose
+    from sct_node.dicom.uids import CT_IMAGE_STORAGE, derive_uid
+    from sct_node.errors import InputError
+
+    ct = read_series([args.ct], sop_classes=[CT_IMAGE_STORAGE])
+    plan_dataset = open_dataset(args.plan)  # the project's opener: Part 10 files and raw data sets alike
+    plan = read_rt_plan(plan_dataset, frame_of_reference_uid=ct.frame_of_reference_uid,
+                        fraction_group=args.fraction_group, source_name=str(args.plan))
+    ct_position = str(ct.header.get("PatientPosition", "") or "") or None
+    if plan.patient_position and ct_position and plan.patient_position != ct_position:
+        raise InputError(f"{args.plan}: the plan's patient position is {plan.patient_position}, the CT's "
+                         f"{ct_position}; they must be the same")
+    beams = beams_from_plan(plan, patient_position=plan.patient_position or ct_position)
+    grid = dose_grid_image(ct.volume, args.dose_grid_mm or DEFAULT_DOSE_GRID_MM)
+    per_fraction = compute_dose(relative_electron_density_volume(grid), beams)
+    total = per_fraction.with_array(per_fraction.array * plan.fractions)
+    groups = len(plan_dataset.get("FractionGroupSequence", []))
+    summation = "PLAN" if groups == 1 else "FRACTION"
+    what = (f"the whole plan ({plan.fractions} fraction{'s' if plan.fractions != 1 else ''})" if groups == 1 else
+            f"all {plan.fractions} fraction(s) of fraction group {plan.fraction_group_number} of {groups}")
+    statement = (f"Dose of RT Plan {plan.label!r}, {what}, computed on a CT by sct-node's simplified photon dose "
+                 "engine for comparison with a planning system's dose. Not a commissioned treatment planning "
+                 "system dose: not for treatment planning or delivery."
+                 + (" " + " ".join(f"{note}." for note in plan.notes) if plan.notes else ""))
+    headers = [open_dataset(path) for path in ct.files]
+    seed = (str(plan.sop_instance_uid), ct.series_instance_uid, str(plan.fraction_group_number),
+            f"{args.dose_grid_mm or DEFAULT_DOSE_GRID_MM:g}")
+    write_rt_dose(dose_gy=total, sct_headers=headers, path=args.output,
+                  sop_instance_uid=derive_uid(*seed, "rtdose"), series_instance_uid=derive_uid(*seed, "rtdose-series"),
+                  series_description=f"sct-node dose: {plan.label}", referenced_plan_uid=plan.sop_instance_uid,
+                  fraction_group_number=plan.fraction_group_number or 1, summation_type=summation,
+                  statement=statement, dose_comment="sct-node simplified engine - NOT FOR TREATMENT")
+    print(f"RT Dose ({summation}: {what}; {len(plan.beams)} beam(s) as {len(beams)} static beam(s)), "
+          f"maximum {float(total.array.max()):.3f} Gy: {args.output}")
+    for note in plan.notes:
+        print(f"  - {note}")
     return EXIT_OK
 
 

@@ -63,6 +63,7 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
     """
     from dosimetry.plans import read_rt_plan
     from dosimetry.structures import read_structures
+    from sct_node.dicom.files import open_dataset
 
     found = References()
     frame = series.frame_of_reference_uid
@@ -84,7 +85,9 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
                             "the QA compares with the bulk-density sCT instead")
     if plans:
         with _unusable("the RT Plan"):
-            found.plan, found.plan_file = read_rt_plan(plans[-1], frame_of_reference_uid=frame), plans[-1]
+            found.plan = read_rt_plan(open_dataset(plans[-1]), frame_of_reference_uid=frame,
+                                      source_name=str(plans[-1]))
+            found.plan_file = plans[-1]
     if structure_sets:
         with _unusable("the RT Structure Set"):
             found.structures = tuple(s for s in read_structures(

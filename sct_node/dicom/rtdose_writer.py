@@ -21,6 +21,13 @@ Choices the standard leaves open, and why:
   FRACTION_SESSION is "a single session ('fraction') of a single Fraction
   Group". With it the Referenced RT Plan Sequence and, inside it, the
   Referenced Fraction Group Sequence are required.
+* **PLAN or FRACTION for a plan's own dose** (``sct-node dose``): the sum over
+  all fractions of the computed fraction group, as a planning system exports
+  a plan dose; PLAN when the plan has that one fraction group (then the
+  entire delivery), FRACTION when it has several (the entire delivery of the
+  referenced fraction group only). The caller passes ``summation_type`` and
+  its own ``statement``; PLAN carries no Referenced Fraction Group Sequence
+  (PS3.3 C.8.8.3 requires it only for the per-group types).
 * **A plan reference is mandatory here**: every dose summation type except
   RECORD (a treatment record's dose) requires the Referenced RT Plan
   Sequence, so a dose without its plan is refused rather than written
@@ -65,6 +72,8 @@ DOSE_COMMENT = "QA dose, sct-node simplified engine - NOT FOR TREATMENT"
 _STATEMENT = ("Dose per fraction computed on a synthetic CT by sct-node's simplified photon dose engine "
               "for the dosimetric QA of the synthetic CT. Not a commissioned treatment planning system "
               "dose: not for treatment planning or delivery.")
+#: Dose Summation Types this writer makes (module docstring).
+_SUMMATION_TYPES = ("FRACTION_SESSION", "FRACTION", "PLAN")
 #: A dose sorts after the sCT (+0), its structure set (+100) and plan (+200) in a viewer.
 SERIES_NUMBER_OFFSET = 300
 #: Largest stored value of a 16-bit unsigned pixel.
@@ -85,6 +94,9 @@ def write_rt_dose(
     comment: str = "",
     fraction_group_number: int = 1,
     now: _dt.datetime | None = None,
+    summation_type: str = DOSE_SUMMATION_TYPE,
+    statement: str = _STATEMENT,
+    dose_comment: str = DOSE_COMMENT,
 ) -> Path:
     """Write a dose grid (Gy per fraction) as an RT Dose on the synthetic CT.
 
@@ -110,6 +122,13 @@ def write_rt_dose(
         The plan's fraction group the dose belongs to.
     now : datetime or None
         Content and instance creation date/time (default: now).
+    summation_type : str
+        Dose Summation Type: ``FRACTION_SESSION`` (default, the QA's dose per fraction), ``FRACTION`` or
+        ``PLAN`` (the sum over all fractions of one fraction group, or of the whole plan).
+    statement : str
+        What the dose is, at the start of Image Comments (default: the QA dose's statement).
+    dose_comment : str
+        Dose Comment (LO: at most 64 characters are kept; default :data:`DOSE_COMMENT`).
 
     Returns
     -------
@@ -133,6 +152,9 @@ def write_rt_dose(
     first = sct_headers[0]
     if not str(first.get("FrameOfReferenceUID", "") or ""):
         raise OutputError(f"sCT instance {first.get('SOPInstanceUID', '?')} has no Frame of Reference UID")
+    if summation_type not in _SUMMATION_TYPES:
+        raise OutputError(f"Dose Summation Type {summation_type!r} is not one this writer makes; expected one of "
+                          f"{', '.join(_SUMMATION_TYPES)}")
     if not referenced_plan_uid:
         raise OutputError("an RT Dose must reference the RT Plan it was computed from (PS3.3 C.8.8.3 requires the "
                           "Referenced RT Plan Sequence for every dose summation type but RECORD); write the plan first")
@@ -161,7 +183,7 @@ def write_rt_dose(
     # General Image
     dataset.InstanceNumber = 1
     dataset.ContentDate, dataset.ContentTime = date, time
-    dataset.ImageComments = (_STATEMENT + (f" {comment.strip()}" if comment.strip() else ""))[:10240]
+    dataset.ImageComments = (statement + (f" {comment.strip()}" if comment.strip() else ""))[:10240]
     # Image Plane: Pixel Spacing is (row spacing, column spacing) = (y, x).
     dataset.ImageOrientationPatient = [_ds(v) for v in np.r_[direction[:, 0], direction[:, 1]]]
     dataset.ImagePositionPatient = [_ds(v) for v in dose_gy.origin_mm]
@@ -183,14 +205,15 @@ def write_rt_dose(
     # RT Dose
     dataset.DoseUnits = "GY"
     dataset.DoseType = "PHYSICAL"
-    dataset.DoseComment = DOSE_COMMENT
-    dataset.DoseSummationType = DOSE_SUMMATION_TYPE
+    dataset.DoseComment = dose_comment[:64]
+    dataset.DoseSummationType = summation_type
     plan_item = pydicom.Dataset()
     plan_item.ReferencedSOPClassUID = RT_PLAN_STORAGE
     plan_item.ReferencedSOPInstanceUID = referenced_plan_uid
-    group_item = pydicom.Dataset()
-    group_item.ReferencedFractionGroupNumber = int(fraction_group_number)
-    plan_item.ReferencedFractionGroupSequence = Sequence([group_item])
+    if summation_type != "PLAN":
+        group_item = pydicom.Dataset()
+        group_item.ReferencedFractionGroupNumber = int(fraction_group_number)
+        plan_item.ReferencedFractionGroupSequence = Sequence([group_item])
     dataset.ReferencedRTPlanSequence = Sequence([plan_item])
     dataset.GridFrameOffsetVector = [_ds(k * frame_step_mm) for k in range(nz)]
     dataset.DoseGridScaling = scaling_text

@@ -465,7 +465,9 @@ def _dose_summary_blocks(data: ReportData) -> list[_Block]:
     where = f"{norm.at} ({', '.join(f'{v:.1f}' for v in norm.point_mm)} mm)" if norm.point_mm else norm.at
     rows = [("Plan", dose.plan.label + (" (template: not a clinical plan)" if dose.plan.is_template else "")),
             ("Reference dose", dose.reference),
-            *([("Plan as read", "; ".join(dose.plan.notes))] if dose.plan.notes else []),
+            *((("Fraction group", f"{dose.plan.fraction_group_number} of the RT Plan"),)
+              if dose.plan.fraction_group_number is not None else ()),
+            *((("Plan notes", "; ".join(dose.plan.notes)),) if dose.plan.notes else ()),
             ("Prescription", f"{prescription:.3g} Gy per fraction"),
             ("Normalisation", f"{norm.method}: reference dose at the {where} {norm.reference_dose_gy:.3f} Gy "
                               f"({norm.percent_of_prescription:.1f} % of prescription)")]

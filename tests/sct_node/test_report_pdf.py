@@ -333,7 +333,10 @@ def _signable_qa() -> QaResult:
                "Dmean": (2.0, 2.02), "Dmax": (2.1, 2.12)}
     dvh = (factory.structure_dvh("PTV", "target", metrics),
            factory.structure_dvh("Rectum", "organ", {m: (r * 0.5, e * 0.5) for m, (r, e) in metrics.items()}))
-    return _qa("WARN", dose=factory.dose_comparison(dvh),
+    dose = factory.dose_comparison(dvh)
+    plan = dataclasses.replace(dose.plan, fraction_group_number=2,
+                               notes=("beam 5 'CBCT' delivers no dose (0 MU): skipped",))
+    return _qa("WARN", dose=dataclasses.replace(dose, plan=plan),
                image_metrics=factory.image_metrics(61.5, 27.9, 0.912, {"fat": (40.2, -12.3, 1200),
                                                                       "bone": (180.4, -95.1, 300)}),
                composition=factory.composition("pelvis", 47.0))
@@ -350,6 +353,7 @@ def test_the_report_shows_every_number_that_decides(tmp_path):
     # Dose comparison: normalisation, MU, maxima, the largest difference, gamma with its criteria.
     assert "median dose of PTV" in text and "G000 65.2" in text and "2.130 Gy" in text
     assert "-9.80 % of prescription" in text
+    assert "2 of the RT Plan" in text and "beam 5 'CBCT' delivers no dose (0 MU): skipped" in text  # plan notes
     assert re.search(r"97\.3 % at 2 %/2 mm, global", text)
     # Image metrics against the real CT: MAE and mean error per tissue class, PSNR, SSIM.
     assert "Image metrics against the real CT" in text and "180.4" in text and "-95.1" in text

@@ -133,7 +133,7 @@ def _mlc_plan(frame_of_reference_uid: str | None, isocentre) -> PhotonPlan:
     leaves = tuple([-30.0 - i for i in range(10)] + [25.0 + i for i in range(10)])
     points = [ControlPoint(35.0, 15.0, 350.0, isocentre, (-40.0, 45.0), (-50.0, 42.5), boundaries, leaves, w)
               for w in (0.0, 1.0)]
-    beams = (PlanBeam(7, "LAO35", 10.0, 1000.0, 123.4, tuple(points)),
+    beams = (PlanBeam(7, "LAO35", 6.0, 1000.0, 123.4, tuple(points)),  # the reader refuses other energies
              PlanBeam(8, "RPO215", 6.0, 1000.0, 87.6,
                       tuple(ControlPoint(215.0, 0.0, 0.0, isocentre, (-35.0, 35.0), (-30.0, 30.0), None, None, w)
                             for w in (0.0, 1.0))))
