@@ -600,7 +600,9 @@ def beams_from_plan(
                                 "is not modelled")
             for point, share in _sub_steps(start, end, monitor_units, float(max_arc_step_deg),
                                            float(max_leaf_step_mm)):
-                where = math.floor(point.gantry_deg / gantry_bin_deg) if gantry_bin_deg > 0 else point.gantry_deg
+                # The angle as a Beam keeps it (359.999999999 is 0), so a bin is never split at 360.
+                angle = round(point.gantry_deg, 9) % 360.0
+                where = math.floor(angle / gantry_bin_deg) if gantry_bin_deg > 0 else point.gantry_deg
                 key = (where, point.collimator_deg, point.couch_deg, tuple(point.isocentre_mm))
                 mlc = None
                 if point.mlc_boundaries_mm is not None and point.mlc_positions_mm is not None:
@@ -608,9 +610,9 @@ def beams_from_plan(
                 segment = BeamSegment(tuple(point.jaw_x_mm), tuple(point.jaw_y_mm), mlc, share)
                 if groups and groups[-1][0] == key:
                     groups[-1][1].append(segment)
-                    groups[-1][2].append(point.gantry_deg)
+                    groups[-1][2].append(angle)
                 else:
-                    groups.append((key, [segment], [point.gantry_deg]))
+                    groups.append((key, [segment], [angle]))
         for index, ((_, collimator, couch, isocentre), segments, angles) in enumerate(groups):
             suffix = f" [{index + 1}/{len(groups)}]" if len(groups) > 1 else ""
             weights = [s.meterset_weight for s in segments]

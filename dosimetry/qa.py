@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from dosimetry.beam import beams_from_plan
+from dosimetry.beam import ARC_GANTRY_BIN_DEG, beams_from_plan
 from dosimetry.density import relative_electron_density_volume
 from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
 from dosimetry.dvh import compare_dvh_metrics, dvh_from_samples, dvh_metrics
@@ -340,7 +340,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
     body_grid = _resample_mask(body, zoom, grid.shape)
     reference_hu = inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body)
     reference_name = "real CT" if inputs.reference_ct is not None else "bulk-density sCT"
-    beams = beams_from_plan(plan)
+    beams = beams_from_plan(plan, gantry_bin_deg=ARC_GANTRY_BIN_DEG)
     # DVHs from the dose at each structure voxel of the image grid, read from the beams' 2 mm beam's-eye-view
     # doses (dosimetry.dose_sampling), never from structures down-sampled to the dose grid; the isocentre last.
     evaluated = [(role, limit, structure)

@@ -805,7 +805,7 @@ def _run_gamma(args: argparse.Namespace) -> int:
 
 
 def _run_dose(args: argparse.Namespace) -> int:
-    from dosimetry.beam import beams_from_plan
+    from dosimetry.beam import ARC_GANTRY_BIN_DEG, beams_from_plan
     from dosimetry.density import relative_electron_density_volume
     from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
     from dosimetry.engine import compute_dose
@@ -825,7 +825,8 @@ def _run_dose(args: argparse.Namespace) -> int:
     if plan.patient_position and ct_position and plan.patient_position != ct_position:
         raise InputError(f"{args.plan}: the plan's patient position is {plan.patient_position}, the CT's "
                          f"{ct_position}; they must be the same")
-    beams = beams_from_plan(plan, patient_position=plan.patient_position or ct_position)
+    beams = beams_from_plan(plan, patient_position=plan.patient_position or ct_position,
+                            gantry_bin_deg=ARC_GANTRY_BIN_DEG)
     grid = dose_grid_image(ct.volume, args.dose_grid_mm or DEFAULT_DOSE_GRID_MM)
     per_fraction = compute_dose(relative_electron_density_volume(grid), beams)
     total = per_fraction.with_array(per_fraction.array * plan.fractions)
