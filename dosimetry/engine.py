@@ -34,7 +34,14 @@ source along the beam axis. At each grid point::
   10 x 10 cm field on the axis makes the reference field reproduce ``T``
   exactly, while smaller fields get less scatter and larger ones more.
 
-The beam's-eye-view dose is then interpolated trilinearly at every voxel.
+The beam's-eye-view dose is then interpolated trilinearly at every voxel. Each
+beam's dose is computed as two parts that add up to it: the primary part (the
+narrow kernel) on a ``lateral_spacing_mm`` grid reaching 4 primary widths
+beyond the apertures, and the phantom-scatter part (a kernel some 60 mm wide)
+on a ``scatter_spacing_mm`` grid reaching ``scatter_margin_sigmas`` scatter
+widths, interpolated onto every second voxel and brought back to the full grid
+once for all beams (trilinear); both parts are traced and interpolated only
+where the beam reaches the body.
 Calibration: ``dose_per_mu_gy`` at ``d_max`` on the axis of a 10 x 10 cm field
 (at the isocentre plane) at the beam model's reference SSD; the default,
 :data:`dosimetry.beam_model.ELEKTA_AGILITY_6MV`, is calibrated to 1 cGy/MU at
@@ -115,11 +122,15 @@ class EngineOptions:
     Parameters
     ----------
     lateral_spacing_mm : float
-        Spacing of the beam's-eye-view grid at the isocentre plane, mm.
+        Spacing of the beam's-eye-view grid of the primary dose (the penumbra) at the isocentre plane, mm.
+    scatter_spacing_mm : float
+        Spacing of the beam's-eye-view grid of the phantom-scatter dose (never finer than
+        ``lateral_spacing_mm``), mm: the scatter kernel is some 60 mm wide.
     depth_step_mm : float
         Step along the beam axis for ray tracing and the BEV dose, mm.
     scatter_margin_sigmas : float
-        The BEV grid extends this many scatter-kernel sigmas beyond the aperture.
+        The scatter BEV grid extends this many scatter-kernel sigmas beyond the apertures (the primary grid
+        :data:`PRIMARY_MARGIN_SIGMAS` primary sigmas).
     isocentre_margin_mm : float
         A beam's isocentre may lie at most this far outside the image, mm.
     zero_dose_below_density : float
@@ -140,6 +151,7 @@ class EngineOptions:
     """
 
     lateral_spacing_mm: float = 2.0
+    scatter_spacing_mm: float = 6.0
     depth_step_mm: float = 2.0
     scatter_margin_sigmas: float = 2.5
     isocentre_margin_mm: float = 100.0
@@ -150,7 +162,7 @@ class EngineOptions:
     voxel_chunk: int = 1 << 22
 
     def __post_init__(self) -> None:
-        for name in ("lateral_spacing_mm", "depth_step_mm", "scatter_margin_sigmas"):
+        for name in ("lateral_spacing_mm", "scatter_spacing_mm", "depth_step_mm", "scatter_margin_sigmas"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
                 raise DoseEngineError(f"EngineOptions.{name} must be positive; found {getattr(self, name)!r}")
@@ -245,17 +257,23 @@ def compute_dose_and_points(
     density_t = torch.as_tensor(array, dtype=torch.float32, device=device)
     grid = _VoxelGrid.of(density, array, options.zero_dose_below_density)
     total = torch.zeros_like(density_t)
+    coarse = grid.coarse()
+    scatter = torch.zeros(coarse.shape_zyx, dtype=total.dtype, device=device)
     points = None if points_mm is None else torch.as_tensor(np.asarray(points_mm, dtype=np.float64).reshape(-1, 3),
                                                           device=device)
     at_points = None if points is None else torch.zeros(points.shape[0], dtype=torch.float64, device=device)
     with torch.no_grad():
         for beam in beams:
             geometry = beam_geometry(beam)
-            bev = _bev_dose(density_t, grid, beam, geometry, beam_model, options)
-            if bev is not None:
-                total += _bev_to_voxels(bev, grid, geometry, options)
+            for bev in _bev_dose(density_t, grid, beam, geometry, beam_model, options):
+                if bev.part == "scatter":  # smooth: on every second voxel, brought back once at the end
+                    scatter += _bev_to_voxels(bev, coarse, geometry, options)
+                else:
+                    total += _bev_to_voxels(bev, grid, geometry, options)
                 if points is not None:
                     at_points += _bev_at_points(bev, points, geometry, options)
+        total += functional.interpolate(scatter[None, None], size=grid.shape_zyx, mode="trilinear",
+                                        align_corners=True)[0, 0]
         if options.zero_dose_below_density > 0:
             total *= density_t >= options.zero_dose_below_density
             if points is not None:
@@ -351,6 +369,19 @@ class _VoxelGrid:
         corners = corner_index @ axes.T + np.asarray(volume.origin_mm)
         return cls(volume.shape, np.asarray(volume.origin_mm, dtype=np.float64), axes, corners, box)
 
+    def coarse(self) -> _VoxelGrid:
+        """Every second voxel (about) along each axis, spanning the same first and last voxel centres, with the
+        box that covers this grid's box: where the smooth scatter dose is interpolated (``upsample`` brings it
+        back)."""
+        fine = np.asarray(self.shape_zyx[::-1])  # x, y, z
+        counts = np.where(fine > 1, np.ceil((fine - 1) / 2).astype(int) + 1, 1)
+        factor = np.where(counts > 1, (fine - 1) / np.maximum(counts - 1, 1), 1.0)
+        axes = self.axes_mm * factor[None, :]
+        box = []
+        for (first, end), f, n in zip(self.box_zyx, factor[::-1], counts[::-1]):
+            box.append((int(math.floor(first / f)), min(int(n), int(math.ceil((end - 1) / f)) + 1)))
+        return _VoxelGrid(tuple(int(n) for n in counts[::-1]), self.origin_mm, axes, self.corners_mm, tuple(box))
+
     def patient_to_normalised(self) -> tuple[np.ndarray, np.ndarray]:
         """``(A, b)`` with ``A @ p + b`` the grid_sample coordinates (x, y, z in [-1, 1]) of patient point ``p``."""
         nz, ny, nx = self.shape_zyx
@@ -422,6 +453,8 @@ class _BevDose:
     u_mm: np.ndarray
     v_mm: np.ndarray
     z_mm: np.ndarray
+    #: "primary" or "scatter" (_bev_dose).
+    part: str = "primary"
 
 
 def _bev_dose(
@@ -431,8 +464,15 @@ def _bev_dose(
     geometry: BeamGeometry,
     model: BeamModel,
     options: EngineOptions,
-) -> _BevDose | None:
-    device = density_t.device
+) -> list[_BevDose]:
+    """A beam's dose as two beam's-eye-view components: the primary (penumbra) part on a fine grid around the
+    apertures, the phantom-scatter part on a coarse grid out to ``scatter_margin_sigmas`` scatter widths.
+
+    Both are ``MU * dose_per_mu * T(d) * inverse square * (F conv K_part) / (F_ref conv K)(0, 0)`` with
+    ``K = K_primary + K_scatter``, so they add up to the single-grid dose; the scatter kernel is wide and
+    smooth (sigma about 60 mm), so a grid of ``scatter_spacing_mm`` carries it as exactly as a fine one, and
+    only the primary needs fine pixels — over a margin of 4 primary widths, not 2.5 scatter widths.
+    """
     sad = geometry.source_axis_distance_mm
     relative = grid.corners_mm - geometry.source_mm
     depth_along_axis = relative @ geometry.axis
@@ -444,22 +484,40 @@ def _bev_dose(
         )
     extents = [e for e in (s.open_extent_mm() for s in beam.segments if s.meterset_weight > 0) if e is not None]
     if not extents:
-        return None  # every aperture closed: no dose
+        return []  # every aperture closed: no dose
     boxes = np.asarray(extents)
     nodes = np.asarray(options.kernel_depth_nodes_mm)
     sigma_x, sigma_y, scatter_sigma, scatter_weight = model.kernel(nodes)
-    margin = options.scatter_margin_sigmas * float(max(scatter_sigma.max() if scatter_weight.max() > 0 else 0.0,
-                                                       sigma_x.max(), sigma_y.max()))
     projected_u = (relative @ geometry.x_axis) * sad / depth_along_axis
     projected_v = (relative @ geometry.y_axis) * sad / depth_along_axis
-    u_low = max(boxes[:, 0].min() - margin, projected_u.min())
-    u_high = min(boxes[:, 1].max() + margin, projected_u.max())
-    v_low = max(boxes[:, 2].min() - margin, projected_v.min())
-    v_high = min(boxes[:, 3].max() + margin, projected_v.max())
-    if u_low >= u_high or v_low >= v_high:
-        return None  # the beam misses the image
-    step = options.lateral_spacing_mm
-    u_mm, v_mm = _axis(u_low, u_high, step), _axis(v_low, v_high, step)
+    parts = [("primary", PRIMARY_MARGIN_SIGMAS * float(max(sigma_x.max(), sigma_y.max())), options.lateral_spacing_mm)]
+    if scatter_weight.max() > 0:
+        parts.append(("scatter", options.scatter_margin_sigmas * float(scatter_sigma.max()),
+                      max(options.lateral_spacing_mm, options.scatter_spacing_mm)))
+    components = []
+    for part, margin, step in parts:
+        u_low = max(boxes[:, 0].min() - margin, projected_u.min())
+        u_high = min(boxes[:, 1].max() + margin, projected_u.max())
+        v_low = max(boxes[:, 2].min() - margin, projected_v.min())
+        v_high = min(boxes[:, 3].max() + margin, projected_v.max())
+        if u_low >= u_high or v_low >= v_high:
+            return []  # the beam misses the image
+        components.append(_bev_component(density_t, grid, beam, geometry, model, options, part,
+                                          _axis(u_low, u_high, step), _axis(v_low, v_high, step), z_low, z_high))
+    return components
+
+
+#: The fine (primary) beam's-eye-view grid reaches this many primary widths beyond the apertures: the primary
+#: dose there is below 1e-4 of its value inside.
+PRIMARY_MARGIN_SIGMAS = 4.0
+
+
+def _bev_component(density_t: torch.Tensor, grid: _VoxelGrid, beam: Beam, geometry: BeamGeometry,
+                   model: BeamModel, options: EngineOptions, part: str, u_mm: np.ndarray, v_mm: np.ndarray,
+                   z_low: float, z_high: float) -> _BevDose:
+    """One component (``primary`` or ``scatter``) of a beam's dose on the divergent grid ``u_mm, v_mm`` x z."""
+    device = density_t.device
+    sad = geometry.source_axis_distance_mm
     z_count = max(math.ceil((z_high - z_low) / options.depth_step_mm) + 1, 2)
     z_mm = z_low + options.depth_step_mm * np.arange(z_count, dtype=np.float64)
 
@@ -487,10 +545,10 @@ def _bev_dose(
     del rho, increments, samples
 
     attenuation = _lookup_attenuation(radiological, model)
-    ratio = _scatter_ratio(radiological, beam, model, options, u_t, v_t)
+    ratio = _scatter_ratio(radiological, beam, model, options, u_t, v_t, part)
     inverse_square = ((model.reference_ssd_mm + model.dmax_mm) / z_t) ** 2
     dose = (beam.monitor_units * model.dose_per_mu_gy) * attenuation * ratio * inverse_square[:, None, None]
-    return _BevDose(dose, u_mm, v_mm, z_mm)
+    return _BevDose(dose, u_mm, v_mm, z_mm, part)
 
 
 def _lookup_attenuation(radiological: torch.Tensor, model: BeamModel, step_mm: float = 0.5) -> torch.Tensor:
@@ -511,9 +569,10 @@ def _scatter_ratio(
     options: EngineOptions,
     u_t: torch.Tensor,
     v_t: torch.Tensor,
+    part: str = "both",
 ) -> torch.Tensor:
-    """``(F conv K)(u, v) / (F_ref conv K)(0, 0)`` at each grid point's radiological depth, ``F`` weighted by
-    each aperture's head-scatter factor."""
+    """``(F conv K_part)(u, v) / (F_ref conv K)(0, 0)`` at each grid point's radiological depth, ``F`` weighted
+    by each aperture's head-scatter factor; ``part`` is ``primary``, ``scatter`` or ``both`` (K itself)."""
     nodes = np.asarray(options.kernel_depth_nodes_mm)
     sigma_x, sigma_y, scatter_sigma, scatter_weight = model.kernel(nodes)
     half_field = model.reference_field_mm / 2
@@ -527,11 +586,13 @@ def _scatter_ratio(
     maps = []
     for k in range(len(nodes)):
         weight = float(scatter_weight[k])
-        blurred = (1.0 - weight) * (
-            _gaussian_matrix(v_t, float(sigma_y[k]), dv) @ fluence
-            @ _gaussian_matrix(u_t, float(sigma_x[k]), du).T
-        )
-        if weight > 0:
+        blurred = torch.zeros_like(fluence)
+        if part in ("primary", "both"):
+            blurred = blurred + (1.0 - weight) * (
+                _gaussian_matrix(v_t, float(sigma_y[k]), dv) @ fluence
+                @ _gaussian_matrix(u_t, float(sigma_x[k]), du).T
+            )
+        if weight > 0 and part in ("scatter", "both"):
             blurred = blurred + weight * (
                 _gaussian_matrix(v_t, float(scatter_sigma[k]), dv) @ fluence
                 @ _gaussian_matrix(u_t, float(scatter_sigma[k]), du).T
@@ -563,12 +624,27 @@ def _head_scattered_fluence(beam: Beam, model: BeamModel, u_t: torch.Tensor, v_t
     return fluence
 
 
+def _frustum_box(bev: _BevDose, grid: _VoxelGrid, geometry: BeamGeometry) -> tuple[tuple[int, int], ...]:
+    """The part of the grid's box that the beam's-eye-view grid can reach: (first, end) index along z, y, x."""
+    sad = geometry.source_axis_distance_mm
+    corners = np.array([geometry.source_mm + z * (geometry.axis + (u * geometry.x_axis + v * geometry.y_axis) / sad)
+                        for u in (bev.u_mm[0], bev.u_mm[-1]) for v in (bev.v_mm[0], bev.v_mm[-1])
+                        for z in (bev.z_mm[0], bev.z_mm[-1])])
+    index = (corners - grid.origin_mm) @ np.linalg.inv(grid.axes_mm).T  # (8, 3): x, y, z
+    low, high = np.floor(index.min(axis=0)).astype(int), np.ceil(index.max(axis=0)).astype(int) + 1
+    return tuple((max(first, int(low[axis])), min(end, int(high[axis])))
+                 for (first, end), axis in zip(grid.box_zyx, (2, 1, 0)))
+
+
 def _bev_to_voxels(bev: _BevDose, grid: _VoxelGrid, geometry: BeamGeometry, options: EngineOptions) -> torch.Tensor:
     """Interpolate a beam's-eye-view dose at every voxel centre of the grid's box: (z, y, x) tensor, zero
     outside the box."""
     device = bev.dose_gy.device
-    (z_first, z_end), (y_first, y_end), (x_first, x_end) = grid.box_zyx
+    (z_first, z_end), (y_first, y_end), (x_first, x_end) = _frustum_box(bev, grid, geometry)
     nz, ny, nx = z_end - z_first, y_end - y_first, x_end - x_first
+    full = torch.zeros(grid.shape_zyx, dtype=torch.float32, device=device)
+    if min(nz, ny, nx) <= 0:
+        return full
     sad = geometry.source_axis_distance_mm
     start = grid.origin_mm + grid.axes_mm @ np.array([x_first, y_first, z_first], dtype=np.float64) \
         - geometry.source_mm
@@ -595,7 +671,6 @@ def _bev_to_voxels(bev: _BevDose, grid: _VoxelGrid, geometry: BeamGeometry, opti
     v0, v_scale = scale(bev.v_mm)
     z0, z_scale = scale(bev.z_mm)
     dose_grid = bev.dose_gy[None, None]
-    full = torch.zeros(grid.shape_zyx, dtype=torch.float32, device=device)
     out = full[z_first:z_end, y_first:y_end, x_first:x_end]
     slices = max(1, options.voxel_chunk // (ny * nx))
     for first in range(0, nz, slices):
