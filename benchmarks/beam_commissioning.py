@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.dosimetry.test_commissioning import (  # noqa: E402
+from models.volume import Volume
+from tests.dosimetry.test_commissioning import (
     D10_SSD90,
     D10_SSD100,
     DMAX_SSD100,
@@ -28,7 +29,6 @@ from tests.dosimetry.test_commissioning import (  # noqa: E402
     PROFILES,
     _dose,
 )
-from models.volume import Volume  # noqa: E402
 
 
 def _tank() -> Volume:

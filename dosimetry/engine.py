@@ -379,7 +379,7 @@ class _VoxelGrid:
         axes = self.axes_mm * factor[None, :]
         box = []
         for (first, end), f, n in zip(self.box_zyx, factor[::-1], counts[::-1]):
-            box.append((int(math.floor(first / f)), min(int(n), int(math.ceil((end - 1) / f)) + 1)))
+            box.append((math.floor(first / f), min(int(n), math.ceil((end - 1) / f) + 1)))
         return _VoxelGrid(tuple(int(n) for n in counts[::-1]), self.origin_mm, axes, self.corners_mm, tuple(box))
 
     def patient_to_normalised(self) -> tuple[np.ndarray, np.ndarray]:

@@ -49,8 +49,8 @@ from dosimetry.hu_checks import (
     slice_coverage,
     uncertainty_region,
 )
-from dosimetry.image_metrics import image_metrics
 from dosimetry.hu_reference import HuReference, hu_quantiles
+from dosimetry.image_metrics import image_metrics
 from dosimetry.plans import PhotonPlan, template_plan
 from dosimetry.qa_result import (
     CompositionMeasurement,

@@ -37,7 +37,13 @@ import numpy as np
 
 from dosimetry.dvh import DoseMetricDifference, DvhComparison
 from dosimetry.errors import DosimetryError
-from dosimetry.hu_checks import FieldOfViewTruncation, HuStatistics, MaskAgreement, SliceCoverage, UncertaintyRegion
+from dosimetry.hu_checks import (
+    FieldOfViewTruncation,
+    HuStatistics,
+    MaskAgreement,
+    SliceCoverage,
+    UncertaintyRegion,
+)
 from dosimetry.image_metrics import ImageMetrics
 from dosimetry.plans import PhotonPlan
 from dosimetry.records import from_record, to_record

@@ -45,6 +45,8 @@ def to_record(value: Any) -> Any:
         return value.value
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, (float, np.floating)):
         number = float(value)
         if math.isnan(number):

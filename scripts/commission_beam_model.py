@@ -55,7 +55,7 @@ def on_axis(q: dict, side, depth):
 
 
 def head_scatter(q: dict, side):
-    raw = lambda s: 1 - q["head_scatter_amplitude"] * np.exp(-s / q["head_scatter_length_mm"])  # noqa: E731
+    raw = lambda s: 1 - q["head_scatter_amplitude"] * np.exp(-s / q["head_scatter_length_mm"])
     return raw(side) / raw(100.0)
 
 
@@ -65,10 +65,10 @@ def edges(q: dict, side: float, depth: float, axis: str) -> tuple[float, float]:
     along, other = (sx, sy) if axis == "x" else (sy, sx)
     a = side / 2
     u = np.linspace(0.0, side, 2001)
-    half = lambda s: (erf((a - u) / (ROOT2 * s)) + erf((a + u) / (ROOT2 * s))) / 2  # noqa: E731
+    half = lambda s: (erf((a - u) / (ROOT2 * s)) + erf((a + u) / (ROOT2 * s))) / 2
     profile = (1 - w) * half(along) * erf(a / (ROOT2 * other)) + w * half(ss) * erf(a / (ROOT2 * ss))
     profile = profile / profile[0]
-    at = lambda level: float(np.interp(-level, -profile, u))  # noqa: E731
+    at = lambda level: float(np.interp(-level, -profile, u))
     return at(0.2) - at(0.8), 2 * at(0.5)
 
 

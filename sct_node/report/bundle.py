@@ -98,7 +98,11 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
     from sct_node.dicom.qa_sr import write_qa_sr
     from sct_node.report.pdf import render_report_pdf
-    from sct_node.report.structures import qa_structure_rois, sct_rois, write_sct_structures
+    from sct_node.report.structures import (
+        qa_structure_rois,
+        sct_rois,
+        write_sct_structures,
+    )
 
     folder = load_qa_folder(qa_dir)
     data, sct = folder.data, folder.sct

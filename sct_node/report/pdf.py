@@ -469,21 +469,21 @@ def _dose_summary_blocks(data: ReportData) -> list[_Block]:
               if dose.plan.fraction_group_number is not None else ()),
             *((("Plan notes", "; ".join(dose.plan.notes)),) if dose.plan.notes else ()),
             ("Prescription", f"{prescription:.3g} Gy per fraction"),
-            ("Normalisation", f"{norm.method}: reference dose at the {where} {norm.reference_dose_gy:.3f} Gy "
-                              f"({norm.percent_of_prescription:.1f} % of prescription)")]
+            ("Normalisation", (f"{norm.method}: reference dose at the {where} {norm.reference_dose_gy:.3f} Gy "
+                               f"({norm.percent_of_prescription:.1f} % of prescription)"))]
     if dose.monitor_units:
         rows.append(("Monitor units", ", ".join(f"{name} {mu:.1f}" for name, mu in dose.monitor_units.items())
                      + " (engine calibration: 1 cGy/MU at d_max, 10 x 10 cm, SSD 100 cm)"))
     for value, label in ((dose.max_dose_sct_gy, "Maximum dose, sCT"),
                          (dose.max_dose_reference_gy, "Maximum dose, reference")):
         rows.append((label, f"{value:.3f} Gy ({100 * value / prescription:.1f} % of prescription)"))
-    rows.append(("Largest dose difference", f"{dose.largest_difference_percent:+.2f} % of prescription (sCT − "
-                                            "reference, in the body where the reference dose is at least "
-                                            f"{dose.gamma.low_dose_cutoff_percent:g} % of its maximum)"))
+    rows.append(("Largest dose difference", (f"{dose.largest_difference_percent:+.2f} % of prescription (sCT − "
+                                             "reference, in the body where the reference dose is at least "
+                                             f"{dose.gamma.low_dose_cutoff_percent:g} % of its maximum)")))
     gamma = dose.gamma
-    rows.append(("Gamma pass rate", f"{gamma.pass_rate_percent:.2f} % at {gamma.dose_percent:g} %/"
-                                    f"{gamma.distance_mm:g} mm, {gamma.normalisation} dose difference, "
-                                    f"{gamma.low_dose_cutoff_percent:g} % low-dose cut-off"))
+    rows.append(("Gamma pass rate", (f"{gamma.pass_rate_percent:.2f} % at {gamma.dose_percent:g} %/"
+                                     f"{gamma.distance_mm:g} mm, {gamma.normalisation} dose difference, "
+                                     f"{gamma.low_dose_cutoff_percent:g} % low-dose cut-off")))
     rows.append(("Dose grid", " x ".join(f"{v:.2f}" for v in dose.grid_spacing_mm) + " mm (DVHs: every structure "
                  "voxel of the image grid, boundary super-sampled)"))
     return [_heading("Dose comparison")] + _table([[_Cell(label, bold=True), _Cell(text)] for label, text in rows],
