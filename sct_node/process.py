@@ -29,6 +29,7 @@ from models.registry import load_model
 from sct_node.dicom.image_writer import write_atomic
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
+from sct_node.dicom.uids import MR_SOP_CLASSES
 from sct_node.errors import OutputError, SctNodeError
 from sct_node.qa_stage import reference_data, run_qa_stage, run_report_stage
 from sct_node.spool import Spool
@@ -137,7 +138,9 @@ class JobProcessor:
         held = False
         try:
             instances = self.state.series_instances(job.series_uid, job.generation)
-            images = [i.path for i in instances if i.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.4")]
+            # The MR image classes by UID, not by prefix: "1.2.840.10008.5.1.4.1.1.4" also begins the RT classes
+            # (...1.1.481.x) and MR Spectroscopy (...1.1.4.2).
+            images = [i.path for i in instances if i.sop_class_uid in MR_SOP_CLASSES]
             if not images:
                 raise SctNodeError("series holds no MR image instances")
             t0 = time.perf_counter()

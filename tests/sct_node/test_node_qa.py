@@ -74,3 +74,34 @@ def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path):
     assert qa.dose.reference == "real CT"
     assert qa.image_metrics.mae_hu > 50  # water-only sCT against a CT with bone
     assert {"PTV", "BLADDER", "RECTUM"} <= {d.structure for d in qa.dose.dvh}
+
+
+def test_an_rt_object_in_the_mr_series_is_not_read_as_an_mr_image(tmp_path):
+    """The job reads the MR image classes by UID: an RT Structure Set that shares the MR's series (some exports
+    do that) begins with the MR prefix 1.2.840.10008.5.1.4.1.1.4 (...1.1.481.3) and must not be read as an image."""
+    phantom = generate_phantom("pelvis", 9, shape_zyx=(12, 48, 48), spacing_mm=(8.0, 8.0, 10.0))
+    written = write_phantom_dicom(phantom, "mixed", tmp_path / "dicom")
+    mr_files = sorted(written.mr_t1_dir.glob("*.dcm"))
+    structures = pydicom.dcmread(written.rtstruct_path)
+    structures.SeriesInstanceUID = pydicom.dcmread(mr_files[0], stop_before_pixels=True).SeriesInstanceUID
+    mixed = tmp_path / "RS.in-mr-series.dcm"
+    structures.save_as(mixed)
+    config = NodeConfig(network=NetworkConfig(port=free_port()),
+                        storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
+                        processing=ProcessingConfig(quiet_period_s=0.5, poll_interval_s=0.1),
+                        routes=(RouteConfig(name="mr", model="bulk", qa=False),))
+    node = Node(config)
+    node.start()
+    try:
+        _send(mr_files + [mixed], node.port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            jobs = [j for j in node.state.jobs() if j.route == "mr"]
+            if jobs and jobs[0].state in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        (job,) = [j for j in node.state.jobs() if j.route == "mr"]
+        assert job.state == "done", job.reason
+        assert len(list((job.output_dir / "sct").glob("*.dcm"))) == len(mr_files)
+    finally:
+        node.stop()
