@@ -49,6 +49,7 @@ from dosimetry.plans import PhotonPlan
 from dosimetry.records import from_record, to_record
 from dosimetry.tissue_composition import TissueComposition
 from dosimetry.verdict import Check, Verdict
+from models.fileio import fsync_directory, write_atomic
 from models.volume import Volume
 
 __all__ = [
@@ -295,7 +296,8 @@ def result_from_record(content: Any, what: str = "QA result") -> QaResult:
 
 
 def write_qa(record: QaRecord, output_dir: Path, context: Any = None) -> Path:
-    """Write ``qa.json`` (and ``qa_arrays.npz`` with the maps) into ``output_dir``, each atomically.
+    """Write ``qa.json`` (and ``qa_arrays.npz`` with the maps) into ``output_dir``, each atomically and durably
+    (:func:`models.fileio.write_atomic`; raises OSError).
 
     Parameters
     ----------
@@ -306,17 +308,14 @@ def write_qa(record: QaRecord, output_dir: Path, context: Any = None) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     arrays = _map_arrays(record.maps)
-    if arrays:
-        temporary_arrays = output_dir / "qa_arrays.tmp.npz"
-        np.savez_compressed(temporary_arrays, **arrays)
-        temporary_arrays.replace(output_dir / QA_ARRAYS)
+    if arrays:  # the arrays first: a qa.json never names arrays that are not there
+        write_atomic(output_dir / QA_ARRAYS, lambda stream: np.savez_compressed(stream, **arrays))
     content = result_record(record.result)
     if context is not None:
         content["context"] = to_record(context)
     path = output_dir / QA_JSON
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(content, indent=2, allow_nan=False))
-    temporary.replace(path)
+    write_atomic(path, json.dumps(content, indent=2, allow_nan=False).encode("utf-8"))
+    fsync_directory(output_dir)
     return path
 
 

@@ -1,43 +1,60 @@
-"""File-system helpers shared by the models package (which never imports ``sct_node``)."""
+"""The project's one atomic, durable file write and folder sync (here, the lowest package: dosimetry and sct_node use it too)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["fsync_directory", "write_atomic", "write_volume_atomic"]
 
 
 def fsync_directory(directory: Path) -> None:
-    """Persist the renames in ``directory``; silently skipped where a directory cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Make the renames inside ``directory`` durable (fsync of the folder itself).
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either absent or complete: temporary file, fsync, rename.
-
-    Raises OSError (the temporary file is removed); callers turn it into their package's error.
+    Raises
+    ------
+    OSError
+        If the folder cannot be opened or synced: the rename may not survive a power loss, and a caller that
+        promises durability (the Storage SCP acknowledging an instance) must not go on as if it would.
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    descriptor = os.open(directory, os.O_RDONLY)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.fsync(descriptor)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(descriptor)
+
+
+def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object], temporary_dir: Path | None = None,
+                 suffix: str = ".tmp") -> None:
+    """Write a file so that ``path`` is either absent or complete and durable: the project's one atomic write.
+
+    ``content`` is the bytes, or a function that writes them to a binary stream. They go to a temporary file
+    (in ``temporary_dir``, default the target's folder, which must be on the same file system), which is
+    fsynced and renamed into place (``os.replace`` is atomic on POSIX). The caller fsyncs the folder
+    (:func:`fsync_directory`) when the rename itself must survive power loss.
+
+    Raises
+    ------
+    OSError
+        If any step fails; the temporary file is removed. Callers turn it into their package's error.
+    """
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=temporary_dir or Path(path).parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            if callable(content):
+                content(stream)
+            else:
+                stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_volume_atomic(volume, path: Path, compress: bool = True) -> None:

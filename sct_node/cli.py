@@ -715,7 +715,7 @@ def _run_hu_reference(args: argparse.Namespace) -> int:
 
     from dosimetry.hu_checks import sct_body_outline
     from dosimetry.hu_reference import build_hu_reference
-    from sct_node.dicom.image_writer import write_atomic
+    from models.fileio import write_atomic
     from sct_node.dicom.reader import read_series
     from sct_node.dicom.uids import CT_IMAGE_STORAGE
     from sct_node.errors import InputError, OutputError

@@ -25,8 +25,8 @@ from pathlib import Path
 from models.base import TranslationModel
 from models.envelope import GuardResult, guard, refuses
 from models.errors import ModelsError
+from models.fileio import write_atomic
 from models.registry import load_model
-from sct_node.dicom.image_writer import write_atomic
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.dicom.uids import MR_SOP_CLASSES

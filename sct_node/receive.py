@@ -45,8 +45,9 @@ import pydicom
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
+from models.fileio import fsync_directory, write_atomic
 from sct_node.config import NetworkConfig, StorageConfig
-from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME, fsync_directory, write_atomic
+from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.sanity import encoding_problem
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID, uid_problem
 from sct_node.netguard import (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from models.fileio import write_atomic
 from models.volume import Volume
 from sct_node import __version__
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
@@ -36,11 +36,9 @@ __all__ = [
     "STUDY_KEYWORDS",
     "copy_attributes",
     "dicom_date_time",
-    "fsync_directory",
     "new_dataset",
     "set_image_plane",
     "set_pixels_uint16",
-    "write_atomic",
     "write_dataset_atomic",
 ]
 
@@ -161,39 +159,6 @@ def write_dataset_atomic(dataset: pydicom.FileDataset, path: Path) -> Path:
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
     return path
-
-
-def write_atomic(path: Path, write, temporary_dir: Path | None = None, suffix: str = ".tmp") -> None:
-    """Write a file so that ``path`` is either absent or complete and durable.
-
-    ``write(stream)`` fills a temporary file (in ``temporary_dir``, default the target's folder, which must
-    be on the same file system), which is fsynced and renamed into place (``os.replace`` is atomic on
-    POSIX). The caller fsyncs the folder when the rename itself must survive power loss.
-
-    Raises
-    ------
-    OSError
-        If any step fails; the temporary file is removed.
-    """
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=temporary_dir or Path(path).parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def fsync_directory(folder: Path) -> None:
-    """Make renames inside ``folder`` durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _ds(value: float) -> str:

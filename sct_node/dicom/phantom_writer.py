@@ -26,11 +26,11 @@ import numpy as np
 import pydicom
 
 from models.base import ProgressCallback
+from models.fileio import fsync_directory
 from models.phantoms.imaging import T1_WEIGHTED, T2_WEIGHTED
 from models.volume import Volume
 from sct_node.dicom.image_writer import (
     dicom_date_time,
-    fsync_directory,
     new_dataset,
     set_image_plane,
     set_pixels_uint16,

@@ -35,6 +35,7 @@ import pydicom
 from pydicom.sequence import Sequence
 
 from models.base import HU_MAX, HU_MIN, ModelCard, ProgressCallback
+from models.fileio import fsync_directory
 from models.volume import Volume
 from sct_node import __version__
 from sct_node.dicom.image_writer import (
@@ -42,7 +43,6 @@ from sct_node.dicom.image_writer import (
     STUDY_KEYWORDS,
     copy_attributes,
     dicom_date_time,
-    fsync_directory,
     new_dataset,
     set_image_plane,
     set_pixels_uint16,

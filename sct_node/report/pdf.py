@@ -55,8 +55,8 @@ from matplotlib.textpath import TextToPath
 
 from dosimetry.qa_result import QaResult
 from dosimetry.verdict import Check, Verdict
+from models.fileio import write_atomic
 from models.volume import Volume
-from sct_node.dicom.image_writer import write_atomic
 from sct_node.errors import InputError, OutputError
 from sct_node.report.data import ReportData
 

@@ -23,9 +23,9 @@ from dosimetry.qa import input_envelope_check
 from dosimetry.qa_result import GuardJudgement, QaResult, result_record
 from dosimetry.verdict import Verdict
 from models.envelope import GuardResult
+from models.fileio import write_atomic
 from sct_node import __version__
 from sct_node.dicom.encapsulated_pdf import write_encapsulated_pdf
-from sct_node.dicom.image_writer import write_atomic
 from sct_node.dicom.qa_sr import write_qa_sr
 from sct_node.dicom.uids import derive_uid
 from sct_node.errors import OutputError

@@ -35,6 +35,18 @@ def _send(files: list[Path], port: int) -> None:
     assoc.release()
 
 
+def _finished_job(node: Node, timeout_s: float):
+    """The node's job of route "mr" once it is done or failed (or as it is after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = [j for j in node.state.jobs() if j.route == "mr"]
+        if jobs and jobs[0].state in ("done", "failed"):
+            break
+        time.sleep(0.2)
+    (job,) = [j for j in node.state.jobs() if j.route == "mr"]
+    return job
+
+
 def _run(tmp_path: Path, send_references: bool) -> dict:
     phantom = generate_phantom("pelvis", 8, shape_zyx=(16, 56, 56), spacing_mm=(7.0, 7.0, 9.0))
     written = write_phantom_dicom(phantom, "nodeqa", tmp_path / "dicom")
@@ -48,13 +60,7 @@ def _run(tmp_path: Path, send_references: bool) -> dict:
         if send_references:
             _send(sorted(written.ct_dir.glob("*.dcm")) + [written.rtstruct_path], node.port)
         _send(sorted(written.mr_t1_dir.glob("*.dcm")), node.port)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            jobs = [j for j in node.state.jobs() if j.route == "mr"]
-            if jobs and jobs[0].state in ("done", "failed"):
-                break
-            time.sleep(0.2)
-        (job,) = [j for j in node.state.jobs() if j.route == "mr"]
+        job = _finished_job(node, 120)
         assert job.state == "done", job.reason
         assert json.loads(job.timings)["qa_verdict"] in ("PASS", "WARN", "FAIL")
         return read_qa(job.output_dir / "qa", maps=False).result
@@ -94,13 +100,7 @@ def test_an_rt_object_in_the_mr_series_is_not_read_as_an_mr_image(tmp_path):
     node.start()
     try:
         _send(mr_files + [mixed], node.port)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            jobs = [j for j in node.state.jobs() if j.route == "mr"]
-            if jobs and jobs[0].state in ("done", "failed"):
-                break
-            time.sleep(0.2)
-        (job,) = [j for j in node.state.jobs() if j.route == "mr"]
+        job = _finished_job(node, 60)
         assert job.state == "done", job.reason
         assert len(list((job.output_dir / "sct").glob("*.dcm"))) == len(mr_files)
     finally:
