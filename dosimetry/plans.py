@@ -66,8 +66,9 @@ __all__ = [
     "template_plan",
 ]
 
-RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
-RT_ION_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.8"
+# The numbers are written once, in pydicom's registry.
+RT_PLAN_STORAGE = pydicom.uid.RTPlanStorage
+RT_ION_PLAN_STORAGE = pydicom.uid.RTIonPlanStorage
 #: UID root of the standard SOP classes; any other SOP Class UID is a vendor's private class.
 _STANDARD_UID_ROOT = "1.2.840.10008."
 #: Organisation UID roots named in the refusal of a private SOP class.

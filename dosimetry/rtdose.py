@@ -24,7 +24,7 @@ from models.volume import Volume
 
 __all__ = ["DoseGrid", "RtDoseError", "read_rt_dose"]
 
-RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+RT_DOSE_STORAGE = pydicom.uid.RTDoseStorage  # the number is written once, in pydicom's registry
 
 
 class RtDoseError(DosimetryError):

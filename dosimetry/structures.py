@@ -53,7 +53,7 @@ from models.volume import Volume
 
 __all__ = ["StructureError", "StructureMask", "read_structures"]
 
-RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+RT_STRUCTURE_SET_STORAGE = pydicom.uid.RTStructureSetStorage  # the number is written once, in pydicom's registry
 
 
 class StructureError(DosimetryError):

@@ -34,6 +34,13 @@ from sct_node.config import (
     StorageConfig,
 )
 from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.dicom.uids import (
+    CT_IMAGE_STORAGE,
+    REPORT_SOP_CLASSES,
+    RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
+)
 from sct_node.errors import SctNodeError
 from sct_node.receive import set_tcp_nodelay
 from sct_node.service import Node
@@ -86,10 +93,8 @@ class PlanningSystemStandIn:
         self.received = 0
         self._lock = threading.Lock()
         ae = AE(ae_title=ae_title)
-        ae.add_supported_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        for uid in ("1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.2",
-                    "1.2.840.10008.5.1.4.1.1.88.33",
-                    "1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.88.22"):
+        for uid in (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, RT_PLAN_STORAGE, RT_DOSE_STORAGE,
+                    *REPORT_SOP_CLASSES):
             ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
             (evt.EVT_C_STORE, self._store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)])

@@ -49,7 +49,15 @@ from models.fileio import fsync_directory, write_atomic
 from sct_node.config import NetworkConfig, StorageConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.sanity import encoding_problem
-from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID, uid_problem
+from sct_node.dicom.uids import (
+    CT_IMAGE_STORAGE,
+    IMPLEMENTATION_CLASS_UID,
+    MR_SOP_CLASSES,
+    RT_DOSE_STORAGE,
+    RT_PLAN_STORAGE,
+    RT_STRUCTURE_SET_STORAGE,
+    uid_problem,
+)
 from sct_node.netguard import (
     Connection,
     GuardedRequestHandler,
@@ -78,15 +86,8 @@ class StorageStatus:
 
 
 #: Images for translation and reference data for dosimetric QA; everything else is refused at negotiation.
-ACCEPTED_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
-    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan Storage",
-    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set Storage",
-    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose Storage",
-}
+ACCEPTED_SOP_CLASSES = {str(uid): uid.name for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE, RT_PLAN_STORAGE,
+                                                         RT_STRUCTURE_SET_STORAGE, RT_DOSE_STORAGE)}
 #: Every transfer syntax the reader can decode (docs/dicom.md); JPEG Lossless needs an optional plugin, so the
 #: sender converts it to one of these instead.
 ACCEPTED_TRANSFER_SYNTAXES = [
@@ -100,8 +101,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
 ]
-_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4",
-                      "1.2.840.10008.5.1.4.1.1.2"}
+_IMAGE_SOP_CLASSES = {str(uid) for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE)}
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import pydicom.uid
 from pydicom.uid import UID
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "LEGACY_ENHANCED_MR_IMAGE_STORAGE",
     "MR_IMAGE_STORAGE",
     "MR_SOP_CLASSES",
+    "REPORT_SOP_CLASSES",
     "RT_DOSE_STORAGE",
     "RT_PLAN_STORAGE",
     "RT_STRUCTURE_SET_STORAGE",
@@ -35,14 +37,19 @@ __all__ = [
     "uid_problem",
 ]
 
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
-ENHANCED_MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4.1")
-LEGACY_ENHANCED_MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4.4")
+# The SOP Class UIDs the node handles, by the names pydicom's registry gives them (PS3.4 B.5): the one place the
+# numbers are written is pydicom; dosimetry uses the same registry.
+MR_IMAGE_STORAGE = pydicom.uid.MRImageStorage
+ENHANCED_MR_IMAGE_STORAGE = pydicom.uid.EnhancedMRImageStorage
+LEGACY_ENHANCED_MR_IMAGE_STORAGE = pydicom.uid.LegacyConvertedEnhancedMRImageStorage
 MR_SOP_CLASSES: tuple[str, ...] = (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE, LEGACY_ENHANCED_MR_IMAGE_STORAGE)
-CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
-RT_STRUCTURE_SET_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.3")
-RT_PLAN_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.5")
-RT_DOSE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.2")
+CT_IMAGE_STORAGE = pydicom.uid.CTImageStorage
+RT_STRUCTURE_SET_STORAGE = pydicom.uid.RTStructureSetStorage
+RT_PLAN_STORAGE = pydicom.uid.RTPlanStorage
+RT_DOSE_STORAGE = pydicom.uid.RTDoseStorage
+#: Where the node's reports go besides the RT objects (sct_node.report, the demo's planning system).
+REPORT_SOP_CLASSES: tuple[str, ...] = (pydicom.uid.EnhancedSRStorage, pydicom.uid.ComprehensiveSRStorage,
+                                       pydicom.uid.EncapsulatedPDFStorage)
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2): a fixed UUID-derived UID
 #: computed once from the project name, never a made-up org root.

@@ -133,7 +133,7 @@ def read_uncertainty_map(path: Path, grid: Volume) -> Volume:
 
 def _read_parametric_map(path: Path, grid: Volume) -> Volume:
     dataset = pydicom.dcmread(path)
-    if str(dataset.SOPClassUID) != "1.2.840.10008.5.1.4.1.1.30":
+    if str(dataset.SOPClassUID) != pydicom.uid.ParametricMapStorage:
         raise ValueError(f"not a Parametric Map (SOP Class {dataset.SOPClassUID})")
     frames = np.asarray(dataset.pixel_array, dtype=np.float32).reshape(-1, int(dataset.Rows), int(dataset.Columns))
     positions = [np.asarray(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
