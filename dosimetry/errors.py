@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from models.errors import SctError
 
-class DosimetryError(Exception):
+
+class DosimetryError(SctError):
     """Base class of every error the ``dosimetry`` package raises on bad input."""
 
 

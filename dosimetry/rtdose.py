@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 
 from dosimetry.errors import DosimetryError
+from models.errors import GeometryError
 from models.volume import Volume
 
 __all__ = ["DoseGrid", "RtDoseError", "read_rt_dose"]
@@ -90,6 +91,9 @@ def read_rt_dose(source: Path | pydicom.Dataset, *, allow_relative: bool = False
     direction = np.column_stack([row, column, normal])
     referenced = dataset.get("ReferencedRTPlanSequence", None)
     plan_uid = str(referenced[0].ReferencedSOPInstanceUID) if referenced else None
-    return DoseGrid(Volume(pixels.astype(np.float32), spacing, tuple(origin), direction),
-                    str(dataset.get("FrameOfReferenceUID", "")) or None, str(dataset.get("DoseSummationType", "")),
-                    plan_uid)
+    try:
+        volume = Volume(pixels.astype(np.float32), spacing, tuple(origin), direction)
+    except GeometryError as error:  # the file's geometry, not a model's: an RT Dose error
+        raise RtDoseError(f"{where}: the dose grid's geometry is not usable ({error})") from None
+    return DoseGrid(volume, str(dataset.get("FrameOfReferenceUID", "")) or None,
+                    str(dataset.get("DoseSummationType", "")), plan_uid)

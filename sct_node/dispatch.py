@@ -25,6 +25,7 @@ from pynetdicom.presentation import build_context
 from sct_node.config import DestinationConfig, DispatchConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
+from sct_node.errors import SctNodeError
 from sct_node.qa_stage import HELD_DIR
 from sct_node.receive import set_tcp_nodelay
 from sct_node.state import Delivery, StateStore
@@ -39,7 +40,7 @@ _ORDER = {"CT": 0, "MR": 0, "RTSTRUCT": 1, "RTPLAN": 2, "RTDOSE": 3, "SR": 4, "D
 _TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
 
 
-class DeliveryError(Exception):
+class DeliveryError(SctNodeError):
     """A delivery attempt failed; the message says where and why."""
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.errors import SctError
 
-class SctNodeError(Exception):
+
+class SctNodeError(SctError):
     """Base class of every error ``sct_node`` raises on bad input or a failed operation."""
 
 

@@ -83,3 +83,24 @@ def test_gamma_refuses_dose_grids_that_do_not_overlap(tmp_path, capsys):
     assert main(["gamma", str(reference), str(elsewhere), "--dose-percent", "2", "--distance-mm", "2"]) == EXIT_INPUT
     error = capsys.readouterr().err
     assert "does not overlap the reference grid" in error and "along z" in error
+
+
+def test_an_rt_dose_with_unusable_geometry_is_an_rt_dose_error(tmp_path):
+    """A grid the image model refuses (zero pixel spacing) is reported as the RT Dose's problem, not as a
+    model error (the CLI's exit code 3, input, not 5)."""
+    path = _rt_dose(tmp_path / "d.dcm", _field())
+    dataset = pydicom.dcmread(path)
+    dataset.PixelSpacing = [0.0, 0.0]
+    dataset.save_as(path)
+    with pytest.raises(RtDoseError, match="the dose grid's geometry is not usable"):
+        read_rt_dose(path)
+    assert main(["gamma", str(path), str(path), "--dose-percent", "2", "--distance-mm", "2"]) == EXIT_INPUT
+
+
+def test_every_package_error_has_the_one_root():
+    from dosimetry.errors import DosimetryError
+    from models.errors import ModelsError, SctError
+    from sct_node.dispatch import DeliveryError
+    from sct_node.errors import SctNodeError
+
+    assert all(issubclass(error, SctError) for error in (ModelsError, DosimetryError, SctNodeError, DeliveryError))
