@@ -17,7 +17,6 @@ C.7.6.3 Image Pixel, C.12.1 SOP Common; PS3.10 7.1 (File Meta Information).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import OutputError
 
 __all__ = [
+    "decimal_string",
     "PATIENT_KEYWORDS",
     "STUDY_KEYWORDS",
     "copy_attributes",
@@ -115,13 +115,13 @@ def set_image_plane(dataset: pydicom.Dataset, volume: Volume, k: int) -> None:
     DICOM uses and rt-utils once got wrong.
     """
     row_direction, column_direction = volume.direction[:, 0], volume.direction[:, 1]
-    dataset.ImageOrientationPatient = [_ds(v) for v in np.r_[row_direction, column_direction]]
+    dataset.ImageOrientationPatient = [decimal_string(v) for v in np.r_[row_direction, column_direction]]
     position = volume.slice_position_mm(k)
-    dataset.ImagePositionPatient = [_ds(v) for v in position]
-    dataset.PixelSpacing = [_ds(volume.spacing_mm[1]), _ds(volume.spacing_mm[0])]
-    dataset.SliceThickness = _ds(volume.spacing_mm[2])
+    dataset.ImagePositionPatient = [decimal_string(v) for v in position]
+    dataset.PixelSpacing = [decimal_string(volume.spacing_mm[1]), decimal_string(volume.spacing_mm[0])]
+    dataset.SliceThickness = decimal_string(volume.spacing_mm[2])
     # Slice Location is the position along the normal (PS3.3 C.7.6.2.1.2); informative only.
-    dataset.SliceLocation = _ds(float(np.asarray(position) @ volume.slice_normal))
+    dataset.SliceLocation = decimal_string(float(np.asarray(position) @ volume.slice_normal))
 
 
 def set_pixels_uint16(dataset: pydicom.Dataset, pixels: np.ndarray, bits_stored: int) -> None:
@@ -161,8 +161,9 @@ def write_dataset_atomic(dataset: pydicom.FileDataset, path: Path) -> Path:
     return path
 
 
-def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters that keeps sub-micrometre precision."""
+def decimal_string(value: float) -> str:
+    """A DICOM Decimal String (DS) of at most 16 characters that keeps sub-micrometre precision: the one way the
+    writers format DS values."""
     text = f"{float(value):.6f}".rstrip("0").rstrip(".")
     if text in ("-0", ""):
         text = "0"

@@ -57,6 +57,7 @@ from pydicom.tag import Tag
 
 from models.volume import Volume
 from sct_node.dicom.image_writer import (
+    decimal_string,
     derived_object,
     dicom_date_time,
     write_dataset_atomic,
@@ -185,10 +186,10 @@ def write_rt_dose(
     dataset.ContentDate, dataset.ContentTime = date, time
     dataset.ImageComments = (statement + (f" {comment.strip()}" if comment.strip() else ""))[:10240]
     # Image Plane: Pixel Spacing is (row spacing, column spacing) = (y, x).
-    dataset.ImageOrientationPatient = [_ds(v) for v in np.r_[direction[:, 0], direction[:, 1]]]
-    dataset.ImagePositionPatient = [_ds(v) for v in dose_gy.origin_mm]
-    dataset.PixelSpacing = [_ds(dose_gy.spacing_mm[1]), _ds(dose_gy.spacing_mm[0])]
-    dataset.SliceThickness = _ds(dose_gy.spacing_mm[2])
+    dataset.ImageOrientationPatient = [decimal_string(v) for v in np.r_[direction[:, 0], direction[:, 1]]]
+    dataset.ImagePositionPatient = [decimal_string(v) for v in dose_gy.origin_mm]
+    dataset.PixelSpacing = [decimal_string(dose_gy.spacing_mm[1]), decimal_string(dose_gy.spacing_mm[0])]
+    dataset.SliceThickness = decimal_string(dose_gy.spacing_mm[2])
     # Image Pixel (constrained by C.8.8.3.4: unsigned, Bits Stored = Bits Allocated)
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
@@ -215,7 +216,7 @@ def write_rt_dose(
         group_item.ReferencedFractionGroupNumber = int(fraction_group_number)
         plan_item.ReferencedFractionGroupSequence = Sequence([group_item])
     dataset.ReferencedRTPlanSequence = Sequence([plan_item])
-    dataset.GridFrameOffsetVector = [_ds(k * frame_step_mm) for k in range(nz)]
+    dataset.GridFrameOffsetVector = [decimal_string(k * frame_step_mm) for k in range(nz)]
     dataset.DoseGridScaling = scaling_text
     dataset.TissueHeterogeneityCorrection = "IMAGE"  # densities from the sCT's CT numbers
     return write_dataset_atomic(dataset, path)
@@ -272,13 +273,3 @@ def _check_geometry(dose_gy: Volume, sct_headers: SequenceOf[pydicom.Dataset]) -
 def _slice_spacing(positions_mm: np.ndarray) -> float:
     ordered = np.unique(np.round(positions_mm, 4))
     return float(np.median(np.diff(ordered))) if len(ordered) > 1 else 0.0
-
-
-def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters that keeps sub-micrometre precision."""
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    if len(text) > 16:
-        text = f"{float(value):.10g}"
-    return text

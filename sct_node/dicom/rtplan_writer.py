@@ -52,6 +52,7 @@ from pydicom.sequence import Sequence
 
 from dosimetry.plans import ControlPoint, PhotonPlan, PlanBeam
 from sct_node.dicom.image_writer import (
+    decimal_string,
     derived_object,
     dicom_date_time,
     write_dataset_atomic,
@@ -178,7 +179,7 @@ def write_rt_plan(
     for beam in plan.beams:
         item = pydicom.Dataset()
         item.ReferencedBeamNumber = int(beam.number)
-        item.BeamMeterset = _ds(beam.monitor_units)
+        item.BeamMeterset = decimal_string(beam.monitor_units)
         group.ReferencedBeamSequence.append(item)
     dataset.FractionGroupSequence = Sequence([group])
     # RT Beams
@@ -231,7 +232,7 @@ def _dose_reference(plan: PhotonPlan, plan_uid: str, roi_number: int | None) -> 
     where = f" at the {plan.normalisation}" if plan.normalisation else ""
     if plan.normalisation_point_mm is not None:  # C.8.8.10.1: a point given by its coordinates
         item.DoseReferenceStructureType = "COORDINATES"
-        item.DoseReferencePointCoordinates = [_ds(v) for v in plan.normalisation_point_mm]
+        item.DoseReferencePointCoordinates = [decimal_string(v) for v in plan.normalisation_point_mm]
     elif roi_number is not None:  # the volume (the target) whose median dose is the prescription
         item.DoseReferenceStructureType = "VOLUME"
         item.ReferencedROINumber = int(roi_number)
@@ -239,7 +240,7 @@ def _dose_reference(plan: PhotonPlan, plan_uid: str, roi_number: int | None) -> 
         item.DoseReferenceStructureType = "SITE"
     item.DoseReferenceDescription = f"{plan.prescription_gy:g} Gy per fraction{where}"[:64]
     item.DoseReferenceType = "TARGET"
-    item.TargetPrescriptionDose = _ds(plan.prescription_gy * int(plan.fractions))
+    item.TargetPrescriptionDose = decimal_string(plan.prescription_gy * int(plan.fractions))
     return item
 
 
@@ -254,7 +255,7 @@ def _beam(beam: PlanBeam) -> pydicom.Dataset:
     item.RadiationType = "PHOTON"
     item.TreatmentMachineName = MACHINE_NAME
     item.PrimaryDosimeterUnit = "MU"
-    item.SourceAxisDistance = _ds(beam.source_axis_distance_mm)
+    item.SourceAxisDistance = decimal_string(beam.source_axis_distance_mm)
     devices = Sequence()
     for kind in ("ASYMX", "ASYMY"):
         device = pydicom.Dataset()
@@ -265,7 +266,7 @@ def _beam(beam: PlanBeam) -> pydicom.Dataset:
         device = pydicom.Dataset()
         device.RTBeamLimitingDeviceType = "MLCX"
         device.NumberOfLeafJawPairs = len(mlc_boundaries) - 1
-        device.LeafPositionBoundaries = [_ds(v) for v in mlc_boundaries]
+        device.LeafPositionBoundaries = [decimal_string(v) for v in mlc_boundaries]
         devices.append(device)
     item.BeamLimitingDeviceSequence = devices
     item.ReferencedPatientSetupNumber = 1
@@ -274,7 +275,7 @@ def _beam(beam: PlanBeam) -> pydicom.Dataset:
     item.NumberOfCompensators = 0
     item.NumberOfBoli = 0
     item.NumberOfBlocks = 0
-    item.FinalCumulativeMetersetWeight = _ds(points[-1].cumulative_meterset_weight or 1.0)
+    item.FinalCumulativeMetersetWeight = decimal_string(points[-1].cumulative_meterset_weight or 1.0)
     item.NumberOfControlPoints = len(points)
     item.ControlPointSequence = Sequence(
         [_control_point(index, point, points[index - 1] if index else None, beam.energy_mv, mlc_boundaries)
@@ -297,7 +298,7 @@ def _control_point(index: int, point: ControlPoint, previous: ControlPoint | Non
         return first or getattr(point, name) != getattr(previous, name)
 
     if first:
-        item.NominalBeamEnergy = _ds(energy_mv)
+        item.NominalBeamEnergy = decimal_string(energy_mv)
     positions = Sequence()
     if changed("jaw_x_mm"):
         positions.append(_device_position("ASYMX", point.jaw_x_mm))
@@ -312,13 +313,13 @@ def _control_point(index: int, point: ControlPoint, previous: ControlPoint | Non
     if len(positions):
         item.BeamLimitingDevicePositionSequence = positions
     if changed("gantry_deg"):
-        item.GantryAngle = _ds(point.gantry_deg % 360.0)
+        item.GantryAngle = decimal_string(point.gantry_deg % 360.0)
         item.GantryRotationDirection = "NONE"
     if changed("collimator_deg"):
-        item.BeamLimitingDeviceAngle = _ds(point.collimator_deg % 360.0)
+        item.BeamLimitingDeviceAngle = decimal_string(point.collimator_deg % 360.0)
         item.BeamLimitingDeviceRotationDirection = "NONE"
     if changed("couch_deg"):
-        item.PatientSupportAngle = _ds(point.couch_deg % 360.0)
+        item.PatientSupportAngle = decimal_string(point.couch_deg % 360.0)
         item.PatientSupportRotationDirection = "NONE"
     if first:
         item.TableTopEccentricAngle = "0"
@@ -332,23 +333,13 @@ def _control_point(index: int, point: ControlPoint, previous: ControlPoint | Non
         item.TableTopLongitudinalPosition = None
         item.TableTopLateralPosition = None
     if changed("isocentre_mm"):
-        item.IsocenterPosition = [_ds(v) for v in point.isocentre_mm]
-    item.CumulativeMetersetWeight = _ds(point.cumulative_meterset_weight)
+        item.IsocenterPosition = [decimal_string(v) for v in point.isocentre_mm]
+    item.CumulativeMetersetWeight = decimal_string(point.cumulative_meterset_weight)
     return item
 
 
 def _device_position(kind: str, positions: tuple[float, ...]) -> pydicom.Dataset:
     item = pydicom.Dataset()
     item.RTBeamLimitingDeviceType = kind
-    item.LeafJawPositions = [_ds(v) for v in positions]
+    item.LeafJawPositions = [decimal_string(v) for v in positions]
     return item
-
-
-def _ds(value: float) -> str:
-    """A Decimal String of at most 16 characters (micrometre / milli-degree precision or better)."""
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    if len(text) > 16:
-        text = f"{float(value):.10g}"
-    return text
