@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -46,18 +47,34 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now (the kernel's pick for port 0).
+    """A loopback TCP port nobody listens on right now, below the kernel's ephemeral range.
 
     Never the same port twice in one test session: the node's port and a destination's port are picked
-    before either listens, and the kernel may offer a just-released port again.
+    before either listens. Below the ephemeral range (``ip_local_port_range``) because a port the kernel
+    offers for port 0 is also one it hands to outgoing connections: a node's association could take it
+    before storescp binds it ("Address already in use", seen once in a full run).
     """
+    low = _ephemeral_low()
     while True:
+        port = random.randrange(max(1024, low - 20000), low)
+        if port in _HANDED_OUT:
+            continue
         with closing(socket.socket()) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+
+
+@functools.cache
+def _ephemeral_low() -> int:
+    """First port of the kernel's ephemeral range (32768 when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_open(port: int) -> bool:
