@@ -569,10 +569,10 @@ def _scatter_ratio(
     options: EngineOptions,
     u_t: torch.Tensor,
     v_t: torch.Tensor,
-    part: str = "both",
+    part: str,
 ) -> torch.Tensor:
     """``(F conv K_part)(u, v) / (F_ref conv K)(0, 0)`` at each grid point's radiological depth, ``F`` weighted
-    by each aperture's head-scatter factor; ``part`` is ``primary``, ``scatter`` or ``both`` (K itself)."""
+    by each aperture's head-scatter factor; ``part`` is ``primary`` or ``scatter`` (_bev_dose)."""
     nodes = np.asarray(options.kernel_depth_nodes_mm)
     sigma_x, sigma_y, scatter_sigma, scatter_weight = model.kernel(nodes)
     half_field = model.reference_field_mm / 2
@@ -586,14 +586,13 @@ def _scatter_ratio(
     maps = []
     for k in range(len(nodes)):
         weight = float(scatter_weight[k])
-        blurred = torch.zeros_like(fluence)
-        if part in ("primary", "both"):
-            blurred = blurred + (1.0 - weight) * (
+        if part == "primary":
+            blurred = (1.0 - weight) * (
                 _gaussian_matrix(v_t, float(sigma_y[k]), dv) @ fluence
                 @ _gaussian_matrix(u_t, float(sigma_x[k]), du).T
             )
-        if weight > 0 and part in ("scatter", "both"):
-            blurred = blurred + weight * (
+        else:  # _bev_dose asks for the scatter part only where the scatter weight is not zero
+            blurred = weight * (
                 _gaussian_matrix(v_t, float(scatter_sigma[k]), dv) @ fluence
                 @ _gaussian_matrix(u_t, float(scatter_sigma[k]), du).T
             )

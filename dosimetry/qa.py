@@ -70,7 +70,7 @@ from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composit
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
-__all__ = ["QaInputs", "dose_grid_image", "input_envelope_check", "run_qa"]
+__all__ = ["QaInputs", "dose_grid_image", "input_envelope_check", "is_target", "run_qa"]
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
@@ -256,10 +256,15 @@ def _index_ranges(indices: tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in ranges)
 
 
+def is_target(structure: StructureMask) -> bool:
+    """A target (PTV/CTV/GTV by RT ROI Interpreted Type, or a name holding PTV): the QA's and the report's rule."""
+    return structure.interpreted_type.upper() in ("PTV", "CTV", "GTV") or "PTV" in structure.name.upper()
+
+
 def _structure_roles(structures: tuple[StructureMask, ...]) -> tuple[list[StructureMask], list[StructureMask]]:
     """(targets, organs at risk): PTV/CTV/GTV by interpreted type or a name holding PTV; outlines and bones are
     neither."""
-    targets = [s for s in structures if s.interpreted_type in ("PTV", "CTV", "GTV") or "PTV" in s.name.upper()]
+    targets = [s for s in structures if is_target(s)]
     organs = [s for s in structures if s not in targets and s.interpreted_type not in ("EXTERNAL",)
               and s.name.upper() not in ("BODY", "EXTERNAL", "BONES", "BONE")]
     return targets, organs

@@ -38,7 +38,6 @@ __all__ = ["QaContext", "QaFolder", "load_qa_folder", "qa_context"]
 
 logger = logging.getLogger(__name__)
 
-_TARGET_TYPES = ("PTV", "CTV", "GTV")
 
 
 @dataclass(frozen=True)
@@ -165,6 +164,7 @@ def _optional_series(files: tuple[str, ...], what: str, grid: Volume, ct: bool =
 
 
 def _structures(context: QaContext | None, grid: Volume) -> list[StructureOutline]:
+    from dosimetry.qa import is_target
     from dosimetry.structures import read_structures
 
     path = context.structures_file if context is not None else None
@@ -180,7 +180,7 @@ def _structures(context: QaContext | None, grid: Volume) -> list[StructureOutlin
         kind = structure.interpreted_type.upper()
         if kind == "EXTERNAL" or not structure.mask.any():
             continue
-        role = "target" if kind in _TARGET_TYPES or "PTV" in structure.name.upper() else "organ"
+        role = "target" if is_target(structure) else "organ"
         outlines.append(StructureOutline(structure.name, role, structure.mask, kind))
     return outlines
 
