@@ -47,7 +47,7 @@ from dosimetry.records import to_record  # noqa: E402
 from dosimetry.structures import read_structures  # noqa: E402
 from models.phantoms import generate_phantom  # noqa: E402
 from sct_node.cli import main as cli  # noqa: E402
-from sct_node.dicom.phantom_writer import write_phantom_dicom  # noqa: E402
+from sct_node.tools.phantom_writer import write_phantom_dicom  # noqa: E402
 from sct_node.dicom.reader import read_series  # noqa: E402
 from dosimetry.rtdose import read_rt_dose  # noqa: E402
 from tests.factories.dicompyler import TOLERANCE_PERCENT, dicompyler_metrics, metric_agrees  # noqa: E402

@@ -9,7 +9,7 @@ Method
 Two receivers, each in its own process on 127.0.0.1, each with ``network_timeout_s`` (pynetdicom:
 ``network_timeout``, ``acse_timeout``, ``dimse_timeout``) = ``--timeout-s`` and 10 associations at most:
 
-(a) ``sct-node serve`` (this project: sct_node/netguard.py in front of pynetdicom), allowed caller PACS;
+(a) ``sct-node serve`` (this project: sct_node/node/netguard.py in front of pynetdicom), allowed caller PACS;
 (b) the peer: a stock pynetdicom Storage SCP (``AE.start_server``), what the node was before the guard.
 
 For each receiver:

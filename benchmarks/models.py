@@ -16,7 +16,7 @@ Each method runs in its own subprocess on the same machine, one after the other,
 memory (``ru_maxrss``) is its own; times are model-only (``translate``), after loading and one untimed
 warm-up pass on 8 slices. Methods: ``bulk``,
 the bundled ``unet`` and ``diffusion`` (its default steps), and any ``--checkpoint NAME=DIR``. Metrics
-are :mod:`sct_node.evaluate`'s (SynthRAD definitions; MAE per tissue class of the real CT).
+are :mod:`sct_node.tools.evaluate`'s (SynthRAD definitions; MAE per tissue class of the real CT).
 
 Then the diffusion model's MAE and time at each ``--steps-curve`` value and at its default steps, on the
 central ``--curve-slices`` slices of the same held-out volumes (same anatomy and grid, thinner: 250 steps
@@ -86,7 +86,7 @@ def _read_cases(folder: Path, slices: int) -> list:
 def _one(model_name: str, data: str, steps: int | None) -> dict:
     """Child process: evaluate one model on the cases ``data`` ("FOLDER,SLICES"); metrics, seconds, peak RSS."""
     from models.registry import load_model
-    from sct_node.evaluate import evaluate_cases
+    from sct_node.tools.evaluate import evaluate_cases
 
     folder, slices = data.rsplit(",", 1)
     cases = _read_cases(Path(folder), int(slices))

@@ -112,10 +112,10 @@ from sct_node.config import (
     StorageConfig,
     load_config,
 )
-from sct_node.demo import PlanningSystemStandIn, send_series
-from sct_node.dicom.phantom_writer import phantom_identity, write_image_series
-from sct_node.service import Node, state_path
-from sct_node.state import StateStore
+from sct_node.tools.demo import PlanningSystemStandIn, send_series
+from sct_node.tools.phantom_writer import phantom_identity, write_image_series
+from sct_node.node.service import Node, state_path
+from sct_node.node.state import StateStore
 
 ORTHANC = "/usr/sbin/Orthanc"
 START_TIMEOUT_S = 60.0

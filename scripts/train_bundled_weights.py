@@ -69,7 +69,7 @@ def write_phantoms(folder: Path, seeds: range, tag: str, shape=SHAPE_ZYX) -> Pat
 
 
 def steps_curve(checkpoint: Path, validation: Path, steps_list=CURVE_STEPS) -> dict[int, float]:
-    from sct_node.evaluate import evaluate_model
+    from sct_node.tools.evaluate import evaluate_model
 
     curve = {}
     for steps in steps_list:

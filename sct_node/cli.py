@@ -381,7 +381,7 @@ def _progress(description: str, quiet: bool):
 
 def _run_phantom(args: argparse.Namespace) -> int:
     from models.phantoms import generate_phantom, write_synthrad_case
-    from sct_node.dicom.phantom_writer import write_phantom_dicom
+    from sct_node.tools.phantom_writer import write_phantom_dicom
 
     sites = ("head", "pelvis") if args.site == "both" else (args.site,)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -455,7 +455,7 @@ def _read_json_object(path: Path) -> dict:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from sct_node.evaluate import evaluate_model, format_table, write_json
+    from sct_node.tools.evaluate import evaluate_model, format_table, write_json
 
     model = _load_model_from_args(args)
     with _progress("evaluating", args.quiet) as progress:
@@ -473,7 +473,7 @@ def _run_translate(args: argparse.Namespace) -> int:
     from sct_node.dicom.reader import ReaderOptions, read_series
     from sct_node.dicom.sct_writer import write_sct_series
     from sct_node.errors import InputError
-    from sct_node.process import guard_input, input_warning
+    from sct_node.node.process import guard_input, input_warning
 
     started = time.perf_counter()
     model = _load_model_from_args(args)
@@ -552,7 +552,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     configure_logging("DEBUG" if args.debug else config.logging.level, config.logging.json_lines)
     # Imported once the node's log format is set: importing the models (torch) may warn, and in JSON mode even
     # that must be a JSON line.
-    from sct_node.service import Node
+    from sct_node.node.service import Node
 
     node = Node(config)
     node.start()
@@ -571,8 +571,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 def _open_state(config_path: Path | None):
     from sct_node.config import load_config
     from sct_node.errors import ConfigError
-    from sct_node.service import state_path
-    from sct_node.state import StateStore
+    from sct_node.node.service import state_path
+    from sct_node.node.state import StateStore
 
     path = state_path(load_config(config_path))
     if not path.exists():
@@ -761,7 +761,7 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _run_release(args: argparse.Namespace) -> int:
     from sct_node.errors import SctNodeError
-    from sct_node.qa_stage import release_held
+    from sct_node.node.qa_stage import release_held
 
     state = _open_state(args.config)
     job = state.job(args.job)
@@ -854,7 +854,7 @@ def _run_dose(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from sct_node.demo import default_workdir, run_demo
+    from sct_node.tools.demo import default_workdir, run_demo
 
     workdir = args.workdir or default_workdir()
     print(f"sct-node demo in {workdir}: phantom MR -> node -> stand-in planning system (loopback)", file=sys.stderr)

@@ -94,7 +94,7 @@ def test_the_reference_file_round_trips_and_bad_files_are_named(head, tmp_path):
 def test_cli_builds_a_reference_and_the_qa_uses_it(tmp_path, capsys):
     from models.phantoms.synthrad import write_synthrad_case
     from sct_node.cli import EXIT_OK, main
-    from sct_node.dicom.phantom_writer import write_phantom_dicom
+    from sct_node.tools.phantom_writer import write_phantom_dicom
 
     cases = []
     for seed in range(3):

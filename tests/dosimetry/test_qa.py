@@ -17,7 +17,7 @@ from dosimetry.verdict import Verdict
 from models.phantoms import Tissue, generate_phantom
 from models.volume import Volume
 from sct_node.cli import EXIT_INPUT, EXIT_OK, EXIT_QA_FAIL, main
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 
 
 @pytest.fixture(scope="module")

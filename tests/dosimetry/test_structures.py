@@ -9,7 +9,7 @@ import pytest
 from dosimetry.structures import StructureError, read_structures
 from models.phantoms import generate_phantom
 from models.volume import Volume
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pydicom.uid import (
 )
 
 from models.volume import Volume
-from sct_node.dicom.phantom_writer import MR_SEQUENCES, phantom_identity, write_image_series
+from sct_node.tools.phantom_writer import MR_SEQUENCES, phantom_identity, write_image_series
 
 TRANSFER_SYNTAXES = {
     "implicit_le": ImplicitVRLittleEndian,

@@ -12,7 +12,7 @@ from models.phantoms import generate_phantom
 from models.phantoms.synthrad import write_synthrad_case
 from models.registry import BUNDLED_WEIGHTS, load_model
 from sct_node.cli import EXIT_OK, main
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 
 #: Seeds from 2000 up are never used for the bundled weights (training 0-3, validation 1000).
 HELD_OUT_SEED = 2500

@@ -35,7 +35,7 @@ HELD_OUT = 2000
 
 
 def _header(site: str = "pelvis", tr: str = "500", te: str = "15", **extra) -> dict:
-    """The MR header fields ``sct-node phantom`` writes (sct_node/dicom/phantom_writer.py), as a mapping."""
+    """The MR header fields ``sct-node phantom`` writes (sct_node/tools/phantom_writer.py), as a mapping."""
     return {"ScanningSequence": "SE", "SequenceVariant": "NONE", "ScanOptions": "", "RepetitionTime": tr,
             "EchoTime": te, "MagneticFieldStrength": "1.5", "BodyPartExamined": site.upper(),
             "ImageType": ["ORIGINAL", "PRIMARY", "OTHER"], **extra}
@@ -75,7 +75,7 @@ def test_body_part_synonyms_map_onto_the_sites():
 
 
 def test_the_phantom_sidecar_says_what_the_phantom_dicom_header_says(tmp_path):
-    from sct_node.dicom.phantom_writer import write_phantom_dicom
+    from sct_node.tools.phantom_writer import write_phantom_dicom
     from sct_node.dicom.reader import read_series
 
     phantom = generate_phantom("head", 3, shape_zyx=(16, 64, 64))

@@ -29,7 +29,7 @@ import pydicom
 
 from models.phantoms import generate_phantom
 from sct_node.config import NodeConfig, load_config
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 
 __all__ = [
     "MrSeries", "NodeProcess", "ResponseParser", "StoreScp", "StorescuResult", "db_rows", "dcmtk", "free_port",
@@ -209,7 +209,7 @@ def slow_serve() -> None:
     the real writer leaves behind when it is interrupted; nothing else changes.
     """
     delay_s, config_path = float(sys.argv[1]), sys.argv[2]
-    from sct_node import process
+    from sct_node.node import process
     from sct_node.cli import main
 
     real_writer = process.write_sct_series

@@ -17,7 +17,7 @@ from dosimetry.qa import dose_grid_image
 from dosimetry.rtdose import read_rt_dose
 from models.volume import Volume
 from sct_node.cli import EXIT_INPUT, EXIT_OK, main
-from sct_node.dicom.phantom_writer import phantom_identity, write_image_series
+from sct_node.tools.phantom_writer import phantom_identity, write_image_series
 from tests.factories import rt_plans
 from tests.factories.validation import assert_valid_dicom
 

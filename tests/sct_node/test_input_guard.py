@@ -20,13 +20,13 @@ from models.phantoms import generate_phantom
 from models.registry import BUNDLED_WEIGHTS
 from sct_node.cli import EXIT_INPUT, EXIT_OK, main
 from sct_node.config import DestinationConfig, NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.uids import MR_IMAGE_STORAGE
 from sct_node.dicom.qa_sr import read_qa_sr
-from sct_node.process import GUARD_FILE
+from sct_node.node.process import GUARD_FILE
 from sct_node.report.refusal import REFUSAL_PDF
-from sct_node.route import route_complete_series
-from sct_node.service import Node
+from sct_node.node.route import route_complete_series
+from sct_node.node.service import Node
 from tests.factories.validation import assert_valid_dicom
 
 #: The bundled weights' training grid: a held-out phantom on it is inside the envelope in every respect.

@@ -26,7 +26,7 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
-from sct_node.netguard import (
+from sct_node.node.netguard import (
     MAX_ASSOCIATE_RQ_BYTES,
     Connection,
     GuardLimits,
@@ -169,7 +169,7 @@ def test_text_from_the_network_is_made_printable():
 
 def test_client_context_with_a_ca_bundle_trusts_only_that_bundle(pki):
     from sct_node.config import TlsConfig
-    from sct_node.tls import client_context
+    from sct_node.node.tls import client_context
 
     assert len(client_context(TlsConfig(ca_certificates=pki["ca.pem"])).get_ca_certs()) == 1
 
@@ -203,7 +203,7 @@ def test_pynetdicom_acse_and_state_machine_hooks_exist():
 def test_noise_in_acceptor_threads_is_demoted_and_only_pynetdicom_words_become_the_reason(caplog):
     """pydicom may quote a received value (a patient's name) in its warnings: that must never reach the
     WARNING logged when the connection ends; pynetdicom's own complaint becomes the reason."""
-    from sct_node.netguard import _CONNECTIONS, install_noise_filter
+    from sct_node.node.netguard import _CONNECTIONS, install_noise_filter
 
     install_noise_filter()
 

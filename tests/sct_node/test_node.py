@@ -32,7 +32,7 @@ from sct_node.config import (
     StorageConfig,
 )
 from sct_node.dicom.uids import CT_IMAGE_STORAGE
-from sct_node.service import Node
+from sct_node.node.service import Node
 from tests.factories.mr_series import make_volume, write_mr_series
 from tests.sct_node.node_helpers import (
     MrSeries,
@@ -291,7 +291,7 @@ def test_delivery_failing_max_attempts_fails_the_job_and_retry_delivers(tmp_path
     assert job["reason"].startswith("delivery to tps failed")
     assert f"TPS@127.0.0.1:{tps_port}" in job["reason"]
     assert any(word in job["reason"] for word in expected), job["reason"]
-    attempts = [r.getMessage() for r in caplog.records if r.name == "sct_node.dispatch"]
+    attempts = [r.getMessage() for r in caplog.records if r.name == "sct_node.node.dispatch"]
     assert len(attempts) == 3 and any(expected[0] in message for message in attempts), attempts
     assert job["deliveries"] == [{"destination": "tps", "state": "failed", "attempts": 3,
                                   "last_error": job["deliveries"][0]["last_error"]}]

@@ -19,8 +19,8 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.dicom.phantom_writer import write_phantom_dicom
-from sct_node.service import Node
+from sct_node.tools.phantom_writer import write_phantom_dicom
+from sct_node.node.service import Node
 from tests.sct_node.node_helpers import free_port
 
 

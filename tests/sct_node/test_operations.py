@@ -29,11 +29,11 @@ from sct_node.config import (
     SeriesMatch,
     StorageConfig,
 )
-from sct_node.dispatch import Dispatcher
+from sct_node.node.dispatch import Dispatcher
 from sct_node.errors import SctNodeError
-from sct_node.route import route_complete_series
-from sct_node.service import Node
-from sct_node.state import StateStore
+from sct_node.node.route import route_complete_series
+from sct_node.node.service import Node
+from sct_node.node.state import StateStore
 from tests.sct_node.node_helpers import (
     REPO_ROOT,
     NodeProcess,
@@ -491,7 +491,7 @@ def test_serve_with_json_lines_writes_nothing_but_json_to_stderr(tmp_path):
 
     # pydicom's warn_and_log logs (logger pydicom) and warns (warnings.warn) together, so a record proves that the
     # warning was raised in the node; uncaptured, it would have been a plain-text line on stderr. (Raised while
-    # receiving, it is about the peer's data and the node keeps it at DEBUG; see sct_node.netguard.)
+    # receiving, it is about the peer's data and the node keeps it at DEBUG; see sct_node.node.netguard.)
     assert any("exceeds the maximum length of 64 allowed for VR LO" in e["message"] for e in entries), \
         "pydicom never warned about the Series Description: the test shows nothing"
     assert any(e["message"] == "signal 15: shutting down" for e in entries), "the log was not read to its end"

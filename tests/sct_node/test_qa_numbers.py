@@ -31,7 +31,7 @@ from dosimetry.rtdose import read_rt_dose
 from dosimetry.structures import read_structures
 from models.phantoms import generate_phantom
 from sct_node.cli import EXIT_QA_FAIL, main
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.reader import read_series
 from tests.factories.dicompyler import dicompyler_metrics, metric_agrees
 

@@ -19,7 +19,7 @@ from dosimetry.structures import read_structures
 from dosimetry.verdict import Verdict
 from models.phantoms import generate_phantom
 from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.qa_sr import read_qa_sr
 from sct_node.dicom.reader import read_series
 from tests.factories.validation import dciodvfy_findings
@@ -139,7 +139,7 @@ def test_report_refuses_a_folder_without_qa_json(tmp_path, capsys):
 
 
 def test_destinations_get_their_part_of_the_bundle_in_order(bundle):
-    from sct_node.dispatch import ordered_outputs
+    from sct_node.node.dispatch import ordered_outputs
 
     root, _ = bundle
     order = ["CT", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "DOC"]
@@ -155,7 +155,7 @@ def test_a_destination_that_refuses_part_of_the_bundle_gets_a_clear_error(bundle
     from pynetdicom import AE, evt
 
     from sct_node.config import DestinationConfig
-    from sct_node.dispatch import DeliveryError, deliver_files, ordered_outputs
+    from sct_node.node.dispatch import DeliveryError, deliver_files, ordered_outputs
 
     root, _ = bundle
     scp = AE(ae_title="CT_ONLY")

@@ -22,7 +22,7 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.service import Node
+from sct_node.node.service import Node
 from tests.sct_node.node_helpers import (
     StoreScp,
     dcmtk,

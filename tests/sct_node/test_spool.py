@@ -10,8 +10,8 @@ import pytest
 
 from sct_node.config import NetworkConfig, NodeConfig, ProcessingConfig, StorageConfig
 from sct_node.dicom.uids import uid_problem
-from sct_node.service import Node
-from sct_node.spool import Spool, SpoolPathError
+from sct_node.node.service import Node
+from sct_node.node.spool import Spool, SpoolPathError
 from tests.sct_node.node_helpers import free_port
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from sct_node.config import NodeConfig, RouteConfig, SeriesMatch, StorageConfig
 from sct_node.errors import SctNodeError
-from sct_node.route import matching_route, route_complete_series
-from sct_node.service import Node
-from sct_node.state import StateStore
+from sct_node.node.route import matching_route, route_complete_series
+from sct_node.node.service import Node
+from sct_node.node.state import StateStore
 
 
 def _receive(state: StateStore, uid: str, series: str = "1.2.3", now: float = 1000.0, description: str = "T2 pelvis",

@@ -33,7 +33,7 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.dicom.phantom_writer import write_phantom_dicom
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.uids import (
     CT_IMAGE_STORAGE,
     REPORT_SOP_CLASSES,
@@ -42,8 +42,8 @@ from sct_node.dicom.uids import (
     RT_STRUCTURE_SET_STORAGE,
 )
 from sct_node.errors import SctNodeError
-from sct_node.receive import set_tcp_nodelay
-from sct_node.service import Node
+from sct_node.node.receive import set_tcp_nodelay
+from sct_node.node.service import Node
 
 __all__ = ["DemoResult", "PlanningSystemStandIn", "run_demo", "send_series"]
 

@@ -32,7 +32,7 @@ from sct_node.dicom.uids import (
     RT_STRUCTURE_SET_STORAGE,
 )
 from sct_node.errors import SctNodeError
-from sct_node.state import StateStore
+from sct_node.node.state import StateStore
 
 __all__ = ["HELD_DIR", "References", "reference_data", "release_held", "run_qa_stage", "run_report_stage"]
 

@@ -26,10 +26,10 @@ from sct_node.config import DestinationConfig, DispatchConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import SctNodeError
-from sct_node.qa_stage import HELD_DIR
-from sct_node.receive import set_tcp_nodelay
-from sct_node.state import Delivery, StateStore
-from sct_node.tls import client_context
+from sct_node.node.qa_stage import HELD_DIR
+from sct_node.node.receive import set_tcp_nodelay
+from sct_node.node.state import Delivery, StateStore
+from sct_node.node.tls import client_context
 
 __all__ = ["DeliveryError", "deliver_files", "ordered_outputs", "Dispatcher"]
 

@@ -3,7 +3,7 @@
 ::
 
     <spool_dir>/
-    ├── state.sqlite3             the node's database (sct_node.state)
+    ├── state.sqlite3             the node's database (sct_node.node.state)
     ├── incoming/                 temporary files of instances being written (*.part; removed at start)
     ├── instances/<series UID>/<SOP Instance UID>.dcm
     └── outputs/job-<N>/          sCT, QA, report and held-back files of one job

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 from sct_node.config import NodeConfig
-from sct_node.dispatch import Dispatcher
-from sct_node.process import JobProcessor
-from sct_node.receive import StorageSCP
-from sct_node.route import route_complete_series
-from sct_node.spool import Spool, SpoolPathError
-from sct_node.state import StateStore
+from sct_node.node.dispatch import Dispatcher
+from sct_node.node.process import JobProcessor
+from sct_node.node.receive import StorageSCP
+from sct_node.node.route import route_complete_series
+from sct_node.node.spool import Spool, SpoolPathError
+from sct_node.node.state import StateStore
 
 __all__ = ["Node", "state_path"]
 

@@ -12,13 +12,13 @@ of its series is affected.
 
 Nothing from the network becomes a path unless it is a valid UID
 (:func:`sct_node.dicom.uids.uid_problem`); spool paths are made by
-:class:`sct_node.spool.Spool`. An instance with an invalid UID, or with an
+:class:`sct_node.node.spool.Spool`. An instance with an invalid UID, or with an
 element whose declared length runs past the data
 (:func:`sct_node.dicom.sanity.encoding_problem`), is refused with a
 Cannot Understand status (0xC000) and a comment naming what is wrong, and
 logged once as a WARNING naming the peer. What a peer can do before and
 around that (connections, PDU sizes and deadlines, TLS, the allow-list)
-is bounded by :mod:`sct_node.netguard`.
+is bounded by :mod:`sct_node.node.netguard`.
 
 The DICOM event handlers are the one place exceptions stop: they are logged
 with the SOP Instance UID (never the patient's name or ID) and turned into a
@@ -58,7 +58,7 @@ from sct_node.dicom.uids import (
     RT_STRUCTURE_SET_STORAGE,
     uid_problem,
 )
-from sct_node.netguard import (
+from sct_node.node.netguard import (
     Connection,
     GuardedRequestHandler,
     GuardedServer,
@@ -67,9 +67,9 @@ from sct_node.netguard import (
     install_noise_filter,
     relax_uid_validation,
 )
-from sct_node.spool import Spool
-from sct_node.state import StateStore
-from sct_node.tls import server_context
+from sct_node.node.spool import Spool
+from sct_node.node.state import StateStore
+from sct_node.node.tls import server_context
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageStatus", "StorageSCP", "set_tcp_nodelay"]
 

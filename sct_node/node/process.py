@@ -1,7 +1,7 @@
 """Process one job: read the series, guard the input, run the model, write the sCT, then QA and report.
 
 This is the same pipeline as ``sct-node translate`` followed by the QA and
-report stages (:mod:`sct_node.qa_stage`); it runs in the node's worker
+report stages (:mod:`sct_node.node.qa_stage`); it runs in the node's worker
 threads, never in the association threads, so receiving never waits for a
 model. Models are loaded once per name and shared.
 
@@ -31,9 +31,9 @@ from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.dicom.uids import MR_SOP_CLASSES
 from sct_node.errors import OutputError, SctNodeError
-from sct_node.qa_stage import reference_data, run_qa_stage, run_report_stage
-from sct_node.spool import Spool
-from sct_node.state import Job, StateStore
+from sct_node.node.qa_stage import reference_data, run_qa_stage, run_report_stage
+from sct_node.node.spool import Spool
+from sct_node.node.state import Job, StateStore
 
 __all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 

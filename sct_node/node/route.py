@@ -16,8 +16,8 @@ import logging
 import re
 
 from sct_node.config import NodeConfig, RouteConfig, SeriesMatch
-from sct_node.spool import Spool
-from sct_node.state import SeriesRecord, StateStore
+from sct_node.node.spool import Spool
+from sct_node.node.state import SeriesRecord, StateStore
 
 __all__ = ["matching_route", "route_complete_series"]
 
