@@ -101,7 +101,7 @@ from pynetdicom import evt
 # models package: the repository root goes first instead (as in benchmarks/models.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.phantoms import generate_phantom  # noqa: E402
+from models.phantoms import generate_phantom
 from sct_node.config import (
     DestinationConfig,
     DispatchConfig,
@@ -112,10 +112,10 @@ from sct_node.config import (
     StorageConfig,
     load_config,
 )
+from sct_node.node.service import Node, state_path
+from sct_node.node.state import JobTimings, StateStore
 from sct_node.tools.demo import PlanningSystemStandIn, send_series
 from sct_node.tools.phantom_writer import phantom_identity, write_image_series
-from sct_node.node.service import Node, state_path
-from sct_node.node.state import StateStore
 
 ORTHANC = "/usr/sbin/Orthanc"
 START_TIMEOUT_S = 60.0
@@ -494,14 +494,14 @@ def measure_latency(scratch: Path, quiet_period_s: float) -> None:
                   f"{': ' + job.reason if job and job.reason else ''})")
             return
         last_received_at = max(s.last_received_at for s in node.state.series())
-        timings = json.loads(job.timings or "{}")
+        timings = job.timings or JobTimings()
     finally:
         node.stop()
         tps.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     total_s = tps.last_stored_at - last_received_at
     detection_s = job.created_at - (last_received_at + quiet_period_s)
-    processing_s = float(timings.get("total_s", 0.0))
+    processing_s = timings.total_s or 0.0
     dispatch_s = total_s - quiet_period_s - detection_s - processing_s
     print()
     print(f"End-to-end latency, demo volume ({shape} voxels, {sent} MR instances in, {tps.received} sCT "
@@ -511,8 +511,8 @@ def measure_latency(scratch: Path, quiet_period_s: float) -> None:
         ("total", total_s),
         ("  quiet period (configured)", quiet_period_s),
         (f"  router detection lag (polls every {poll_interval_s:g} s)", detection_s),
-        ((f"  processing: read {timings.get('read_s', 0.0):.2f} + model {timings.get('model_s', 0.0):.2f} "
-          f"+ write {timings.get('write_s', 0.0):.2f}"), processing_s),
+        ((f"  processing: read {timings.read_s or 0.0:.2f} + model {timings.model_s or 0.0:.2f} "
+          f"+ write {timings.write_s or 0.0:.2f}"), processing_s),
         ("  claim, dispatcher poll, association, C-STOREs", dispatch_s),
     ]
     for name, value_s in rows:

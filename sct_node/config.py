@@ -12,9 +12,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
+from dosimetry.verdict import QaThresholds
 from sct_node.errors import ConfigError
 
 __all__ = [
@@ -172,9 +173,13 @@ class RouteConfig(_Strict):
                                  f"route's qa_site is {self.qa_site!r}")
         return self
 
+    #: ``qa_thresholds`` parsed once, when the configuration is loaded (:attr:`thresholds`).
+    _thresholds: QaThresholds = PrivateAttr(default_factory=QaThresholds)
+
     @field_validator("qa_thresholds")
     @classmethod
-    def _known_thresholds(cls, value: dict) -> dict:
+    def _known_thresholds(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Refuse unknown checks and bad limits here, where the error names the field."""
         from dosimetry.errors import DosimetryError
         from dosimetry.verdict import thresholds_from_mapping
 
@@ -183,6 +188,18 @@ class RouteConfig(_Strict):
         except DosimetryError as error:
             raise ValueError(str(error)) from None
         return value
+
+    @model_validator(mode="after")
+    def _parse_thresholds(self) -> RouteConfig:
+        from dosimetry.verdict import thresholds_from_mapping
+
+        self._thresholds = thresholds_from_mapping(self.qa_thresholds)  # validated above: cannot fail
+        return self
+
+    @property
+    def thresholds(self) -> QaThresholds:
+        """The QA limits of this route: the published defaults with ``qa_thresholds`` applied."""
+        return self._thresholds
 
 
 class DestinationConfig(_Strict):

@@ -26,12 +26,12 @@ from sct_node.config import DestinationConfig, DispatchConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import SctNodeError
-from sct_node.node.qa_stage import HELD_DIR
+from sct_node.job_folder import JobFolder
 from sct_node.node.receive import set_tcp_nodelay
 from sct_node.node.state import Delivery, StateStore
 from sct_node.node.tls import client_context
 
-__all__ = ["DeliveryError", "deliver_files", "ordered_outputs", "Dispatcher"]
+__all__ = ["DeliveryError", "Dispatcher", "deliver_files", "ordered_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def ordered_outputs(output_dir: Path, bundle: str = "all") -> list[Path]:
     wanted = _BUNDLE_MODALITIES.get(bundle)
     files = []
     for path in sorted(Path(output_dir).rglob("*.dcm")):
-        if HELD_DIR in path.relative_to(output_dir).parts[:1]:
+        if JobFolder.HELD in path.relative_to(output_dir).parts[:1]:
             continue
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "InstanceNumber"])
         modality = str(header.get("Modality", ""))

@@ -20,6 +20,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from models.base import TranslationModel
@@ -27,13 +29,15 @@ from models.envelope import GuardResult, guard, refuses
 from models.errors import ModelsError
 from models.fileio import write_atomic
 from models.registry import load_model
+from sct_node.config import RouteConfig
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.dicom.uids import MR_SOP_CLASSES
 from sct_node.errors import OutputError, SctNodeError
+from sct_node.job_folder import JobFolder
 from sct_node.node.qa_stage import reference_data, run_qa_stage, run_report_stage
 from sct_node.node.spool import Spool
-from sct_node.node.state import Job, StateStore
+from sct_node.node.state import Job, JobTimings, StateStore
 
 __all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 
@@ -86,17 +90,17 @@ class JobProcessor:
         The node's spool: a job's output folder must be one of its ``outputs/job-N`` folders.
     """
 
-    def __init__(self, state: StateStore, route_of, spool: Spool) -> None:
+    def __init__(self, state: StateStore, route_of: Callable[[str], RouteConfig | None], spool: Spool) -> None:
         self.state = state
         self.route_of = route_of
         self.spool = spool
-        self._models: dict[tuple, TranslationModel] = {}
+        self._models: dict[tuple[str, tuple[tuple[str, int | None], ...]], TranslationModel] = {}
         self._models_lock = threading.Lock()
 
-    def model(self, name: str, route=None) -> TranslationModel:
+    def model(self, name: str, route: RouteConfig | None = None) -> TranslationModel:
         """The model of a job, loaded once per (name, sampling settings) and shared by the workers."""
-        options = {} if route is None or name == "bulk" else {"steps": route.model_steps,
-                                                               "ensemble": route.model_ensemble}
+        options: dict[str, int | None] = {} if route is None or name == "bulk" else {
+            "steps": route.model_steps, "ensemble": route.model_ensemble}
         key = (name, tuple(sorted(options.items())))
         with self._models_lock:
             if key not in self._models:
@@ -111,8 +115,9 @@ class JobProcessor:
         self.process(job)
         return True
 
-    def _refuse(self, job: Job, route, series, checked: GuardResult, model, policy: str, output_dir: Path,
-                reason: str, timings: dict, started: float) -> None:
+    def _refuse(self, job: Job, route: RouteConfig | None, series: ImageSeries, checked: GuardResult,
+                model: TranslationModel, policy: str, output_dir: Path, reason: str, timings: JobTimings,
+                started: float) -> None:
         """No sCT: write the refusal notice (SR and PDF, sct_node.report.refusal) and send it where the sCT would go."""
         from sct_node.report.refusal import write_refusal_notice
 
@@ -120,19 +125,19 @@ class JobProcessor:
         try:
             write_refusal_notice(mr_files=series.files, volume=series.volume.array, result=checked,
                                  model_identity=model.card.identity, model_name=model.card.name, policy=policy,
-                                 folder=output_dir / "report", job_id=job.id)
+                                 folder=output_dir / JobFolder.REPORT, job_id=job.id)
         except Exception:  # the refusal stands without its notice; say so where the operator looks
             logger.exception("job %d: the refusal notice could not be written; the job fails without it", job.id)
             destinations = ()
             reason += " (the refusal notice could not be written: see the log)"
-        timings["total_s"] = time.perf_counter() - started
-        self.state.job_refused(job.id, reason, destinations, json.dumps(timings))
+        self.state.job_refused(job.id, reason, destinations, replace(timings, total_s=_since(started)))
         logger.warning("job %d refused by the input guard (%s mismatch with model %s); %s", job.id, checked.verdict,
                        model.card.name, "the notice (SR, PDF) goes to " + ", ".join(destinations) if destinations
                        else "no destination: no notice sent")
 
     def process(self, job: Job) -> None:
-        timings: dict[str, float | str] = {}
+        """Run one claimed job to its end state: processed (delivering, held, done), refused or failed."""
+        timings = JobTimings()
         started = time.perf_counter()
         route = self.route_of(job.route)
         held = False
@@ -145,14 +150,13 @@ class JobProcessor:
                 raise SctNodeError("series holds no MR image instances")
             t0 = time.perf_counter()
             series = read_series(images, series_instance_uid=job.series_uid)
-            timings["read_s"] = time.perf_counter() - t0
+            timings = replace(timings, read_s=_since(t0))
             model = self.model(job.model, route)
             output_dir = Path(job.output_dir) if job.output_dir else self.spool.job_dir(job.id)
             t0 = time.perf_counter()
             policy = route.on_input_outside_envelope if route is not None else "refuse-hard"
             checked = guard_input(series, model)
-            timings["guard_s"] = time.perf_counter() - t0
-            timings["guard_verdict"] = checked.verdict
+            timings = replace(timings, guard_s=_since(t0), guard_verdict=checked.verdict)
             refused = refuses(checked, policy)
             # A run killed part-way leaves the writer's staging folder (partial CT.*.dcm) in here, and the
             # dispatcher sends every *.dcm under the job's folder: start empty, since processing remakes it all.
@@ -171,25 +175,25 @@ class JobProcessor:
                 logger.warning("job %d: %s", job.id, checked.summary())
             t0 = time.perf_counter()
             result = model.translate(series.volume)
-            timings["model_s"] = time.perf_counter() - t0
+            timings = replace(timings, model_s=_since(t0))
             t0 = time.perf_counter()
-            written = write_sct_series(result.hu, series, model.card, output_dir / "sct",
+            written = write_sct_series(result.hu, series, model.card, output_dir / JobFolder.SCT,
                                        input_warning=input_warning(
                                            checked, f"route on_input_outside_envelope = \"{policy}\""))
-            timings["write_s"] = time.perf_counter() - t0
+            timings = replace(timings, write_s=_since(t0))
             if route is not None and route.qa:
                 t0 = time.perf_counter()
                 references = reference_data(self.state, series)
                 verdict = run_qa_stage(result, series, model.card, route, output_dir, references,
                                        input_guard=(checked.verdict, tuple(checked.reasons)))
-                timings["qa_s"] = time.perf_counter() - t0
                 # The job's record keeps text: a verdict, or ERROR for a QA or report that could not be made.
-                timings["qa_verdict"] = verdict.value if verdict is not None else "ERROR"
+                timings = replace(timings, qa_s=_since(t0),
+                                  qa_verdict=verdict.value if verdict is not None else "ERROR")
                 if verdict is not None and route.qa_report:
                     t0 = time.perf_counter()
                     reported, held = run_report_stage(output_dir, route)
-                    timings["report"] = reported.value if reported is not None else "ERROR"
-                    timings["report_s"] = time.perf_counter() - t0
+                    timings = replace(timings, report=reported.value if reported is not None else "ERROR",
+                                      report_s=_since(t0))
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))
             logger.error("job %d failed: %s", job.id, error)
@@ -198,12 +202,16 @@ class JobProcessor:
             logger.exception("job %d failed with an internal error", job.id)
             self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}")
             return
-        timings["total_s"] = time.perf_counter() - started
+        timings = replace(timings, total_s=_since(started))
         hold_reason = ("sCT held back after a QA FAIL (route on_qa_fail = \"hold\"); the report was delivered; "
                        f"`sct-node release {job.id}` delivers the sCT") if held else None
-        self.state.job_processed(job.id, route.destinations if route else (), json.dumps(timings),
-                                 hold_reason=hold_reason)
+        self.state.job_processed(job.id, route.destinations if route else (), timings, hold_reason=hold_reason)
         logger.info("job %d processed: sCT series %s, %d instances, %.1f s%s%s", job.id, written.series_instance_uid,
-                    len(written.files), timings["total_s"],
-                    f", QA {timings['qa_verdict']}" if "qa_verdict" in timings else "",
+                    len(written.files), timings.total_s,
+                    f", QA {timings.qa_verdict}" if timings.qa_verdict is not None else "",
                     ", sCT held back" if held else "")
+
+
+def _since(start: float) -> float:
+    """Seconds of the performance counter since ``start``."""
+    return time.perf_counter() - start

@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dosimetry.verdict import Verdict
 from sct_node.config import RouteConfig
@@ -32,23 +34,26 @@ from sct_node.dicom.uids import (
     RT_STRUCTURE_SET_STORAGE,
 )
 from sct_node.errors import SctNodeError
+from sct_node.job_folder import JobFolder
 from sct_node.node.state import StateStore
 
-__all__ = ["HELD_DIR", "References", "reference_data", "release_held", "run_qa_stage", "run_report_stage"]
+if TYPE_CHECKING:
+    from dosimetry.plans import PhotonPlan
+    from dosimetry.structures import StructureMask
+    from models.volume import Volume
+
+__all__ = ["References", "read_references", "reference_data", "release_held", "run_qa_stage", "run_report_stage"]
 
 logger = logging.getLogger(__name__)
-
-#: Sub-folder of a job's outputs that the dispatcher never sends (a held-back sCT and its RT objects).
-HELD_DIR = "held"
 
 
 @dataclass
 class References:
     """Reference data for the QA, and the files it came from (recorded in ``qa.json``)."""
 
-    plan: object | None = None
-    structures: tuple = ()
-    reference_ct: object | None = None
+    plan: PhotonPlan | None = None
+    structures: tuple[StructureMask, ...] = ()
+    reference_ct: Volume | None = None
     plan_file: Path | None = None
     structures_file: Path | None = None
     reference_ct_files: tuple[Path, ...] = field(default_factory=tuple)
@@ -59,41 +64,68 @@ def reference_data(state: StateStore, series: ImageSeries) -> References:
 
     A CT is used only when it lies on the MR's grid (the commissioning set-up: CT resampled onto the MR).
     A structure set must be drawn on the MR or on that CT. Each piece is read on its own; anything unusable
-    is logged and left out, and the QA falls back to the template plan and the bulk-density reference.
+    is logged and left out, and the QA falls back to the template plan and the bulk-density reference
+    (:func:`read_references`).
     """
-    from dosimetry.plans import read_rt_plan
-    from dosimetry.structures import read_structures
-    from sct_node.dicom.files import open_dataset
-
-    found = References()
     frame = series.frame_of_reference_uid
     if not frame:
-        return found
+        return References()
     candidates = state.instances_in_frame((RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, CT_IMAGE_STORAGE), frame)
     plans = [r.path for r in candidates if r.sop_class_uid == RT_PLAN_STORAGE]
     structure_sets = [r.path for r in candidates if r.sop_class_uid == RT_STRUCTURE_SET_STORAGE]
     ct_files = [r.path for r in candidates if r.sop_class_uid == CT_IMAGE_STORAGE]
-    drawn_on = {series.series_instance_uid}
-    if ct_files:
-        with _unusable("the reference CT"):
-            ct = read_series(ct_files, sop_classes=[CT_IMAGE_STORAGE])
-            drawn_on.add(ct.series_instance_uid)
-            if ct.volume.same_grid(series.volume):
+    return read_references(series, reference_ct=ct_files, plan=plans[-1] if plans else None,
+                           structures=structure_sets[-1] if structure_sets else None)
+
+
+def read_references(image: ImageSeries, *, reference_ct: Sequence[Path] = (), plan: Path | None = None,
+                    structures: Path | None = None, drawn_on: Iterable[str] = (), strict: bool = False) -> References:
+    """Read the QA's reference data in ``image``'s frame of reference and on its grid: the one reader of the
+    node (:func:`reference_data`: ``image`` is the MR, the files were routed to it) and of ``sct-node qa``
+    (``strict``: ``image`` is the sCT, the files were named on the command line).
+
+    A reference CT (its files or folder) is used only when it shares ``image``'s frame and grid; a structure set
+    must be drawn on ``image``, on that CT or on a series in ``drawn_on``; structures with no voxel on the grid
+    are left out. With ``strict`` a CT off the grid is refused, a structure left out is warned about, and any
+    piece that cannot be read raises. Otherwise each piece is read on its own, and anything unusable (an
+    unreadable piece, a CT off the grid) is logged and left out.
+    """
+    from dosimetry.plans import read_rt_plan
+    from dosimetry.structures import read_structures
+    from sct_node.dicom.files import open_dataset
+    from sct_node.errors import InputError
+
+    def guard(what: str) -> contextlib.AbstractContextManager[object]:
+        return contextlib.nullcontext() if strict else _unusable(what)
+
+    found = References()
+    frame = image.frame_of_reference_uid
+    drawn = {image.series_instance_uid, *drawn_on}
+    if reference_ct:
+        with guard("the reference CT"):
+            ct = read_series(list(reference_ct), sop_classes=[CT_IMAGE_STORAGE])
+            drawn.add(ct.series_instance_uid)
+            if ct.frame_of_reference_uid == frame and ct.volume.same_grid(image.volume):
                 found.reference_ct, found.reference_ct_files = ct.volume, tuple(ct.files)
+            elif strict:
+                raise InputError(f"{', '.join(map(str, reference_ct))}: the reference CT must share the sCT's frame "
+                                 "of reference and grid (resample it onto the MR first)")
             else:
                 logger.info("a CT in the MR's frame of reference was received but is not on the MR's grid; "
                             "the QA compares with the bulk-density sCT instead")
-    if plans:
-        with _unusable("the RT Plan"):
-            found.plan = read_rt_plan(open_dataset(plans[-1]), frame_of_reference_uid=frame,
-                                      source_name=str(plans[-1]))
-            found.plan_file = plans[-1]
-    if structure_sets:
-        with _unusable("the RT Structure Set"):
-            found.structures = tuple(s for s in read_structures(
-                structure_sets[-1], series.volume, frame_of_reference_uid=frame, referenced_series_uid=drawn_on,
-                allow_empty=True) if s.mask.any())
-            found.structures_file = structure_sets[-1]
+    if plan is not None:
+        with guard("the RT Plan"):
+            found.plan = read_rt_plan(open_dataset(plan), frame_of_reference_uid=frame, source_name=str(plan))
+            found.plan_file = plan
+    if structures is not None:
+        with guard("the RT Structure Set"):
+            masks = read_structures(structures, image.volume, frame_of_reference_uid=frame,
+                                    referenced_series_uid=drawn, allow_empty=True)
+            for empty in (s for s in masks if strict and not s.mask.any()):
+                logger.warning("structure %s has no voxel on the sCT grid; it is left out of the DVH comparison",
+                               empty.name)
+            found.structures = tuple(s for s in masks if s.mask.any())
+            found.structures_file = structures
     return found
 
 
@@ -110,7 +142,6 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
     from dosimetry.hu_reference import load_hu_reference
     from dosimetry.qa import QaInputs, run_qa
     from dosimetry.qa_result import write_qa
-    from dosimetry.verdict import thresholds_from_mapping
     from sct_node.report.context import qa_context
 
     try:
@@ -121,7 +152,7 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
                              dose_grid_mm=route.qa_dose_grid_mm,
                              plan=references.plan, structures=references.structures,
                              reference_ct=references.reference_ct, input_guard=input_guard),
-                    thresholds_from_mapping(route.qa_thresholds))
+                    route.thresholds)
     except DosimetryError as error:
         logger.warning("QA could not run: %s", error)
         return None
@@ -129,12 +160,12 @@ def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, ou
         logger.exception("QA failed with an internal error; the sCT is delivered without QA")
         return None
     card = dataclasses.asdict(model_card) | {"identity": model_card.identity}
-    context = qa_context(sct_dir=output_dir / "sct", model_card=card, mr_files=series.files,
+    context = qa_context(sct_dir=output_dir / JobFolder.SCT, model_card=card, mr_files=series.files,
                          mr_series_uid=series.series_instance_uid,
                          mr_series_description=str(series.header.get("SeriesDescription", "") or ""),
                          reference_ct_files=references.reference_ct_files, structures_file=references.structures_file,
                          plan_file=references.plan_file, site=route.qa_site)
-    write_qa(record, output_dir / "qa", context)
+    write_qa(record, output_dir / JobFolder.QA, context)
     return record.verdict
 
 
@@ -149,20 +180,20 @@ def run_report_stage(output_dir: Path, route: RouteConfig) -> tuple[Verdict | No
     from sct_node.report.bundle import build_bundle, mark_sct_series
 
     try:
-        bundle = build_bundle(output_dir / "qa", output_dir, rt_dose=route.qa_rt_dose)
+        bundle = build_bundle(output_dir / JobFolder.QA, output_dir, rt_dose=route.qa_rt_dose)
     except Exception:  # the sCT is valid without its report: deliver it, say so
         logger.exception("the QA report bundle could not be built; the sCT is delivered without it")
-        shutil.rmtree(output_dir / "report", ignore_errors=True)
-        shutil.rmtree(output_dir / "rt", ignore_errors=True)
+        shutil.rmtree(output_dir / JobFolder.REPORT, ignore_errors=True)
+        shutil.rmtree(output_dir / JobFolder.RT, ignore_errors=True)
         return None, False
     if bundle.verdict == Verdict.FAIL and route.on_qa_fail == "hold":
-        held = output_dir / HELD_DIR
+        held = output_dir / JobFolder.HELD
         held.mkdir(exist_ok=True)
-        for name in ("sct", "rt"):
+        for name in JobFolder.held_back():
             if (output_dir / name).exists():
                 (output_dir / name).rename(held / name)
         return bundle.verdict, True
-    mark_sct_series(sorted((output_dir / "sct").glob("*.dcm")), bundle.verdict)
+    mark_sct_series(sorted((output_dir / JobFolder.SCT).glob("*.dcm")), bundle.verdict)
     return bundle.verdict, False
 
 
@@ -173,16 +204,16 @@ def release_held(output_dir: Path) -> int:
     """
     from sct_node.report.bundle import mark_sct_series
 
-    held = Path(output_dir) / HELD_DIR
+    held = Path(output_dir) / JobFolder.HELD
     moved = 0
     if not held.exists():
         return 0
-    for name in ("sct", "rt"):
+    for name in JobFolder.held_back():
         if (held / name).exists():
             moved += sum(1 for _ in (held / name).glob("*.dcm"))
             shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
             (held / name).rename(Path(output_dir) / name)
-    mark_sct_series(sorted((Path(output_dir) / "sct").glob("*.dcm")), Verdict.FAIL)
+    mark_sct_series(sorted((Path(output_dir) / JobFolder.SCT).glob("*.dcm")), Verdict.FAIL)
     held.rmdir()
     return moved
 

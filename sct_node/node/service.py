@@ -82,7 +82,7 @@ class Node:
         while True:
             jobs = self.state.jobs(limit=1)
             job = jobs[0] if jobs else None
-            if (job is not None and job.state in ("done", "failed", "held")) or time.monotonic() >= deadline:
+            if (job is not None and job.state.at_rest) or time.monotonic() >= deadline:
                 return job
             time.sleep(poll_interval_s)
 

@@ -38,17 +38,56 @@ Mercure's job states (receiver -> router -> processor -> dispatcher).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sct_node.errors import SctNodeError
 
-__all__ = ["Delivery", "InstanceRecord", "Job", "SeriesRecord", "SeriesStatus", "StateStore"]
+__all__ = ["Delivery", "DeliveryState", "InstanceRecord", "Job", "JobState", "JobTimings", "SeriesRecord", "SeriesState",
+           "SeriesStatus", "StateStore"]
+
+
+class SeriesState(StrEnum):
+    """A series generation's own state (the module docstring draws the transitions)."""
+
+    RECEIVING = "receiving"
+    QUEUED = "queued"      # a job was made; from here the job's state says what happened
+    UNROUTED = "unrouted"  # no routing rule matched
+    PURGED = "purged"      # its instances were forgotten by the cleaner
+
+
+class JobState(StrEnum):
+    """A job's state (the module docstring draws the transitions)."""
+
+    COMPLETE = "complete"      # its series is complete: waiting for a worker
+    PROCESSING = "processing"
+    DELIVERING = "delivering"
+    DONE = "done"              # final
+    HELD = "held"              # the sCT is held back after a QA FAIL: release or dismiss
+    FAILED = "failed"          # reason kept: retry or dismiss
+    DISMISSED = "dismissed"    # final: a person gave up on it, with a comment
+
+    @property
+    def at_rest(self) -> bool:
+        """Whether the node has stopped working on the job: for good (done, dismissed) or until a person acts."""
+        return self in (JobState.DONE, JobState.HELD, JobState.FAILED, JobState.DISMISSED)
+
+
+class DeliveryState(StrEnum):
+    """One destination's delivery of a job's outputs."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"          # no attempts left
+    CANCELLED = "cancelled"    # its job was dismissed before it was sent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -120,7 +159,7 @@ class InstanceRecord:
 class SeriesRecord:
     series_uid: str
     generation: int
-    state: str
+    state: SeriesState
     study_uid: str | None
     modality: str | None
     description: str | None
@@ -139,19 +178,51 @@ class SeriesStatus:
 
     series: SeriesRecord
     job_id: int | None
-    job_state: str | None
+    job_state: JobState | None
 
     @property
-    def state(self) -> str:
+    def state(self) -> SeriesState | JobState:
         """What happened to the generation: its job's state once it has a job, else its own.
 
         ``queued`` only says that a job was made; after that the job's state (``processing``, ``done``,
         ``failed``, ``held``, ``dismissed``, ...) is what an operator needs. ``receiving``, ``unrouted``
         and ``purged`` are the series' own and are shown as they are.
         """
-        if self.series.state == "queued" and self.job_state is not None:
+        if self.series.state == SeriesState.QUEUED and self.job_state is not None:
             return self.job_state
         return self.series.state
+
+
+@dataclass(frozen=True)
+class JobTimings:
+    """What a job's processing took, stage by stage (seconds), and what its checks said.
+
+    A stage that did not run (no QA on the route, a series the input guard refused) is None; the database
+    keeps the JSON of the stages that ran (:meth:`to_json`), as it did when this was a dict.
+    """
+
+    read_s: float | None = None
+    guard_s: float | None = None
+    #: The input guard's verdict: ok, soft, hard or unjudged (models.envelope).
+    guard_verdict: str | None = None
+    model_s: float | None = None
+    write_s: float | None = None
+    qa_s: float | None = None
+    #: PASS, WARN or FAIL; ERROR for a QA that could not be made (the sCT is delivered without it).
+    qa_verdict: str | None = None
+    #: The verdict the report bundle carries; ERROR for a bundle that could not be built.
+    report: str | None = None
+    report_s: float | None = None
+    total_s: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({name: value for name, value in asdict(self).items() if value is not None})
+
+    @classmethod
+    def from_json(cls, text: str) -> JobTimings:
+        """Read what :meth:`to_json` wrote; keys this version does not know (a newer node's) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in json.loads(text).items() if name in known})
 
 
 @dataclass(frozen=True)
@@ -161,12 +232,13 @@ class Job:
     generation: int
     route: str
     model: str
-    state: str
+    state: JobState
     reason: str | None
     output_dir: Path | None
     created_at: float
     updated_at: float
-    timings: str | None
+    #: What processing took; None until the job was processed.
+    timings: JobTimings | None
     #: Why part of the outputs is held back (None when nothing is); the job ends ``held`` instead of ``done``.
     held: str | None = None
     #: Why a person dismissed the job (``sct-node dismiss``), and when (seconds since the epoch).
@@ -181,7 +253,7 @@ class Job:
 class Delivery:
     job_id: int
     destination: str
-    state: str
+    state: DeliveryState
     attempts: int
     next_attempt_at: float
     last_error: str | None
@@ -236,7 +308,7 @@ class StateStore:
                 raise
             self._connection.execute("COMMIT")
 
-    def _query(self, sql: str, parameters: tuple | dict = ()) -> list[tuple]:
+    def _query(self, sql: str, parameters: tuple[Any, ...] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._connection.execute(sql, parameters).fetchall()
 
@@ -259,11 +331,11 @@ class StateStore:
                 # dropped association starts with the instances already stored): keep a generation that is
                 # still receiving open, or the quiet period could close it half-way through the re-send.
                 db.execute("UPDATE series SET last_received_at = ?, updated_at = ? WHERE series_uid = ? "
-                           "AND state = 'receiving'", (now, now, series_uid))
+                           "AND state = ?", (now, now, series_uid, SeriesState.RECEIVING))
                 return False
             row = db.execute("SELECT generation, state FROM series WHERE series_uid = ? ORDER BY generation DESC "
                              "LIMIT 1", (series_uid,)).fetchone()
-            if row is not None and row[1] == "receiving":
+            if row is not None and row[1] == SeriesState.RECEIVING:
                 generation = row[0]
                 db.execute("UPDATE series SET instances = instances + 1, last_received_at = ?, updated_at = ? "
                            "WHERE series_uid = ? AND generation = ?", (now, now, series_uid, generation))
@@ -272,8 +344,8 @@ class StateStore:
                 db.execute(
                     "INSERT INTO series (series_uid, generation, state, study_uid, modality, description, "
                     "image_type, body_part, calling_ae, instances, first_received_at, last_received_at, updated_at) "
-                    "VALUES (?, ?, 'receiving', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                    (series_uid, generation, study_uid, modality, description, image_type, body_part, calling_ae,
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                    (series_uid, generation, SeriesState.RECEIVING, study_uid, modality, description, image_type, body_part, calling_ae,
                      now, now, now))
             db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation,
@@ -283,9 +355,9 @@ class StateStore:
     def quiet_series(self, quiet_period_s: float, now: float | None = None) -> list[SeriesRecord]:
         """Series generations still receiving whose last instance is older than the quiet period."""
         now = time.time() if now is None else now
-        rows = self._query("SELECT * FROM series WHERE state = 'receiving' AND last_received_at <= ? "
-                           "ORDER BY last_received_at", (now - quiet_period_s,))
-        return [SeriesRecord(*row) for row in rows]
+        rows = self._query("SELECT * FROM series WHERE state = ? AND last_received_at <= ? "
+                           "ORDER BY last_received_at", (SeriesState.RECEIVING, now - quiet_period_s))
+        return [_series(row) for row in rows]
 
     def series_instances(self, series_uid: str, up_to_generation: int) -> list[InstanceRecord]:
         """Every instance of a series received up to (and including) a generation."""
@@ -305,22 +377,26 @@ class StateStore:
 
     def mark_unrouted(self, series: SeriesRecord) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE series SET state = 'unrouted', updated_at = ? WHERE series_uid = ? AND generation = ? "
-                       "AND state = 'receiving'", (time.time(), series.series_uid, series.generation))
+            db.execute("UPDATE series SET state = ?, updated_at = ? WHERE series_uid = ? AND generation = ? "
+                       "AND state = ?", (SeriesState.UNROUTED, time.time(), series.series_uid, series.generation,
+                                         SeriesState.RECEIVING))
 
     def create_job(self, series: SeriesRecord, route: str, model: str, output_root: Path) -> int | None:
         """Queue a job for a complete series generation; None if the series changed meanwhile."""
         now = time.time()
         with self._transaction() as db:
             changed = db.execute(
-                "UPDATE series SET state = 'queued', updated_at = ? WHERE series_uid = ? AND generation = ? "
-                "AND state = 'receiving' AND last_received_at = ?",
-                (now, series.series_uid, series.generation, series.last_received_at)).rowcount
+                "UPDATE series SET state = ?, updated_at = ? WHERE series_uid = ? AND generation = ? "
+                "AND state = ? AND last_received_at = ?",
+                (SeriesState.QUEUED, now, series.series_uid, series.generation, SeriesState.RECEIVING,
+                 series.last_received_at)).rowcount
             if not changed:
                 return None
             cursor = db.execute(
                 "INSERT INTO jobs (series_uid, generation, route, model, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'complete', ?, ?)", (series.series_uid, series.generation, route, model, now, now))
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (series.series_uid, series.generation, route, model, JobState.COMPLETE, now, now))
+            assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
             job_id = int(cursor.lastrowid)
             db.execute("UPDATE jobs SET output_dir = ? WHERE id = ?", (str(output_root / f"job-{job_id}"), job_id))
         return job_id
@@ -330,19 +406,20 @@ class StateStore:
     def recover(self) -> int:
         """After a restart: jobs interrupted in processing are processed again. Returns how many."""
         with self._transaction() as db:
-            return db.execute("UPDATE jobs SET state = 'complete', updated_at = ? WHERE state = 'processing'",
-                              (time.time(),)).rowcount
+            return db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE state = ?",
+                              (JobState.COMPLETE, time.time(), JobState.PROCESSING)).rowcount
 
     def claim_job(self) -> Job | None:
         """Take the oldest complete job for processing (atomically, so one worker gets it)."""
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'complete' ORDER BY id LIMIT 1").fetchone()
+            row = db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (JobState.COMPLETE,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = 'processing', updated_at = ? WHERE id = ?", (time.time(), row[0]))
+            db.execute("UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                       (JobState.PROCESSING, time.time(), row[0]))
         return self.job(row[0])
 
-    def job_processed(self, job_id: int, destinations: tuple[str, ...], timings_json: str,
+    def job_processed(self, job_id: int, destinations: tuple[str, ...], timings: JobTimings,
                       hold_reason: str | None = None) -> None:
         """Processing finished: deliver to every destination, or finish when there are none.
 
@@ -351,14 +428,14 @@ class StateStore:
         """
         now = time.time()
         with self._transaction() as db:
-            state = "delivering" if destinations else ("held" if hold_reason else "done")
+            state = JobState.DELIVERING if destinations else (JobState.HELD if hold_reason else JobState.DONE)
             db.execute("UPDATE jobs SET state = ?, reason = NULL, held = ?, refused = NULL, timings = ?, updated_at = ? "
-                       "WHERE id = ?", (state, hold_reason, timings_json, now, job_id))
+                       "WHERE id = ?", (state, hold_reason, timings.to_json(), now, job_id))
             for name in destinations:
-                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
-                           (job_id, name, now, now))
+                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, 0, ?, NULL, ?)",
+                           (job_id, name, DeliveryState.PENDING, now, now))
 
-    def job_refused(self, job_id: int, reason: str, destinations: tuple[str, ...], timings_json: str) -> None:
+    def job_refused(self, job_id: int, reason: str, destinations: tuple[str, ...], timings: JobTimings) -> None:
         """The input guard refused the series: deliver the refusal notice, then end ``failed`` with ``reason``.
 
         Without destinations the job fails at once. Retrying it processes the series again (e.g. after the
@@ -366,40 +443,43 @@ class StateStore:
         """
         now = time.time()
         with self._transaction() as db:
-            state = "delivering" if destinations else "failed"
+            state = JobState.DELIVERING if destinations else JobState.FAILED
             db.execute("UPDATE jobs SET state = ?, reason = ?, held = NULL, refused = ?, timings = ?, updated_at = ? "
-                       "WHERE id = ?", (state, None if destinations else reason[:2000], reason[:2000], timings_json,
-                                        now, job_id))
+                       "WHERE id = ?", (state, None if destinations else reason[:2000], reason[:2000],
+                                        timings.to_json(), now, job_id))
             for name in destinations:
-                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, 'pending', 0, ?, NULL, ?)",
-                           (job_id, name, now, now))
+                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, 0, ?, NULL, ?)",
+                           (job_id, name, DeliveryState.PENDING, now, now))
 
     def job_failed(self, job_id: int, reason: str) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ?",
-                       (reason[:2000], time.time(), job_id))
+            db.execute("UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                       (JobState.FAILED, reason[:2000], time.time(), job_id))
 
     # --- delivering ---------------------------------------------------------------------------------
 
     def due_deliveries(self, now: float | None = None) -> list[Delivery]:
         now = time.time() if now is None else now
         rows = self._query("SELECT d.job_id, d.destination, d.state, d.attempts, d.next_attempt_at, d.last_error "
-                           "FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.state = 'pending' "
-                           "AND j.state = 'delivering' AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at", (now,))
-        return [Delivery(*row) for row in rows]
+                           "FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.state = ? "
+                           "AND j.state = ? AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at",
+                           (DeliveryState.PENDING, JobState.DELIVERING, now))
+        return [_delivery(row) for row in rows]
 
     def delivery_succeeded(self, job_id: int, destination: str) -> None:
         now = time.time()
         with self._transaction() as db:
-            db.execute("UPDATE deliveries SET state = 'done', attempts = attempts + 1, last_error = NULL, "
-                       "updated_at = ? WHERE job_id = ? AND destination = ?", (now, job_id, destination))
-            pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != 'done'",
-                                 (job_id,)).fetchone()[0]
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = NULL, "
+                       "updated_at = ? WHERE job_id = ? AND destination = ?", (DeliveryState.DONE, now, job_id, destination))
+            pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != ?",
+                                 (job_id, DeliveryState.DONE)).fetchone()[0]
             if pending == 0:  # only a job still delivering finishes: a dismissal meanwhile stays a dismissal
                 # A refused job (no sCT, only its notice was sent) ends failed with the guard's reason.
-                db.execute("UPDATE jobs SET state = CASE WHEN refused IS NOT NULL THEN 'failed' WHEN held IS NULL "
-                           "THEN 'done' ELSE 'held' END, reason = refused, "
-                           "updated_at = ? WHERE id = ? AND state = 'delivering'", (now, job_id))
+                db.execute("UPDATE jobs SET state = CASE WHEN refused IS NOT NULL THEN :failed WHEN held IS NULL "
+                           "THEN :done ELSE :held END, reason = refused, updated_at = :now WHERE id = :job "
+                           "AND state = :delivering",
+                           {"failed": JobState.FAILED, "done": JobState.DONE, "held": JobState.HELD, "now": now,
+                            "job": job_id, "delivering": JobState.DELIVERING})
 
     def delivery_failed(self, job_id: int, destination: str, error: str, next_attempt_at: float | None) -> None:
         """Record a failed attempt; ``next_attempt_at=None`` means no attempts are left."""
@@ -408,56 +488,57 @@ class StateStore:
             if next_attempt_at is None:
                 # An attempt that was under way when the job was dismissed leaves the dismissal (and the
                 # cancelled delivery) as the person left them.
-                db.execute("UPDATE deliveries SET state = CASE WHEN state = 'cancelled' THEN state ELSE 'failed' END, "
+                db.execute("UPDATE deliveries SET state = CASE WHEN state = ? THEN state ELSE ? END, "
                            "attempts = attempts + 1, last_error = ?, updated_at = ? WHERE job_id = ? "
-                           "AND destination = ?", (error, now, job_id, destination))
-                db.execute("UPDATE jobs SET state = 'failed', reason = ?, updated_at = ? WHERE id = ? "
-                           "AND state != 'dismissed'",
-                           (f"delivery to {destination} failed: {error}"[:2000], now, job_id))
+                           "AND destination = ?",
+                           (DeliveryState.CANCELLED, DeliveryState.FAILED, error, now, job_id, destination))
+                db.execute("UPDATE jobs SET state = ?, reason = ?, updated_at = ? WHERE id = ? AND state != ?",
+                           (JobState.FAILED, f"delivery to {destination} failed: {error}"[:2000], now, job_id,
+                            JobState.DISMISSED))
             else:
                 db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
                            "updated_at = ? WHERE job_id = ? AND destination = ?",
                            (error, next_attempt_at, now, job_id, destination))
 
-    def retry_job(self, job_id: int) -> str:
+    def retry_job(self, job_id: int) -> JobState:
         """Put a failed job back: re-deliver when its outputs exist, otherwise process again.
 
         Returns the new state. Raises SctNodeError for an unknown or unfailed job.
         """
         job = self.job(job_id)
-        if job.state != "failed":
+        if job.state != JobState.FAILED:
             raise SctNodeError(f"job {job_id} is {job.state}, not failed; only failed jobs can be retried")
         later = self._query("SELECT id, state FROM jobs WHERE series_uid = ? AND generation > ? "
-                            "AND state IN ('done', 'held', 'dismissed') ORDER BY id DESC LIMIT 1",
-                            (job.series_uid, job.generation))
+                            "AND state IN (?, ?, ?) ORDER BY id DESC LIMIT 1",
+                            (job.series_uid, job.generation, *_SUPERSEDING))
         if later:  # its sCT has the same UIDs as the newer one: delivering it would replace newer with older
             raise SctNodeError(f"job {job_id} is superseded by job {later[0][0]} ({later[0][1]}) of a later generation "
                                f"of the same series; retrying it would replace the newer sCT at the destination. "
                                f"`sct-node dismiss {job_id} --comment ...` closes it")
         now = time.time()
         with self._transaction() as db:
-            failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = 'failed'",
-                                (job_id,)).fetchone()[0]
-            state = "delivering" if failed else "complete"
-            db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? "
-                       "WHERE job_id = ? AND state = 'failed'", (now, now, job_id))
+            failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = ?",
+                                (job_id, DeliveryState.FAILED)).fetchone()[0]
+            state = JobState.DELIVERING if failed else JobState.COMPLETE
+            db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? "
+                       "WHERE job_id = ? AND state = ?", (DeliveryState.PENDING, now, now, job_id, DeliveryState.FAILED))
             db.execute("UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?", (state, now, job_id))
         return state
 
-    def release_job(self, job_id: int) -> str:
+    def release_job(self, job_id: int) -> JobState:
         """A held job's outputs are complete again (moved back by the caller): deliver all of them.
 
         Returns the new state. Raises SctNodeError for an unknown job or one that is not held.
         """
         job = self.job(job_id)
-        if job.state != "held":
+        if job.state != JobState.HELD:
             raise SctNodeError(f"job {job_id} is {job.state}, not held; only held jobs can be released")
         now = time.time()
         with self._transaction() as db:
             count = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ?", (job_id,)).fetchone()[0]
-            db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, last_error = NULL, "
-                       "updated_at = ? WHERE job_id = ?", (now, now, job_id))
-            state = "delivering" if count else "done"
+            db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, last_error = NULL, "
+                       "updated_at = ? WHERE job_id = ?", (DeliveryState.PENDING, now, now, job_id))
+            state = JobState.DELIVERING if count else JobState.DONE
             db.execute("UPDATE jobs SET state = ?, reason = NULL, held = NULL, updated_at = ? WHERE id = ?",
                        (state, now, job_id))
         return state
@@ -487,12 +568,12 @@ class StateStore:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise SctNodeError(f"no job {job_id} in {self.path}; `sct-node status` lists the jobs")
-            if row[0] not in ("failed", "held"):
+            if row[0] not in (JobState.FAILED, JobState.HELD):
                 raise SctNodeError(f"job {job_id} is {row[0]}; only failed or held jobs can be dismissed")
-            db.execute("UPDATE jobs SET state = 'dismissed', dismissed_comment = ?, dismissed_at = ?, updated_at = ? "
-                       "WHERE id = ?", (comment[:2000], now, now, job_id))
-            db.execute("UPDATE deliveries SET state = 'cancelled', updated_at = ? "
-                       "WHERE job_id = ? AND state = 'pending'", (now, job_id))
+            db.execute("UPDATE jobs SET state = ?, dismissed_comment = ?, dismissed_at = ?, updated_at = ? "
+                       "WHERE id = ?", (JobState.DISMISSED, comment[:2000], now, now, job_id))
+            db.execute("UPDATE deliveries SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
+                       (DeliveryState.CANCELLED, now, job_id, DeliveryState.PENDING))
         return self.job(job_id)
 
     # --- reading ------------------------------------------------------------------------------------
@@ -508,8 +589,7 @@ class StateStore:
                                                  (limit,))]
 
     def series(self, limit: int = 50) -> list[SeriesRecord]:
-        return [SeriesRecord(*row) for row in
-                self._query("SELECT * FROM series ORDER BY updated_at DESC LIMIT ?", (limit,))]
+        return [_series(row) for row in self._query("SELECT * FROM series ORDER BY updated_at DESC LIMIT ?", (limit,))]
 
     def series_status(self, limit: int = 50) -> list[SeriesStatus]:
         """Recent series generations with their job (the newest, should there be several), newest first.
@@ -522,12 +602,13 @@ class StateStore:
             "    SELECT MAX(k.id) FROM jobs k WHERE k.series_uid = s.series_uid AND k.generation = s.generation) "
             "ORDER BY s.updated_at DESC LIMIT ?", (limit,))
         width = len(fields(SeriesRecord))
-        return [SeriesStatus(SeriesRecord(*row[:width]), row[width], row[width + 1]) for row in rows]
+        return [SeriesStatus(_series(row[:width]), row[width], None if row[width + 1] is None else JobState(row[width + 1]))
+                for row in rows]
 
     def deliveries(self, job_id: int) -> list[Delivery]:
         rows = self._query("SELECT job_id, destination, state, attempts, next_attempt_at, last_error "
                            "FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
-        return [Delivery(*row) for row in rows]
+        return [_delivery(row) for row in rows]
 
     def instance_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
@@ -543,13 +624,14 @@ class StateStore:
         """
         rows = self._query(
             "SELECT s.series_uid FROM series s GROUP BY s.series_uid HAVING "
-            "SUM(CASE WHEN s.state = 'purged' THEN 0 "
-            "         WHEN s.state = 'unrouted' AND s.updated_at <= :unrouted_before THEN 0 "
-            "         WHEN s.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid "
+            "SUM(CASE WHEN s.state = :purged THEN 0 "
+            "         WHEN s.state = :unrouted AND s.updated_at <= :unrouted_before THEN 0 "
+            "         WHEN s.state = :queued AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid "
             f"              AND j.generation = s.generation AND NOT {_SETTLED}) THEN 0 "
             "         ELSE 1 END) = 0 "
-            "AND SUM(CASE WHEN s.state = 'purged' THEN 0 ELSE 1 END) > 0",
-            {"done_before": done_before, "unrouted_before": unrouted_before})
+            "AND SUM(CASE WHEN s.state = :purged THEN 0 ELSE 1 END) > 0",
+            {"done_before": done_before, "unrouted_before": unrouted_before, "purged": SeriesState.PURGED,
+             "unrouted": SeriesState.UNROUTED, "queued": SeriesState.QUEUED})
         return [row[0] for row in rows]
 
     def settled_jobs(self, done_before: float) -> list[Job]:
@@ -563,8 +645,8 @@ class StateStore:
         with self._transaction() as db:
             paths = [Path(r[0]) for r in db.execute("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))]
             db.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
-            db.execute("UPDATE series SET state = 'purged', updated_at = ? WHERE series_uid = ?",
-                       (time.time(), series_uid))
+            db.execute("UPDATE series SET state = ?, updated_at = ? WHERE series_uid = ?",
+                       (SeriesState.PURGED, time.time(), series_uid))
         return paths
 
 
@@ -576,18 +658,32 @@ _JOB_COLUMNS = ("id, series_uid, generation, route, model, state, reason, output
 #: dismissed, or it is failed or held and superseded by the job of a later generation of the same series that is
 #: done, held or dismissed (a later job still running, or failed too, does not supersede: it may be the one to
 #: retry). Both the job and the superseding job must be older than the retention.
-_SETTLED = """(j.updated_at <= :done_before AND (
-    j.state IN ('done', 'dismissed')
-    OR (j.state IN ('failed', 'held') AND EXISTS (
+_SETTLED = f"""(j.updated_at <= :done_before AND (
+    j.state IN ('{JobState.DONE}', '{JobState.DISMISSED}')
+    OR (j.state IN ('{JobState.FAILED}', '{JobState.HELD}') AND EXISTS (
         SELECT 1 FROM jobs later WHERE later.series_uid = j.series_uid AND later.generation > j.generation
-        AND later.state IN ('done', 'held', 'dismissed') AND later.updated_at <= :done_before))))"""
+        AND later.state IN ('{JobState.DONE}', '{JobState.HELD}', '{JobState.DISMISSED}')
+        AND later.updated_at <= :done_before))))"""
+
+#: The states of a later generation's job that supersede a failed or held job of the same series.
+_SUPERSEDING = (JobState.DONE, JobState.HELD, JobState.DISMISSED)
 
 
-def _instance(row: tuple) -> InstanceRecord:
+def _instance(row: tuple[Any, ...]) -> InstanceRecord:
     return InstanceRecord(row[0], row[1], row[2], Path(row[3]), *row[4:])
 
 
-def _job(row: tuple) -> Job:
+def _series(row: tuple[Any, ...]) -> SeriesRecord:
+    return SeriesRecord(row[0], row[1], SeriesState(row[2]), *row[3:])
+
+
+def _job(row: tuple[Any, ...]) -> Job:
     values = list(row)
+    values[5] = JobState(values[5])
     values[7] = Path(values[7]) if values[7] else None
+    values[10] = JobTimings.from_json(values[10]) if values[10] else None
     return Job(*values)
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(row[0], row[1], DeliveryState(row[2]), *row[3:])

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from pynetdicom import AE, evt
 
+from dosimetry.qa_result import QA_JSON
 from models.phantoms import generate_phantom
 from models.registry import DEFAULT_MODEL
 from sct_node.config import (
@@ -33,7 +33,6 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.uids import (
     CT_IMAGE_STORAGE,
     REPORT_SOP_CLASSES,
@@ -42,8 +41,12 @@ from sct_node.dicom.uids import (
     RT_STRUCTURE_SET_STORAGE,
 )
 from sct_node.errors import SctNodeError
+from sct_node.job_folder import JobFolder
 from sct_node.node.receive import set_tcp_nodelay
 from sct_node.node.service import Node
+from sct_node.node.state import JobState, JobTimings
+from sct_node.report.bundle import PDF_NAME
+from sct_node.tools.phantom_writer import write_phantom_dicom
 
 __all__ = ["DemoResult", "PlanningSystemStandIn", "run_demo", "send_series"]
 
@@ -173,10 +176,11 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
         send_s = time.perf_counter() - t0
         last_instance = time.time()
         job = node.wait_for_job(timeout_s)
-        if job is None or job.state != "done":
-            reason = "timed out" if job is None or job.state not in ("failed",) else job.reason
+        if job is None or job.state != JobState.DONE:
+            reason = job.reason if job is not None and job.state == JobState.FAILED else "timed out"
             raise SctNodeError(f"demo did not finish: {reason}")
-        timings = json.loads(job.timings or "{}")
+        timings = job.timings or JobTimings()
+        processing_s = timings.total_s or 0.0
         total_s = time.perf_counter() - started
         processing_started = job.created_at
         return DemoResult(
@@ -184,12 +188,12 @@ def run_demo(workdir: Path, *, site: str = "pelvis", quiet_period_s: float = 2.0
             instances_sent=sent, instances_received=tps.received, job_id=job.id, job_state=job.state,
             phantom_s=round(phantom_s, 2), send_s=round(send_s, 2),
             quiet_period_s=round(processing_started - last_instance, 2),
-            process_s=round(float(timings.get("total_s", 0.0)), 2),
-            deliver_s=round(job.updated_at - processing_started - float(timings.get("total_s", 0.0)), 2),
+            process_s=round(processing_s, 2),
+            deliver_s=round(job.updated_at - processing_started - processing_s, 2),
             total_s=round(total_s, 2),
-            qa_verdict=str(timings.get("qa_verdict", "not run")),
-            qa_json=str(Path(job.output_dir) / "qa" / "qa.json") if job.output_dir else "",
-            qa_report_pdf=str(Path(job.output_dir) / "report" / "sct-qa-report.pdf") if job.output_dir else "",
+            qa_verdict=timings.qa_verdict or "not run",
+            qa_json=str(Path(job.output_dir) / JobFolder.QA / QA_JSON) if job.output_dir else "",
+            qa_report_pdf=str(Path(job.output_dir) / JobFolder.REPORT / PDF_NAME) if job.output_dir else "",
         )
     finally:
         node.stop()

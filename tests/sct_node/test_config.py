@@ -88,6 +88,19 @@ def test_unknown_qa_threshold_is_an_error(tmp_path):
         load_config(_write(tmp_path, text))
 
 
+def test_a_route_carries_its_qa_thresholds_parsed_once_at_load(tmp_path):
+    from dosimetry.verdict import QaThresholds
+
+    text = '[[routes]]\nname = "r"\n[routes.qa_thresholds]\nbone_fraction_percent = { pass_limit = 2.5 }\n'
+    route = load_config(_write(tmp_path, text)).routes[0]
+    defaults = QaThresholds()
+    assert route.thresholds.bone_fraction_percent.pass_limit == 2.5
+    assert route.thresholds.bone_fraction_percent.fail_limit == defaults.bone_fraction_percent.fail_limit
+    assert route.thresholds.gamma_pass_rate_percent == defaults.gamma_pass_rate_percent
+    assert route.thresholds is route.thresholds  # the object made at load, not a new parse per job
+    assert load_config(None).routes[0].thresholds == defaults
+
+
 def test_an_ensemble_route_with_one_sampling_step_is_an_error(tmp_path):
     text = '[[routes]]\nname = "r"\nmodel_steps = 1\nmodel_ensemble = 4\n'
     with pytest.raises(ConfigError, match="model_ensemble = 4 needs model_steps >= 2"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.node.service import Node
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.sct_node.node_helpers import free_port
 
 
@@ -62,7 +61,7 @@ def _run(tmp_path: Path, send_references: bool) -> dict:
         _send(sorted(written.mr_t1_dir.glob("*.dcm")), node.port)
         job = _finished_job(node, 120)
         assert job.state == "done", job.reason
-        assert json.loads(job.timings)["qa_verdict"] in ("PASS", "WARN", "FAIL")
+        assert job.timings is not None and job.timings.qa_verdict in ("PASS", "WARN", "FAIL")
         return read_qa(job.output_dir / "qa", maps=False).result
     finally:
         node.stop()

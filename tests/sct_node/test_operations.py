@@ -33,7 +33,7 @@ from sct_node.node.dispatch import Dispatcher
 from sct_node.errors import SctNodeError
 from sct_node.node.route import route_complete_series
 from sct_node.node.service import Node
-from sct_node.node.state import StateStore
+from sct_node.node.state import JobTimings, StateStore
 from tests.sct_node.node_helpers import (
     REPO_ROOT,
     NodeProcess,
@@ -101,7 +101,7 @@ def _finish(node: Node, job_id: int, state: str) -> None:
     if state == "failed":
         node.state.job_failed(job_id, "model error: the image has 1 slice, the model needs 3")
     else:
-        node.state.job_processed(job_id, (), "{}", hold_reason="QA FAIL: gamma pass rate 81%" if state == "held"
+        node.state.job_processed(job_id, (), JobTimings(), hold_reason="QA FAIL: gamma pass rate 81%" if state == "held"
                                  else None)
     assert node.state.job(job_id).state == state
 
@@ -135,7 +135,7 @@ def test_dismiss_keeps_the_job_reason_and_comment_and_cancels_pending_deliveries
         _receive(node, "1.2.3", "1.2.3.1")
         job_id = _route(node)
         _process(node, job_id)
-        node.state.job_processed(job_id, ("tps", "archive"), "{}")
+        node.state.job_processed(job_id, ("tps", "archive"), JobTimings())
         # tps runs out of attempts while archive still waits for its next one: the job fails.
         node.state.delivery_failed(job_id, "archive", "association rejected", time.time() + 3600)
         node.state.delivery_failed(job_id, "tps", "association rejected", None)
@@ -191,7 +191,7 @@ def test_a_delivery_that_ends_after_the_dismissal_does_not_finish_the_job(tmp_pa
         _receive(node, "1.2.3", "1.2.3.1")
         job_id = _route(node)
         _process(node, job_id)
-        node.state.job_processed(job_id, ("tps",), "{}")
+        node.state.job_processed(job_id, ("tps",), JobTimings())
         node.state.job_failed(job_id, "outputs unreadable")  # failed while its one delivery was still pending
         node.state.dismiss_job(job_id, "made again by hand")
 
@@ -233,7 +233,7 @@ def test_dismiss_command_says_what_it_did_and_refuses_with_exit_codes(tmp_path):
         _receive(node, "1.2.3", "1.2.3.1")
         failed = _route(node)
         _process(node, failed)
-        node.state.job_processed(failed, ("tps",), "{}")
+        node.state.job_processed(failed, ("tps",), JobTimings())
         node.state.job_failed(failed, "delivery to tps failed: association rejected")  # its delivery still pending
         done, _, _ = _job_with_outputs(node, "1.2.4", "1.2.4.1", "done")
     finally:

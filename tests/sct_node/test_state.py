@@ -11,7 +11,7 @@ from sct_node.config import NodeConfig, RouteConfig, SeriesMatch, StorageConfig
 from sct_node.errors import SctNodeError
 from sct_node.node.route import matching_route, route_complete_series
 from sct_node.node.service import Node
-from sct_node.node.state import StateStore
+from sct_node.node.state import JobTimings, StateStore
 
 
 def _receive(state: StateStore, uid: str, series: str = "1.2.3", now: float = 1000.0, description: str = "T2 pelvis",
@@ -48,7 +48,7 @@ def test_job_lifecycle_recovery_and_retry(tmp_path):
     assert state.claim_job().id == job_id and state.claim_job() is None
     assert state.recover() == 1 and state.job(job_id).state == "complete"  # crash while processing
     state.claim_job()
-    state.job_processed(job_id, ("tps",), "{}")
+    state.job_processed(job_id, ("tps",), JobTimings())
     assert state.job(job_id).state == "delivering"
     (delivery,) = state.due_deliveries()
     state.delivery_failed(job_id, "tps", "association rejected", time.time() + 3600)
@@ -109,7 +109,7 @@ def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_pa
     output = job.output_dir / "sct" / "CT.1.dcm"
     output.parent.mkdir(parents=True)
     output.write_bytes(b"y")
-    node.state.job_processed(job_id, ("tps",), "{}")
+    node.state.job_processed(job_id, ("tps",), JobTimings())
     later = time.time() + 2 * 3600
     assert node.clean(now=later) == 0 and instance.exists() and output.exists()  # still delivering
     node.state.delivery_succeeded(job_id, "tps")
