@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
 from dosimetry.verdict import QaThresholds
@@ -292,7 +293,7 @@ def load_config(path: Path | None) -> NodeConfig:
         raise ConfigError(f"{path}: {problems}") from None
 
 
-def _message(error: dict) -> str:
+def _message(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key"
     found = error.get("input")

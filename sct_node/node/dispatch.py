@@ -84,10 +84,12 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.requested_contexts = [build_context(uid, _TRANSFER_SYNTAXES) for uid in sorted({str(h.SOPClassUID)
                                                                                        for h in headers})]
+    # (context, None): no server_hostname, as pynetdicom documents; its annotation says str only.
     tls_args = (client_context(destination.tls), None) if destination.tls else None
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     connected: list[bool] = []
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=tls_args,  # type: ignore[arg-type]
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
                                        (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:

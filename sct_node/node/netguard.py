@@ -50,7 +50,9 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
@@ -431,6 +433,8 @@ class GuardedACSE(ACSE):
         server = self.assoc._server
         connection = connection_of(self.assoc)
         request = self.requestor.primitive
+        if request is None:  # pynetdicom sets the request before it negotiates as acceptor
+            raise RuntimeError("no A-ASSOCIATE request to negotiate")
         title = str(request.calling_ae_title).strip()
         if connection is not None:
             connection.calling_ae = title
@@ -483,7 +487,8 @@ def _guard_state_machine(assoc: Association, connection: Connection, reader: Pdu
             connection.pynetdicom_reason = printable(f"protocol error: {error}", 120)
             reader.shutdown()
 
-    machine.do_action = do_action
+    # pynetdicom has no hook for this: the bound method is replaced on this association's machine only.
+    machine.do_action = do_action  # type: ignore[method-assign]
 
 
 def _note_request(event: evt.Event) -> None:
@@ -508,12 +513,17 @@ class GuardedRequestHandler(RequestHandler):
         _CONNECTIONS[assoc] = connection
         assoc.acse = GuardedACSE(assoc)
         transport = assoc.dul.socket
-        transport.recv = PduReader(transport.socket, assoc, connection, self.server.limits, self.server.warnings)
+        if transport is None or transport.socket is None:  # set by _create_association from the accepted socket
+            raise RuntimeError("the association has no socket")
+        client = transport.socket
+        # The DUL reads PDUs through transport.recv: the guarded reader takes its place on this connection.
+        reader = PduReader(client, assoc, connection, self.server.limits, self.server.warnings)
+        transport.recv = reader  # type: ignore[method-assign]
         try:
-            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-        _guard_state_machine(assoc, connection, transport.recv)
+        _guard_state_machine(assoc, connection, reader)
         assoc.bind(evt.EVT_PDU_RECV, _note_request)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         try:
@@ -535,7 +545,8 @@ class GuardedServer(ThreadedAssociationServer):
 
     daemon_threads = True
 
-    def __init__(self, *args, limits: GuardLimits, on_connection_end=None, **kwargs) -> None:
+    def __init__(self, *args: Any, limits: GuardLimits,
+                 on_connection_end: Callable[[Connection], None] | None = None, **kwargs: Any) -> None:
         self.limits = limits
         self.warnings = PeerWarnings(logger)
         self.on_connection_end = on_connection_end
@@ -546,13 +557,13 @@ class GuardedServer(ThreadedAssociationServer):
         self._open_by_host: dict[str, int] = {}
         super().__init__(*args, **kwargs)
 
-    def get_request(self) -> tuple[socket.socket, tuple]:
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept only: no handshake here, so a silent client cannot hold the accept loop."""
-        client, address = self.socket.accept()
+        client, address = self.socket.accept()  # type: ignore[union-attr]  # bound before serving starts
         client.settimeout(self.limits.deadline_s)
         return client, address
 
-    def verify_request(self, request, client_address) -> bool:
+    def verify_request(self, request: socket.socket, client_address: tuple[str, int]) -> bool:  # type: ignore[override]
         host = str(client_address[0])
         with self._count_lock:
             if self._open_total >= self.limits.max_connections:
@@ -567,13 +578,14 @@ class GuardedServer(ThreadedAssociationServer):
         self.warnings.warning(host, "refused connection from %s:%d: %s", host, int(client_address[1]), reason)
         return False
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         host = str(client_address[0])
         try:
             if self.limits.tls is not None:
-                request = self._handshake(request, client_address)
-                if request is None:
+                wrapped = self._handshake(request, client_address)
+                if wrapped is None:
                     return
+                request = wrapped
             self.finish_request(request, client_address)
         except Exception:  # our bug, not the peer's: keep the traceback
             logger.exception("connection from %s:%s: internal error", host, client_address[1])
@@ -587,14 +599,16 @@ class GuardedServer(ThreadedAssociationServer):
                 else:
                     self._open_by_host.pop(host, None)
 
-    def _handshake(self, request: socket.socket, client_address) -> ssl.SSLSocket | None:
+    def _handshake(self, request: socket.socket, client_address: tuple[str, int]) -> ssl.SSLSocket | None:
+        if self.limits.tls is None:
+            return None
         try:
             wrapped = self.limits.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
             wrapped.settimeout(self.limits.deadline_s)
             wrapped.do_handshake()
             return wrapped
         except (ssl.SSLError, OSError, ValueError) as error:
-            reason = "no TLS handshake within %g s" % self.limits.deadline_s if isinstance(error, TimeoutError) \
+            reason = f"no TLS handshake within {self.limits.deadline_s:g} s" if isinstance(error, TimeoutError) \
                 else printable(getattr(error, "reason", None) or error, 120)
             self.warnings.warning(str(client_address[0]), "TLS handshake from %s:%d failed: %s", client_address[0],
                                   int(client_address[1]), reason)
@@ -606,7 +620,7 @@ class GuardedServer(ThreadedAssociationServer):
         if not connection.established:
             if not connection.refusal_logged:
                 reason = connection.pynetdicom_reason or (
-                    "no A-ASSOCIATE-RQ within %g s or connection closed by the peer" % self.limits.deadline_s
+                    f"no A-ASSOCIATE-RQ within {self.limits.deadline_s:g} s or connection closed by the peer"
                     if connection.pdus == 0 else "association not completed")
                 self.warnings.warning(connection.host, "connection from %s ended without an association: %s",
                                       connection.peer, reason)
@@ -620,5 +634,6 @@ class GuardedServer(ThreadedAssociationServer):
         super().service_actions()
         self.warnings.flush()
 
-    def handle_error(self, request, client_address) -> None:  # socketserver would print to stderr
+    def handle_error(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        # socketserver would print to stderr
         logger.exception("connection from %s: internal error", client_address)

@@ -42,8 +42,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 import pydicom
+from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import from pynetdicom's registry
 
 from models.fileio import fsync_directory, write_atomic
 from sct_node.config import NetworkConfig, StorageConfig
@@ -71,7 +74,7 @@ from sct_node.node.spool import Spool
 from sct_node.node.state import StateStore
 from sct_node.node.tls import server_context
 
-__all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageStatus", "StorageSCP", "set_tcp_nodelay"]
+__all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "set_tcp_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class StorageStatus:
 
 
 #: Images for translation and reference data for dosimetric QA; everything else is refused at negotiation.
-ACCEPTED_SOP_CLASSES = {str(uid): uid.name for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE, RT_PLAN_STORAGE,
+ACCEPTED_SOP_CLASSES = {str(uid): UID(uid).name for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE, RT_PLAN_STORAGE,
                                                          RT_STRUCTURE_SET_STORAGE, RT_DOSE_STORAGE)}
 #: Every transfer syntax the reader can decode (docs/dicom.md); JPEG Lossless needs an optional plugin, so the
 #: sender converts it to one of these instead.
@@ -113,8 +116,11 @@ def set_tcp_nodelay(event: evt.Event) -> None:
     instances per second against dcmtk peers.
     """
     try:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError) as error:  # socket already gone: nothing to tune
+        transport = event.assoc.dul.socket
+        if transport is None or transport.socket is None:  # socket already gone: nothing to tune
+            return
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as error:
         logger.debug("could not set TCP_NODELAY: %s", error)
 
 
@@ -171,7 +177,7 @@ class StorageSCP:
             allowed={title: frozenset(hosts) for title, hosts in allowed.items()} or None,
             tls=server_context(self.network.tls) if self.network.tls else None,
         )
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
         ]
@@ -186,6 +192,7 @@ class StorageSCP:
                                   daemon=True)
         thread.start()
         ae._servers.append(server)
+        assert isinstance(server, GuardedServer)  # made by server_class above
         self._server = server
         logger.info("Storage SCP %s listening on %s:%d%s", self.network.ae_title, self.network.bind_address,
                     self.port, " (TLS)" if limits.tls else "")
@@ -231,7 +238,10 @@ class StorageSCP:
         problem = uid_problem(sop_uid, "Affected SOP Instance UID")
         if problem:
             return self._refuse(connection, sop_uid, problem)
-        raw = event.request.DataSet.getvalue() if event.request.DataSet is not None else b""
+        request = event.request
+        if not isinstance(request, C_STORE):  # this is the EVT_C_STORE handler: pynetdicom passes its C-STORE
+            raise TypeError(f"C-STORE handler called with {type(request).__name__}")
+        raw = request.DataSet.getvalue() if request.DataSet is not None else b""
         problem = encoding_problem(raw, str(event.context.transfer_syntax),
                                    int(self.storage.max_instance_mb * 2**20))
         if problem:
@@ -245,8 +255,8 @@ class StorageSCP:
             return _status(StorageStatus.OUT_OF_RESOURCES, "storage reserve reached")
         try:
             header = pydicom.dcmread(io.BytesIO(encoded))
-            problem = _header_problem(header, sop_uid, str(event.request.AffectedSOPClassUID))
-        except Exception as error:  # pydicom raises many types on malformed data
+            problem = _header_problem(header, sop_uid, str(request.AffectedSOPClassUID))
+        except Exception as error:  # noqa: BLE001  pydicom raises many types on malformed data
             problem = f"data set cannot be parsed ({type(error).__name__})"
         if problem:
             return self._refuse(connection, sop_uid, problem)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sct_node.config import NodeConfig
@@ -23,7 +24,7 @@ from sct_node.node.process import JobProcessor
 from sct_node.node.receive import StorageSCP
 from sct_node.node.route import route_complete_series
 from sct_node.node.spool import Spool, SpoolPathError
-from sct_node.node.state import StateStore
+from sct_node.node.state import Job, StateStore
 
 __all__ = ["Node", "state_path"]
 
@@ -76,7 +77,7 @@ class Node:
             thread.join(timeout=30)
         self.state.close()
 
-    def wait_for_job(self, timeout_s: float, poll_interval_s: float = 0.1):
+    def wait_for_job(self, timeout_s: float, poll_interval_s: float = 0.1) -> Job | None:
         """Wait until the newest job is done, held or failed; returns it (or the newest unfinished one, or None)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -95,12 +96,12 @@ class Node:
         while not self._stop.wait(1.0):
             pass
 
-    def _spawn(self, name: str, target) -> None:
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guarded, args=(name, target), name=f"sct-node-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
 
-    def _guarded(self, name: str, target) -> None:
+    def _guarded(self, name: str, target: Callable[[], None]) -> None:
         while not self._stop.is_set():
             try:
                 target()

@@ -99,15 +99,17 @@ class PlanningSystemStandIn:
         for uid in (CT_IMAGE_STORAGE, RT_STRUCTURE_SET_STORAGE, RT_PLAN_STORAGE, RT_DOSE_STORAGE,
                     *REPORT_SOP_CLASSES):
             ae.add_supported_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        self._server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
             (evt.EVT_C_STORE, self._store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)])
+        assert server is not None  # block=False returns the running server
+        self._server = server
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
     def _store(self, event: evt.Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
+        uid = str(event.request.AffectedSOPInstanceUID)  # type: ignore[union-attr]  # a C-STORE handler's request
         (self.folder / f"{uid}.dcm").write_bytes(event.encoded_dataset())
         with self._lock:
             self.received += 1

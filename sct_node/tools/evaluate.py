@@ -16,14 +16,19 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dosimetry.image_metrics import image_metrics
-from models.base import TranslationModel
+from models.base import ProgressCallback, TranslationModel
 from models.errors import ModelError
+
+if TYPE_CHECKING:
+    from models.learned.data import Case
 
 __all__ = ["CaseResult", "Evaluation", "evaluate_cases", "evaluate_model", "format_table"]
 
@@ -47,13 +52,13 @@ class Evaluation:
     cases: tuple[CaseResult, ...]
     summary: dict = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "summary": self.summary,
                 "cases": [case.__dict__ for case in self.cases]}
 
 
 def evaluate_model(model: TranslationModel, data_dir: Path, *, max_cases: int | None = None,
-                   progress=None) -> Evaluation:
+                   progress: ProgressCallback | None = None) -> Evaluation:
     """Translate every case's MR and compare with its CT inside its mask.
 
     Raises
@@ -69,7 +74,8 @@ def evaluate_model(model: TranslationModel, data_dir: Path, *, max_cases: int | 
     return evaluate_cases(model, cases, progress=progress)
 
 
-def evaluate_cases(model: TranslationModel, cases, *, progress=None) -> Evaluation:
+def evaluate_cases(model: TranslationModel, cases: Sequence[Case], *,
+                   progress: ProgressCallback | None = None) -> Evaluation:
     """:func:`evaluate_model` on cases already in memory (``models.learned.data.Case``: id, MR, CT, body mask).
 
     Raises
@@ -81,6 +87,7 @@ def evaluate_cases(model: TranslationModel, cases, *, progress=None) -> Evaluati
         raise ModelError("evaluation needs at least one case, each with a CT")
     results = []
     for index, case in enumerate(cases):
+        assert case.ct is not None  # checked above, before any case is translated
         started = time.perf_counter()
         sct = model.translate(case.mr)
         seconds = time.perf_counter() - started
@@ -92,8 +99,8 @@ def evaluate_cases(model: TranslationModel, cases, *, progress=None) -> Evaluati
     return Evaluation(model.card.identity, tuple(results), _summary(results))
 
 
-def _summary(results: list[CaseResult]) -> dict:
-    def mean(values) -> float | None:
+def _summary(results: list[CaseResult]) -> dict[str, Any]:
+    def mean(values: Iterable[float | None]) -> float | None:
         finite = [v for v in values if v is not None and math.isfinite(v)]
         return float(np.mean(finite)) if finite else None
 
@@ -110,7 +117,7 @@ def format_table(evaluation: Evaluation) -> str:
         f"{'MAE ' + t:>16}" for t in TABLE_TISSUES) + f" {'s/volume':>9}"
     lines = [f"model {evaluation.model}", header]
 
-    def number(value, digits=1) -> str:
+    def number(value: float | None, digits: int = 1) -> str:
         return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
     for r in evaluation.cases:

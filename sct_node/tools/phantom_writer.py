@@ -222,6 +222,7 @@ def write_image_series(volume: Volume, folder: Path, identity: pydicom.Dataset, 
             dataset.AcquisitionNumber = 1
             dataset.WindowCenter, dataset.WindowWidth = ["40", "400"], ["400", "1800"]
         else:
+            assert sequence is not None  # MR: defaulted to T1w above
             dataset.SeriesNumber = sequence.series_number
             dataset.SeriesDescription = f"Phantom {sequence.weighting}w SE"
             dataset.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
