@@ -1,1 +1,1 @@
-"""DICOM input and output: reading image series, writing synthetic CT and phantom series."""
+"""DICOM input and output: reading image series, and writing the sCT and every object sent with it (RT, SR, PDF)."""
