@@ -89,6 +89,7 @@ def open_dataset(path: Path) -> pydicom.Dataset:
     CorruptFileError
         If the file is DICOM but cannot be parsed (e.g. truncated header).
     """
+    dataset: pydicom.Dataset  # a FileDataset, or a raw data set without preamble
     try:
         dataset = pydicom.dcmread(path, defer_size=_DEFER_SIZE_BYTES)
     except InvalidDicomError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pydicom
@@ -87,6 +88,17 @@ class Frame:
         return f"{self.path} frame {self.frame_index + 1}"
 
 
+class _Instance(TypedDict):
+    """The fields of :class:`Frame` that every frame of an instance shares."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    rows: int
+    columns: int
+
+
 def frames_of(dataset: pydicom.Dataset, path: Path) -> list[Frame]:
     """Split an image instance into its frames.
 
@@ -120,7 +132,7 @@ def frames_of(dataset: pydicom.Dataset, path: Path) -> list[Frame]:
             f"{path}: expected a greyscale image (1 sample, MONOCHROME1/2); found {samples} samples, {photometric}",
             path,
         )
-    common = dict(
+    common = _Instance(
         path=path,
         sop_class_uid=str(dataset.SOPClassUID),
         sop_instance_uid=str(_required(dataset, "SOPInstanceUID", path)),
@@ -146,7 +158,7 @@ def frames_of(dataset: pydicom.Dataset, path: Path) -> list[Frame]:
     ]
 
 
-def _enhanced_frames(dataset: pydicom.Dataset, path: Path, common: dict) -> list[Frame]:
+def _enhanced_frames(dataset: pydicom.Dataset, path: Path, common: _Instance) -> list[Frame]:
     number_of_frames = int(dataset.get("NumberOfFrames", 1) or 1)
     shared = dataset.SharedFunctionalGroupsSequence[0] if dataset.get("SharedFunctionalGroupsSequence") else None
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
@@ -163,7 +175,7 @@ def _enhanced_frames(dataset: pydicom.Dataset, path: Path, common: dict) -> list
             groups.append(shared)  # per-frame values take precedence over shared ones
         where = f"{path} frame {index + 1}"
 
-        def macro(sequence: str, keyword: str, groups: list = groups, where: str = where):
+        def macro(sequence: str, keyword: str, groups: list[pydicom.Dataset] = groups, where: str = where) -> Any:
             for group in groups:
                 items = group.get(sequence)
                 if items and keyword in items[0]:
@@ -199,14 +211,14 @@ def _enhanced_frames(dataset: pydicom.Dataset, path: Path, common: dict) -> list
     return frames
 
 
-def _required(dataset: pydicom.Dataset, keyword: str, path: Path):
+def _required(dataset: pydicom.Dataset, keyword: str, path: Path) -> Any:
     value = dataset.get(keyword, None)
     if value is None or value == "":
         raise InconsistentGeometryError(f"{path}: required attribute {keyword} is missing or empty", path)
     return value
 
 
-def _vector(value, path: Path, keyword: str) -> np.ndarray:
+def _vector(value: Any, path: Path, keyword: str) -> np.ndarray:
     try:
         vector = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -216,7 +228,7 @@ def _vector(value, path: Path, keyword: str) -> np.ndarray:
     return vector
 
 
-def _orientation(value, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _orientation(value: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         cosines = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError) as error:
@@ -234,14 +246,14 @@ def _orientation(value, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return row, column / np.linalg.norm(column)
 
 
-def _spacing(value, path: Path) -> tuple[float, float]:
+def _spacing(value: Any, path: Path) -> tuple[float, float]:
     try:
         spacing = tuple(float(v) for v in value)
     except (TypeError, ValueError) as error:
         raise InconsistentGeometryError(f"{path}: PixelSpacing is not numeric ({value!r})", path) from error
     if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InconsistentGeometryError(f"{path}: PixelSpacing must be two positive numbers; found {list(value)}", path)
-    return spacing  # type: ignore[return-value]
+    return spacing  # two values: checked above
 
 
 def _optional_float(dataset: pydicom.Dataset, keyword: str) -> float | None:

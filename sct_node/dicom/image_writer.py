@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from models.fileio import write_atomic
 from models.volume import Volume
@@ -31,10 +31,10 @@ from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import OutputError
 
 __all__ = [
-    "decimal_string",
     "PATIENT_KEYWORDS",
     "STUDY_KEYWORDS",
     "copy_attributes",
+    "decimal_string",
     "dicom_date_time",
     "new_dataset",
     "set_image_plane",
@@ -69,12 +69,13 @@ def new_dataset(sop_class_uid: str, sop_instance_uid: str, character_set: str | 
         Specific Character Set; copy the source's when patient data is copied.
     """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    dataset = pydicom.FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    # pydicom takes None for a data set not read from a file; its annotation of filename_or_obj omits None.
+    dataset = pydicom.FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]
     if character_set:
         dataset.SpecificCharacterSet = character_set
     dataset.SOPClassUID = sop_class_uid
@@ -144,8 +145,9 @@ def set_pixels_uint16(dataset: pydicom.Dataset, pixels: np.ndarray, bits_stored:
     dataset.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 
 
-def write_dataset_atomic(dataset: pydicom.FileDataset, path: Path) -> Path:
-    """Write a data set as a Part 10 file so that ``path`` is either absent or complete.
+def write_dataset_atomic(dataset: pydicom.Dataset, path: Path) -> Path:
+    """Write a data set (with its file meta information) as a Part 10 file so that ``path`` is either absent or
+    complete.
 
     Raises
     ------

@@ -64,6 +64,7 @@ import datetime as _dt
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import highdicom as hd
 import pydicom
@@ -71,6 +72,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept, RelationshipTypeValues
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, DT, TM
 
 from dosimetry.qa_result import QaResult
 from dosimetry.verdict import Check, Verdict
@@ -264,7 +266,7 @@ def write_qa_sr(
     except (ValueError, TypeError, AttributeError) as error:
         raise OutputError(f"cannot build the QA SR {sop_instance_uid}: {error}") from error
     date, time = dicom_date_time(moment)
-    sr.InstanceCreationDate, sr.InstanceCreationTime = date, time
+    sr.InstanceCreationDate, sr.InstanceCreationTime = DA(date), TM(time)
     sr.SyntheticData = "YES"  # the measurements describe a synthetic image
     # highdicom lists the evidence's equipment as "Acquisition Equipment": the sCT was synthesised, not
     # acquired (its own Contributing Equipment says so), so only highdicom's own entry is kept.
@@ -273,7 +275,7 @@ def write_qa_sr(
         if item.PurposeOfReferenceCodeSequence[0].CodeValue != codes.DCM.AcquisitionEquipment.value
     ]
     for item in sr.ContributingEquipmentSequence:
-        item.ContributionDateTime = date + time
+        item.ContributionDateTime = DT(date + time)
     if not sr.ContributingEquipmentSequence:
         del sr.ContributingEquipmentSequence
     # The node wrote the file: its Implementation Class UID, as on every other output.
@@ -317,7 +319,7 @@ def read_qa_sr(path: Path) -> dict:
         name = group.tracking_identifier
         overall = group.get_qualitative_evaluations(QA_CODES["overall_verdict"])
         if overall:
-            verdict = _verdict_of(overall[0].value)
+            verdict = _verdict_of(overall[0])
             reasons = _texts(group, QA_CODES["reason"])
             continue
         evaluations = group.get_qualitative_evaluations(QA_CODES["check_verdict"])
@@ -326,9 +328,9 @@ def read_qa_sr(path: Path) -> dict:
         measurements = group.get_measurements()
         values = [m for m in measurements if _key(m.name) not in _LIMITS]
         # The limits carry the unit too, so a check without a value still has one.
-        unit_source = (values or measurements or [None])[0]
+        unit_source = values[0] if values else measurements[0] if measurements else None
         checks[name] = {
-            "verdict": _verdict_of(evaluations[0].value),
+            "verdict": _verdict_of(evaluations[0]),
             "value": float(values[0].value) if values else None,
             "unit": _unit_text(unit_source.unit) if unit_source is not None else "",
         }
@@ -455,7 +457,9 @@ _VERDICT_OF = {_key(QA_CODES[v.value]): v for v in Verdict}
 _UNIT_OF = {(code.value, code.meaning): text for text, code in UCUM_UNITS.items()}
 
 
-def _verdict_of(concept: CodedConcept) -> Verdict:
+def _verdict_of(evaluation: hd.sr.QualitativeEvaluation) -> Verdict:
+    # highdicom annotates QualitativeEvaluation.value as int | float; it is the CODE item's CodedConcept.
+    concept = cast(CodedConcept, evaluation.value)
     try:
         return _VERDICT_OF[_key(concept)]
     except KeyError:

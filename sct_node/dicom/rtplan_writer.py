@@ -161,7 +161,7 @@ def write_rt_plan(
         dataset.RTPlanGeometry = "TREATMENT_DEVICE"  # PATIENT would require a structure set reference
     # RT Prescription
     if plan.prescription_gy is not None:
-        dataset.DoseReferenceSequence = Sequence([_dose_reference(plan, sop_instance_uid,
+        dataset.DoseReferenceSequence = Sequence([_dose_reference(plan, plan.prescription_gy, sop_instance_uid,
                                                                   dose_reference_roi_number)])
     # RT Patient Setup
     setup = pydicom.Dataset()
@@ -225,7 +225,7 @@ def _check_plan(plan: PhotonPlan) -> None:
                                       f"{len(point.mlc_boundaries_mm) - 1} leaf pairs; expected twice as many")
 
 
-def _dose_reference(plan: PhotonPlan, plan_uid: str, roi_number: int | None) -> pydicom.Dataset:
+def _dose_reference(plan: PhotonPlan, prescription_gy: float, plan_uid: str, roi_number: int | None) -> pydicom.Dataset:
     item = pydicom.Dataset()
     item.DoseReferenceNumber = 1
     item.DoseReferenceUID = derive_uid(plan_uid, "dose-reference", 1)
@@ -238,9 +238,9 @@ def _dose_reference(plan: PhotonPlan, plan_uid: str, roi_number: int | None) -> 
         item.ReferencedROINumber = int(roi_number)
     else:  # no ROI or point is referenced: the prescription site (a volume would need the structure's ROI)
         item.DoseReferenceStructureType = "SITE"
-    item.DoseReferenceDescription = f"{plan.prescription_gy:g} Gy per fraction{where}"[:64]
+    item.DoseReferenceDescription = f"{prescription_gy:g} Gy per fraction{where}"[:64]
     item.DoseReferenceType = "TARGET"
-    item.TargetPrescriptionDose = decimal_string(plan.prescription_gy * int(plan.fractions))
+    item.TargetPrescriptionDose = decimal_string(prescription_gy * int(plan.fractions))
     return item
 
 

@@ -34,6 +34,7 @@ variant, marching squares).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,8 +317,8 @@ def _image_reference(header: pydicom.Dataset) -> pydicom.Dataset:
     return item
 
 
-def _contours(mask: np.ndarray, volume: Volume, slice_of: dict[int, pydicom.Dataset]) -> list[pydicom.Dataset]:
-    items = []
+def _contours(mask: np.ndarray, volume: Volume, slice_of: Mapping[int, pydicom.Dataset]) -> list[pydicom.Dataset]:
+    items: list[pydicom.Dataset] = []
     for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
         for loop in mask_contours(mask[k]):
             index = np.column_stack([loop[:, 0], loop[:, 1], np.full(len(loop), float(k))])

@@ -259,6 +259,7 @@ def _walk(buf: memoryview, implicit: bool, little: bool) -> str | None:
                     header = 8
 
             if length == _UNDEFINED:
+                child: tuple[int, int, bool, bool, bool, int]
                 if imp and tag == _PIXEL_DATA:
                     child = (_FRAGMENTS, end, True, imp, le, tag)
                 elif imp:

@@ -86,7 +86,7 @@ def write_uncertainty_map(*, uncertainty_hu: Volume, sct_files: Sequence[Path], 
     return write_dataset_atomic(parametric_map, Path(path))
 
 
-def _slice_order(headers: list[pydicom.Dataset], grid: Volume) -> np.ndarray:
+def _slice_order(headers: Sequence[pydicom.Dataset], grid: Volume) -> np.ndarray:
     """For each header (in instance order), the index of its slice in ``grid``."""
     order = []
     for header in headers:

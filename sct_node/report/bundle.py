@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,24 +161,28 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     return Bundle(verdict, pdf, (sr, doc), tuple(rt_files))
 
 
-def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, structure_uid: str | None,
+def _dose_objects(folder: QaFolder, headers: Sequence[pydicom.Dataset], rt_dir: Path,
+                  uids: Callable[[str], tuple[str, str]], prefix: str, structure_uid: str | None,
                   roi_numbers: dict[str, int]) -> list[Path]:
     from sct_node.dicom.rtdose_writer import write_rt_dose
     from sct_node.dicom.rtplan_writer import write_rt_plan
 
     data = folder.data
-    plan = data.qa.dose.plan if data.qa.dose is not None else None
+    dose = data.qa.dose
+    plan = dose.plan if dose is not None else None
     files = []
     plan_uid = plan.sop_instance_uid if plan is not None else None
-    if plan is not None and plan.is_template:
+    if dose is not None and plan is not None and plan.is_template:
         plan_uid, plan_series = uids("rtplan")
+        normalised_on = dose.normalisation.structure  # None: normalised at a point
         files.append(write_rt_plan(plan=plan, sct_headers=headers, path=rt_dir / "RP.qa-template.dcm",
                                    sop_instance_uid=plan_uid, series_instance_uid=plan_series,
                                    series_description=f"{prefix}QA template plan (not for treatment)",
                                    referenced_structure_set_uid=structure_uid,
-                                   dose_reference_roi_number=roi_numbers.get(
-                                       data.qa.dose.normalisation.structure) if structure_uid else None))
+                                   dose_reference_roi_number=roi_numbers.get(normalised_on)
+                                   if structure_uid and normalised_on is not None else None))
     dose_uid, dose_series = uids("rtdose")
+    assert data.dose_sct_gy is not None  # build_bundle asks for the dose objects only when data.has_dose
     files.append(write_rt_dose(
         dose_gy=data.dose_sct_gy, sct_headers=headers, path=rt_dir / "RD.sct.dcm", sop_instance_uid=dose_uid,
         series_instance_uid=dose_series, series_description=f"{prefix}QA dose on the sCT (not for treatment)",
@@ -186,7 +191,7 @@ def _dose_objects(folder: QaFolder, headers, rt_dir: Path, uids, prefix: str, st
     return files
 
 
-def mark_sct_series(files, verdict: Verdict) -> int:
+def mark_sct_series(files: Iterable[Path], verdict: Verdict) -> int:
     """Put ``QA FAIL`` / ``QA WARN`` at the start of the sCT's Series Description (atomic rewrite per file).
 
     Returns the number of files changed; a PASS (or an already marked series) changes nothing.
@@ -206,7 +211,7 @@ def mark_sct_series(files, verdict: Verdict) -> int:
     return changed
 
 
-def _copy_series(files, folder: Path) -> None:
+def _copy_series(files: Iterable[Path], folder: Path) -> None:
     try:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

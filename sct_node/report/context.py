@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +77,9 @@ class QaContext:
     model_card: dict[str, str] | None = field(default=None)
 
 
-def qa_context(*, sct_dir: Path, model_card: dict | None, mr_files=(), mr_series_uid: str = "",
-               mr_series_description: str = "", reference_ct_files=(), structures_file: Path | None = None,
+def qa_context(*, sct_dir: Path, model_card: Mapping[str, object] | None, mr_files: Iterable[str | Path] = (),
+               mr_series_uid: str = "", mr_series_description: str = "",
+               reference_ct_files: Iterable[str | Path] = (), structures_file: Path | None = None,
                plan_file: Path | None = None, site: str = "pelvis") -> QaContext:
     """What the QA was run on, for ``qa.json`` (:func:`dosimetry.qa_result.write_qa`'s ``context``)."""
     return QaContext(
@@ -175,7 +177,7 @@ def _structures(context: QaContext | None, grid: Volume) -> list[StructureOutlin
     except DosimetryError as error:
         logger.warning("the structures the QA used cannot be drawn (%s)", error)
         return []
-    outlines = []
+    outlines: list[StructureOutline] = []
     for structure in masks:
         kind = structure.interpreted_type.upper()
         if kind == "EXTERNAL" or not structure.mask.any():
@@ -207,7 +209,7 @@ def _source_series(header: pydicom.Dataset) -> str:
     return ""
 
 
-def _model_card(sct: ImageSeries, context: QaContext | None) -> dict:
+def _model_card(sct: ImageSeries, context: QaContext | None) -> dict[str, str]:
     """The model card from the QA context, else what the sCT's Contributing Equipment says."""
     if context is not None and context.model_card:
         return dict(context.model_card)

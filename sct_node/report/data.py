@@ -91,7 +91,7 @@ class ReportData:
 
     qa: QaResult
     identifiers: Identifiers
-    model_card: dict
+    model_card: dict[str, str]
     software_version: str
     created: _dt.datetime
     sct: Volume

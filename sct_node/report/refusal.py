@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -91,8 +93,8 @@ def _render_pdf(path: Path, *, header: pydicom.Dataset, volume: np.ndarray, resu
     top = y[0] - 0.02
     size = min(top - 0.08, 0.38)
     if size > 0.1 and volume.ndim == 3 and volume.size:
-        ax = figure.add_axes([0.5 - size * _PAGE_IN[1] / _PAGE_IN[0] / 2, top - size,
-                              size * _PAGE_IN[1] / _PAGE_IN[0], size])
+        ax = figure.add_axes((0.5 - size * _PAGE_IN[1] / _PAGE_IN[0] / 2, top - size,
+                              size * _PAGE_IN[1] / _PAGE_IN[0], size))
         middle = volume[volume.shape[0] // 2]
         low, high = np.percentile(middle, [1, 99.5]) if middle.size else (0, 1)
         ax.imshow(middle, cmap="gray", vmin=low, vmax=high if high > low else low + 1, origin="upper")
@@ -102,7 +104,7 @@ def _render_pdf(path: Path, *, header: pydicom.Dataset, volume: np.ndarray, resu
                 ha="center")
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(stream) -> None:
+    def write(stream: BinaryIO) -> None:
         with PdfPages(stream, metadata={"Title": "sCT not generated: input outside the training envelope",
                                         "Creator": f"sct-node {__version__}"}) as pdf:
             pdf.savefig(figure)
@@ -114,8 +116,8 @@ def _render_pdf(path: Path, *, header: pydicom.Dataset, volume: np.ndarray, resu
     return path
 
 
-def write_refusal_notice(*, mr_files, volume: np.ndarray, result: GuardResult, model_identity: str,
-                         model_name: str, policy: str, folder: Path, job_id: int | None = None,
+def write_refusal_notice(*, mr_files: Iterable[Path | str], volume: np.ndarray, result: GuardResult,
+                         model_identity: str, model_name: str, policy: str, folder: Path, job_id: int | None = None,
                          now: _dt.datetime | None = None) -> tuple[Path, Path, Path]:
     """Write the refusal notice into ``folder``: the PDF, its Encapsulated PDF instance and the SR.
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+from collections.abc import Iterable
 from collections.abc import Sequence as SequenceOf
 from pathlib import Path
 
@@ -74,6 +75,7 @@ from dosimetry.qa import BONE_FROM_HU
 from models.volume import Volume
 from sct_node.dicom.rtstruct import INTERPRETED_TYPES, RoiSpec, write_rtstruct
 from sct_node.errors import OutputError
+from sct_node.report.data import StructureOutline
 
 __all__ = [
     "AIR_UP_TO_HU",
@@ -205,7 +207,7 @@ def write_sct_structures(*, rois: SequenceOf[RoiSpec], sct: Volume, sct_files: S
                           label="SCT QA", series_description=series_description, now=now)
 
 
-def qa_structure_rois(structures) -> list[RoiSpec]:
+def qa_structure_rois(structures: Iterable[StructureOutline]) -> list[RoiSpec]:
     """The QA's targets and organs at risk (:class:`sct_node.report.data.StructureOutline`) as ROIs.
 
     Structures named like one of ours or of type EXTERNAL are left out (ours describe the sCT itself).
@@ -227,7 +229,7 @@ def qa_structure_rois(structures) -> list[RoiSpec]:
 _ORGAN_COLOURS = [(255, 160, 0), (0, 120, 255), (160, 90, 255), (255, 255, 0), (140, 80, 20), (0, 170, 120)]
 
 
-def _simplify_flag(flag: np.ndarray, body: np.ndarray, spacing_mm) -> np.ndarray:
+def _simplify_flag(flag: np.ndarray, body: np.ndarray, spacing_mm: SequenceOf[float]) -> np.ndarray:
     """QA_HIGH_UNCERT as a planning system can import it (module docstring): smoothed, no holes, no specks,
     at most ``MAX_FLAG_CONTOURS_PER_SLICE`` pieces per slice, inside BODY."""
     pixel_mm2 = float(spacing_mm[0]) * float(spacing_mm[1])

@@ -305,7 +305,7 @@ def test_inconsistent_grids_are_refused(tmp_path):
 
 def test_planes_of_both_grids_are_placed_in_millimetres():
     """The sCT and the coarser, shifted dose grid are drawn at their own positions, so overlays align."""
-    from sct_node.report.pdf import _PLANES, _slice
+    from sct_node.report.pdf.planes import _PLANES, _slice
 
     data = _report(full=True)
     dose = data.dose_sct_gy
