@@ -38,6 +38,7 @@ from dosimetry.verdict import Verdict
 from sct_node.dicom.image_writer import write_dataset_atomic
 from sct_node.dicom.uids import derive_uid
 from sct_node.errors import OutputError
+from sct_node.job_folder import JobFolder
 from sct_node.report.context import QaFolder, load_qa_folder
 
 __all__ = ["Bundle", "build_bundle", "mark_sct_series", "verdict_prefix"]
@@ -108,13 +109,13 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
     folder = load_qa_folder(qa_dir)
     data, sct = folder.data, folder.sct
     output_dir = Path(output_dir)
-    report_dir, rt_dir = output_dir / "report", output_dir / "rt"
+    report_dir, rt_dir = output_dir / JobFolder.REPORT, output_dir / JobFolder.RT
     for stale in (report_dir, rt_dir):  # a rebuild replaces, never mixes two QA results
         shutil.rmtree(stale, ignore_errors=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     rt_dir.mkdir(parents=True, exist_ok=True)
     if copy_sct:
-        _copy_series(sct.files, output_dir / "sct")
+        _copy_series(sct.files, output_dir / JobFolder.SCT)
 
     verdict = data.verdict
     prefix = verdict_prefix(verdict)
@@ -157,7 +158,7 @@ def build_bundle(qa_dir: Path, output_dir: Path, *, rt_dose: bool = True, copy_s
                                  series_description=f"{prefix}sCT QA {verdict} report",
                                  document_title=f"Synthetic CT QA report: {verdict}")
     if copy_sct:  # the copy is delivered as part of this bundle: mark it as the node marks its sCT
-        mark_sct_series(sorted((output_dir / "sct").glob("*.dcm")), verdict)
+        mark_sct_series(sorted((output_dir / JobFolder.SCT).glob("*.dcm")), verdict)
     return Bundle(verdict, pdf, (sr, doc), tuple(rt_files))
 
 

@@ -33,6 +33,7 @@ from sct_node import __version__
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.uids import CT_IMAGE_STORAGE
 from sct_node.errors import InputError, SctNodeError
+from sct_node.job_folder import JobFolder
 from sct_node.report.data import Identifiers, ReportData, StructureOutline
 
 __all__ = ["QaContext", "QaFolder", "load_qa_folder", "qa_context"]
@@ -138,7 +139,7 @@ def _folder(qa_dir: Path, record: QaRecord, context: QaContext | None) -> QaFold
 
 def _sct_series(qa_dir: Path, context: QaContext | None) -> ImageSeries:
     candidates = [Path(context.sct_dir)] if context is not None and context.sct_dir else []
-    candidates.append(qa_dir.parent / "sct")  # the node's job layout, after a move
+    candidates.append(qa_dir.parent / JobFolder.SCT)  # the node's job layout, after a move
     for folder in candidates:
         if folder.is_dir() and any(folder.glob("*.dcm")):
             return read_series([folder], sop_classes=[CT_IMAGE_STORAGE])

@@ -24,6 +24,7 @@ from sct_node.report.pdf.layout import (
     _wrap,
 )
 from sct_node.report.pdf.planes import _CT_WINDOW_HU, _OUTLINE_COLOUR, _PLANES, _centre_mm, _outline, _show, _slice
+from sct_node.report.pdf.summary import _TISSUE_NAMES
 
 #: Typical CT numbers (HU) of the tissues a body CT shows, marked on the histogram. Approximate values
 #: from Schneider et al., Phys. Med. Biol. 45:459 (2000), for tissues of ICRU Report 44 composition;
@@ -172,9 +173,9 @@ def _draw_histogram_page(figure: Figure, data: ReportData) -> None:
 def _composition_text(qa: QaResult) -> str:
     """One paragraph on the tissue composition of the sCT body (what the QA measured of it)."""
     parts = []
-    names = {"air": "air", "lung": "lung-like", "fat": "fat", "soft_tissue": "soft tissue", "bone": "bone"}
     if qa.hu is not None:
-        parts.append("Inside the body: " + ", ".join(f"{names.get(t.tissue.value, t.tissue.value)} {t.percent:.1f} %"
+        parts.append("Inside the body: " + ", ".join(
+            f"{_TISSUE_NAMES.get(t.tissue.value, t.tissue.value)} {t.percent:.1f} %"
                                                      for t in qa.hu.tissue_fractions) + ".")
     if qa.composition is not None:
         tissue = qa.composition.tissue
