@@ -1,7 +1,8 @@
-"""Image-translation models (MR -> synthetic CT), their data, training and evaluation.
+"""MR -> synthetic CT models, their phantoms, training data and training, and the input guard that checks a series.
 
-This package never imports ``sct_node``: it holds the image primitives
-(:class:`models.volume.Volume`) and the models, and can be used on its own.
+The lowest package: it never imports ``sct_node`` or ``dosimetry`` and can be used on its own. Besides the
+models it holds what the others build on: the image type (:class:`models.volume.Volume`), the project's
+exception root (:mod:`models.errors`) and its atomic file write (:mod:`models.fileio`).
 """
 
 from __future__ import annotations

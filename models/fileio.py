@@ -7,7 +7,10 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:  # for the annotation only: this module imports no numpy at run time
+    from models.volume import Volume
 
 __all__ = ["fsync_directory", "write_atomic", "write_volume_atomic"]
 
@@ -57,7 +60,7 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object], temp
         raise
 
 
-def write_volume_atomic(volume, path: Path, compress: bool = True) -> None:
+def write_volume_atomic(volume: Volume, path: Path, compress: bool = True) -> None:
     """Write a :class:`models.volume.Volume` as an image file (``.mha``, ``.nii.gz``: SimpleITK picks the writer
     from the name) so that ``path`` is either absent or complete, and fsync its folder.
 

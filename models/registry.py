@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from models.base import TranslationModel
 from models.bulk import BulkDensityModel
@@ -31,7 +32,7 @@ DEFAULT_MODEL = "diffusion"
 
 
 def _bundled(name: str) -> Callable[..., TranslationModel]:
-    def load(**options) -> TranslationModel:
+    def load(**options: Any) -> TranslationModel:
         from models.learned.model import LearnedModel
 
         folder = BUNDLED_WEIGHTS / name
@@ -55,7 +56,7 @@ def available_models() -> list[str]:
     return sorted(_BUILT_IN)
 
 
-def load_model(name_or_path: str, **options) -> TranslationModel:
+def load_model(name_or_path: str, **options: Any) -> TranslationModel:
     """Load a built-in model by name, or a checkpoint folder by path.
 
     Parameters

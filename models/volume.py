@@ -20,10 +20,14 @@ DICOM PS3.3 C.7.6.2.1.1, Image Position and Image Orientation (Patient).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models.errors import GeometryError
+
+if TYPE_CHECKING:  # SimpleITK is imported lazily at run time, to keep the core light
+    import SimpleITK as sitk
 
 __all__ = ["Volume"]
 
@@ -75,7 +79,8 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape ``(z, y, x)``."""
-        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+        nz, ny, nx = self.array.shape  # 3D: __post_init__ checks it
+        return int(nz), int(ny), int(nx)
 
     @property
     def size_xyz(self) -> tuple[int, int, int]:
@@ -113,7 +118,8 @@ class Volume:
 
     def slice_position_mm(self, k: int) -> tuple[float, float, float]:
         """Patient position of the first voxel of slice ``k`` (its Image Position (Patient))."""
-        return tuple(float(v) for v in self.index_to_patient(np.array([0.0, 0.0, float(k)])))  # type: ignore[return-value]
+        x, y, z = self.index_to_patient(np.array([0.0, 0.0, float(k)]))
+        return float(x), float(y), float(z)
 
     def slab(self, start: int, stop: int) -> Volume:
         """Slices ``start`` to ``stop`` (exclusive) as a volume at their own patient position.
@@ -148,7 +154,7 @@ class Volume:
             and np.allclose(self.direction, other.direction, atol=1e-6)
         )
 
-    def to_sitk(self):  # -> SimpleITK.Image; imported lazily to keep the core light
+    def to_sitk(self) -> sitk.Image:
         """Convert to a ``SimpleITK.Image`` with the same geometry."""
         import SimpleITK as sitk
 
@@ -159,7 +165,7 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image) -> Volume:
+    def from_sitk(cls, image: sitk.Image) -> Volume:
         """Build a volume from a 3D ``SimpleITK.Image``.
 
         Raises

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from models.errors import ModelError
 
 __all__ = ["SIDECAR_FILE", "Acquisition", "acquisition_from_header", "acquisition_from_sidecar", "body_site",

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from models.body_mask import body_mask_from_mr
 from models.envelope.acquisition import _KEYWORDS, Acquisition, acquisition_from_header
 from models.envelope.signature import (
@@ -154,6 +155,7 @@ def guard(header_or_fields: Any, volume: Volume, envelope: Envelope | None, *,
     if envelope is None:
         return GuardResult(verdict="unjudged", score=None,
                            notes=(f"no envelope: cannot judge ({model_name} records no training envelope)",))
+    missing: tuple[str, ...]
     if header_or_fields is None:
         acquisition, missing = Acquisition(), ("(no header)",)
     elif isinstance(header_or_fields, Acquisition):
@@ -163,32 +165,33 @@ def guard(header_or_fields: Any, volume: Volume, envelope: Envelope | None, *,
     findings: list[Finding] = []
     judged_missing: list[str] = []
 
-    def categorical(check: str, found: Any, allowed: tuple | None, severity: str, describe: Callable[[Any], str]):
+    def categorical(check: str, found: Any, allowed: tuple[Any, ...] | None, severity: Literal["soft", "hard"],
+                    describe: Callable[[Any, tuple[Any, ...]], str]) -> None:
+        """A finding when ``found`` is not among ``allowed``; ``describe(found, allowed)`` says why."""
         if allowed is None:
             return
         if found is None:
             judged_missing.append(_KEYWORDS[check])
             return
         if found not in allowed:
-            findings.append(Finding(check, severity, describe(found)))
+            findings.append(Finding(check, severity, describe(found, allowed)))
 
-    def listing(values: tuple) -> str:
+    def listing(values: tuple[Any, ...]) -> str:
         return ", ".join(str(v) for v in values)
 
     categorical("weighting", acquisition.weighting, envelope.weightings, "hard",
-                lambda v: f"{v}-weighted (from TR/TE) but the model was trained on {listing(envelope.weightings)} only")
+                lambda v, seen: f"{v}-weighted (from TR/TE) but the model was trained on {listing(seen)} only")
     categorical("scanning_sequence", acquisition.sequence_family, envelope.sequence_families, "hard",
-                lambda v: f"sequence family {v} (Scanning Sequence) not among the training's "
-                          f"{listing(envelope.sequence_families)}")
+                lambda v, seen: f"sequence family {v} (Scanning Sequence) not among the training's {listing(seen)}")
     categorical("body_site", acquisition.body_site, envelope.body_sites, "hard",
-                lambda v: f"body part {v} not among the training's {listing(envelope.body_sites)}")
+                lambda v, seen: f"body part {v} not among the training's {listing(seen)}")
     categorical("fat_suppressed", acquisition.fat_suppressed, envelope.fat_suppressed, "hard",
-                lambda v: "fat-suppressed (Scan Options / STIR) but no training case was" if v
+                lambda v, _: "fat-suppressed (Scan Options / STIR) but no training case was" if v
                 else "not fat-suppressed, but every training case was")
     categorical("dixon", acquisition.dixon, envelope.dixon, "hard",
-                lambda v: "a Dixon image (Image Type)" if v else "not a Dixon image, but every training case was")
+                lambda v, _: "a Dixon image (Image Type)" if v else "not a Dixon image, but every training case was")
     categorical("contrast_agent", acquisition.contrast_agent, envelope.contrast_agent, "soft",
-                lambda v: "contrast-enhanced (Contrast/Bolus Agent) but the training cases were not" if v
+                lambda v, _: "contrast-enhanced (Contrast/Bolus Agent) but the training cases were not" if v
                 else "without contrast agent but the training cases had one")
     if envelope.sequence_variants is not None and acquisition.sequence_variant is not None:
         new = [v for v in acquisition.sequence_variant if v not in envelope.sequence_variants]

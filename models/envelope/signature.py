@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from models.errors import ModelError
 from models.volume import Volume
 
@@ -51,14 +52,16 @@ def intensity_histogram(mr: np.ndarray, body: np.ndarray,
         ``float64``, :data:`HISTOGRAM_BINS` masses over [-1, 1].
     """
     if normalise is None:
-        from models.learned.normalisation import normalise_mr as normalise
+        from models.learned.normalisation import normalise_mr
+
+        normalise = normalise_mr
     body = np.asarray(body, dtype=bool)
     values = np.asarray(normalise(np.asarray(mr, dtype=np.float32), body))[body]
     counts, _ = np.histogram(np.clip(values, -1.0, 1.0), bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
     return counts / max(int(counts.sum()), 1)
 
 
-def intensity_distance(histogram_a: Sequence[float], histogram_b: Sequence[float]) -> float:
+def intensity_distance(histogram_a: Sequence[float] | np.ndarray, histogram_b: Sequence[float] | np.ndarray) -> float:
     """W1 distance (normalised units) of two log-compressed body histograms (module docstring, reference [1]).
 
     Each histogram's masses ``p`` become ``log(1 + p / LOG_FLOOR)``, renormalised; W1 of two distributions on
@@ -95,7 +98,7 @@ class IntensitySignature:
     threshold: float
     normalisation: str = "mr: p99.5 in body, [-1,1]"
 
-    def nearest(self, histogram: Sequence[float]) -> tuple[float, str]:
+    def nearest(self, histogram: Sequence[float] | np.ndarray) -> tuple[float, str]:
         """(distance, case id) of the nearest training case."""
         distances = [intensity_distance(histogram, h) for h in self.histograms]
         k = int(np.argmin(distances))

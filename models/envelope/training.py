@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from models.body_mask import body_mask_from_mr
 from models.envelope.acquisition import Acquisition
 from models.envelope.signature import (
@@ -63,8 +64,8 @@ class Envelope:
 
     cases: int
     intensity: IntensitySignature
-    spacing_mm: tuple[Range, Range, Range]
-    fov_mm: tuple[Range, Range, Range]
+    spacing_mm: tuple[Range | None, Range | None, Range | None]
+    fov_mm: tuple[Range | None, Range | None, Range | None]
     orientations: tuple[str, ...]
     weightings: tuple[str, ...] | None = None
     sequence_families: tuple[str, ...] | None = None
@@ -129,9 +130,15 @@ class Envelope:
                     raise ValueError(f"expected booleans; found {value!r}")
                 return tuple(value)
 
+            def per_axis(value: Any, name: str) -> tuple[Range | None, Range | None, Range | None]:
+                ranges = [rng(r) for r in value]
+                if len(ranges) != 3:
+                    raise ValueError(f"{name} must hold one range (or null) per axis x, y, z; found {len(ranges)}")
+                return ranges[0], ranges[1], ranges[2]
+
             return cls(
                 cases=int(data["cases"]), intensity=signature,
-                spacing_mm=tuple(rng(r) for r in data["spacing_mm"]), fov_mm=tuple(rng(r) for r in data["fov_mm"]),
+                spacing_mm=per_axis(data["spacing_mm"], "spacing_mm"), fov_mm=per_axis(data["fov_mm"], "fov_mm"),
                 orientations=tuple(str(v) for v in data["orientations"]),
                 weightings=strings(data.get("weightings")), sequence_families=strings(data.get("sequence_families")),
                 sequence_variants=strings(data.get("sequence_variants")),
@@ -157,9 +164,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _geometry(volume: Volume) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    spacing = tuple(float(s) for s in volume.spacing_mm)
-    fov = tuple(float(s * n) for s, n in zip(spacing, volume.size_xyz))
-    return spacing, fov
+    """Voxel size and field of view (x, y, z) of a volume, mm."""
+    sx, sy, sz = (float(s) for s in volume.spacing_mm)
+    nx, ny, nz = volume.size_xyz
+    return (sx, sy, sz), (float(sx * nx), float(sy * ny), float(sz * nz))
 
 
 def envelope_from_cases(cases: Sequence[tuple[str, Volume, Acquisition | None]], *,
@@ -215,8 +223,9 @@ def envelope_from_cases(cases: Sequence[tuple[str, Volume, Acquisition | None]],
     variants = [v for a in acquisitions if a.sequence_variant for v in a.sequence_variant]
     return Envelope(
         cases=len(cases), intensity=signature,
-        spacing_mm=tuple(Range.of(s[i] for s in spacings) for i in range(3)),
-        fov_mm=tuple(Range.of(f[i] for f in fovs) for i in range(3)),
+        spacing_mm=(Range.of(s[0] for s in spacings), Range.of(s[1] for s in spacings),
+                    Range.of(s[2] for s in spacings)),
+        fov_mm=(Range.of(f[0] for f in fovs), Range.of(f[1] for f in fovs), Range.of(f[2] for f in fovs)),
         orientations=tuple(sorted(orientations)),
         weightings=seen("weighting"), sequence_families=seen("sequence_family"),
         sequence_variants=tuple(sorted(set(variants))) if variants else None,

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +106,11 @@ def _read_image(path: Path) -> Volume:
 def _load_case(case_dir: Path) -> Case:
     paths = {name: _image_path(case_dir, name) for name in _IMAGE_NAMES}
     case_id = case_dir.name
+    mr_path = paths["mr"]
+    if mr_path is None:
+        raise ModelError(f"case {case_id} has no MR image; expected {_expected_names()}")
+    ct: Volume | None
+    mask: Volume | None
     if all(paths.values()):
         try:
             images = read_synthrad_case(case_dir)
@@ -114,9 +120,10 @@ def _load_case(case_dir: Path) -> Case:
             raise ModelError(str(exc)) from exc
         mr, ct, mask = images.mr, images.ct, images.mask
     else:
-        mr = _read_image(paths["mr"])
-        ct = _read_image(paths["ct"]) if paths["ct"] else None
-        mask = _read_image(paths["mask"]) if paths["mask"] else None
+        ct_path, mask_path = paths["ct"], paths["mask"]
+        mr = _read_image(mr_path)
+        ct = _read_image(ct_path) if ct_path else None
+        mask = _read_image(mask_path) if mask_path else None
         for name, other in (("ct", ct), ("mask", mask)):
             if other is not None and not mr.same_grid(other):
                 raise ModelError(
@@ -336,7 +343,9 @@ class SliceDataset:
         self._generator = torch.Generator().manual_seed(int(seed))
         self.randomisation = None if ct_only or randomisation is None or randomisation.probability == 0 \
             else randomisation
-        self._pool = None
+        self._pool: AppearancePool | None = None
+        # Each case's tissue labels and MR spacing, the source of the appearance pool (with randomisation).
+        self._cases_labels: list[tuple[np.ndarray, tuple[float, float, float]]] = []
         if self.randomisation is not None:
             missing = [c.case_id for c in cases if c.labels is None]
             if missing:
@@ -345,14 +354,15 @@ class SliceDataset:
                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
             from models.phantoms.tissues import Tissue
 
-            unknown = [c.case_id for c in cases if int(c.labels.max()) > max(Tissue)]
+            unknown = [c.case_id for c in cases if c.labels is not None and int(c.labels.max()) > max(Tissue)]
             if unknown:
                 raise ModelError(f"MR appearance randomisation renders sct-node's tissue labels (0-{int(max(Tissue))}, "
                                  f"models/phantoms/tissues.py); {', '.join(unknown[:5])} hold larger label values")
-            self._cases_labels = [(c.labels, c.mr.spacing_mm) for c in cases]
+            self._cases_labels = [(c.labels, c.mr.spacing_mm) for c in cases if c.labels is not None]
 
     def _appearance_pool(self, g: torch.Generator) -> AppearancePool:
         if self._pool is None:
+            assert self.randomisation is not None  # the pool is asked for only with randomisation on
             self._pool = AppearancePool([lab for lab, _ in self._cases_labels], [sp for _, sp in self._cases_labels],
                                         [c.body for c in self._cases], self.randomisation, g)
         return self._pool
@@ -430,17 +440,19 @@ class SliceDataset:
             top, left = centre_y - size_y // 2, centre_x - size_x // 2
         sample = {}
         if not self.ct_only:
+            assert mr is not None  # _prepare keeps the MR unless ct_only
             sample["mr"] = _crop(context_stack(mr, k, self.context), top, left, size_y, size_x, BACKGROUND)
         sample["ct"] = _crop(case.ct[k][np.newaxis], top, left, size_y, size_x, BACKGROUND)
         sample["body"] = _crop(body[np.newaxis].astype(np.float32), top, left, size_y, size_x, 0.0)
         if self.ct_only:
+            assert case.edges is not None  # _prepare makes the edge map when ct_only
             sample["edges"] = _crop(case.edges[k][np.newaxis], top, left, size_y, size_x, 0.0)
             # Outline of the whole slice, then cropped: a patch border is not a body border.
             sample["outline"] = _crop(outline(body)[np.newaxis], top, left, size_y, size_x, 0.0)
         return sample
 
 
-def validation_slices(cases: Sequence[Case], context: int = 1, max_slices: int = 16) -> list[dict]:
+def validation_slices(cases: Sequence[Case], context: int = 1, max_slices: int = 16) -> list[dict[str, Any]]:
     """Evenly spaced whole body slices for validation metrics.
 
     All slices that hold body, over the cases in order, are enumerated and
@@ -486,6 +498,7 @@ def validation_slices(cases: Sequence[Case], context: int = 1, max_slices: int =
     slices = []
     for i, k in candidates:
         p = prepared[i]
+        assert p.mr is not None  # prepared with ct_only=False
         slices.append({
             "case_id": p.case_id,
             "slice_index": k,

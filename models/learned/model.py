@@ -22,6 +22,7 @@ The device is CUDA when available (bf16 autocast there), else the CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,10 @@ def build_network(config: dict) -> UNet | CorrectiveDiffusion:
                    space_to_depth=int(config.get("space_to_depth", 1)))
     if mean_config is None:
         return network
-    return CorrectiveDiffusion(network, build_network(mean_config), float(config["residual_scale"]))
+    mean = build_network(mean_config)
+    # A unet / pix2pix config (checked above) builds a UNet: build_network refuses one with a mean network.
+    assert isinstance(mean, UNet)
+    return CorrectiveDiffusion(network, mean, float(config["residual_scale"]))
 
 
 class LearnedModel:
@@ -141,7 +145,8 @@ class LearnedModel:
             raise ModelError(f"{folder}: weights do not fit the architecture in its config ({error})") from None
         # channels_last: oneDNN's convolutions run about 1.6x faster on the CPU in this layout (measured
         # on the benchmark machine); on CUDA it lets cuDNN pick its NHWC kernels.
-        self.network.to(self.device, memory_format=torch.channels_last).eval()
+        # torch's stubs of Module.to lack the memory_format keyword it accepts
+        self.network.to(self.device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
         sampling = f", {self.steps} DDIM steps" if self.diffusion else ""
         sampling += f", ensemble of {self.ensemble}" if self.ensemble > 1 else ""
         self.card = ModelCard(
@@ -172,7 +177,7 @@ class LearnedModel:
         for member in range(self.ensemble):
             done = member * mr.shape[0]
             sample = self._predict(conditions, mr.shape, member,
-                                   None if progress is None else (lambda k, n, d=done: progress(d + k, total)))
+                                   None if progress is None else _after(progress, done, total))
             mean += sample / self.ensemble
             if squares is not None:
                 squares += sample.astype(np.float64) ** 2 / self.ensemble
@@ -186,7 +191,7 @@ class LearnedModel:
 
     # ------------------------------------------------------------------------------------------------
 
-    def _conditions(self, mr_norm: np.ndarray, body: np.ndarray):
+    def _conditions(self, mr_norm: np.ndarray, body: np.ndarray) -> Callable[[int, int], np.ndarray]:
         """A function (start, stop) -> the conditioning channels of those slices, (n, C, y, x) float32.
 
         Made per batch, so a 512 x 512 x 200 volume never holds all its context stacks at once.
@@ -198,7 +203,9 @@ class LearnedModel:
                                              for k in range(start, stop)]).astype(np.float32)
 
     @torch.no_grad()
-    def _predict(self, conditions, shape: tuple[int, int, int], member: int, progress) -> np.ndarray:
+    def _predict(self, conditions: Callable[[int, int], np.ndarray], shape: tuple[int, int, int], member: int,
+                 progress: ProgressCallback | None) -> np.ndarray:
+        """One member's normalised CT, (z, y, x) float32 in [-1, 1]: slices in batches, ``progress(done, nz)``."""
         nz, ny, nx = shape
         multiple = self.network.size_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
@@ -227,6 +234,11 @@ class LearnedModel:
             if progress is not None:
                 progress(stop, nz)
         return result
+
+
+def _after(progress: ProgressCallback, done: int, total: int) -> ProgressCallback:
+    """``progress`` for one ensemble member: its slices counted after the ``done`` before it, out of ``total``."""
+    return lambda k, n: progress(done + k, total)
 
 
 def default_steps_from_curve(curve: dict[int, float], tolerance: float = 0.05, *, two_sided: bool = False) -> int:

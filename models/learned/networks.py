@@ -26,6 +26,7 @@ Section 3.2.2 and Appendix 6.1.2).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,13 @@ def _group_count(channels: int) -> int:
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(_group_count(channels), channels)
+
+
+def _zero(conv: nn.Conv2d) -> None:
+    """Set a convolution's weights and bias to zero: a new layer that outputs 0."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -146,8 +154,7 @@ class SelfAttention(nn.Module):
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        _zero(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -302,8 +309,7 @@ class UNet(nn.Module):
         self.norm_out = _norm(channels)
         self.conv_out = nn.Conv2d(channels, out_channels * fold, 3, padding=1)
         if self.time_embedding:
-            nn.init.zeros_(self.conv_out.weight)
-            nn.init.zeros_(self.conv_out.bias)
+            _zero(self.conv_out)
 
     @property
     def size_multiple(self) -> int:
@@ -354,14 +360,16 @@ class UNet(nn.Module):
             x = F.pixel_unshuffle(x, self.space_to_depth)
         h = self.conv_in(x)
         skips = [h]
+        # Every entry of self.down and self.up is the ModuleList of one step (torch types the entries Module).
         for block in self.down:
-            h = self._run(block, h, time)
+            h = self._run(cast(nn.ModuleList, block), h, time)
             skips.append(h)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, time)), time)
         for block in self.up:
-            if isinstance(block[0], ResidualBlock):
+            layers = cast(nn.ModuleList, block)
+            if isinstance(layers[0], ResidualBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(block, h, time)
+            h = self._run(layers, h, time)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, self.space_to_depth) if self.space_to_depth > 1 else out
 
@@ -420,7 +428,8 @@ class PatchDiscriminator(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.02)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Logit-map size for an input of ``height`` x ``width`` pixels."""

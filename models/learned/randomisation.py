@@ -17,7 +17,9 @@ bit-identical to an uninterrupted run).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,14 +61,17 @@ class RandomisationConfig:
         if self.slots < 1 or self.refresh_every < 1:
             raise ModelError(f"slots and refresh_every must be >= 1; found {self.slots}, {self.refresh_every}")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists); :meth:`from_json` reads it back."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data: dict | None) -> RandomisationConfig | None:
+    def from_json(cls, data: Mapping[str, Any] | None) -> RandomisationConfig | None:
+        """The settings :meth:`to_json` wrote; None for no (or empty) settings: randomisation off."""
         if not data:
             return None
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        settings: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**settings)
 
 
 def _uniform(g: torch.Generator, low: float, high: float) -> float:

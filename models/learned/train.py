@@ -30,8 +30,10 @@ import datetime as _dt
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,12 +49,15 @@ from models.learned.corrective import (
     diffusion_sample,
     residual_scale_from,
 )
-from models.learned.data import SliceDataset, load_cases, validation_slices
+from models.learned.data import Case, SliceDataset, load_cases, validation_slices
 from models.learned.diffusion import training_loss
 from models.learned.model import ARCHITECTURES, build_network, pick_device
-from models.learned.networks import PatchDiscriminator
+from models.learned.networks import PatchDiscriminator, UNet
 from models.learned.normalisation import denormalise_ct
 from models.learned.randomisation import RandomisationConfig
+
+if TYPE_CHECKING:  # imported when a progress bar is shown
+    from tqdm import tqdm
 
 __all__ = ["TrainConfig", "train"]
 
@@ -133,7 +138,7 @@ class TrainConfig:
 
 
 def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | None = None,
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint to ``output``; returns the last validation metrics.
 
     Raises
@@ -175,15 +180,19 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
                          f"network (space_to_depth {config.space_to_depth} x 2 ** {len(config.channel_mults) - 1} "
                          f"downsamplings)")
     if mean_state is not None:
+        # _load_mean_network set config.mean_network, so the config describes a corrective model.
+        assert isinstance(network, CorrectiveDiffusion)
         network.mean.load_state_dict(mean_state)
-    network = network.to(run_device, memory_format=torch.channels_last)
+    # torch's stubs of Module.to lack the memory_format keyword it accepts
+    network = network.to(run_device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     ema = copy.deepcopy(network).eval()
     for parameter in ema.parameters():
         parameter.requires_grad_(False)
     # A corrective model's mean network is frozen: only the denoiser is optimised.
     optimiser = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=0.0)
-    discriminator = optimiser_d = None
+    discriminator: PatchDiscriminator | None = None
+    optimiser_d: torch.optim.Optimizer | None = None
     if config.architecture == "pix2pix":
         discriminator = PatchDiscriminator(2 * config.context + 2).to(run_device)
         optimiser_d = torch.optim.AdamW(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
@@ -193,7 +202,7 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
         network.load_state_dict(state["network"])
         ema.load_state_dict(state["ema"])
         optimiser.load_state_dict(state["optimiser"])
-        if discriminator is not None and state.get("discriminator"):
+        if discriminator is not None and optimiser_d is not None and state.get("discriminator"):
             discriminator.load_state_dict(state["discriminator"])
             optimiser_d.load_state_dict(state["optimiser_d"])
         generator.set_state(state["generator"])
@@ -204,7 +213,7 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run_device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
     bar = _progress(config.steps, step, show_progress)
-    metrics: dict = state.get("metrics", {}) if state else {}
+    metrics: dict[str, Any] = state.get("metrics", {}) if state else {}
     started, started_step = time.perf_counter(), step
     losses: list[float] = []
     while step < config.steps:
@@ -212,7 +221,7 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
                  for k, v in dataset.sample_batch(config.batch_size, generator).items()}
         network.train()
         with autocast:
-            loss = _loss(config.architecture, network, batch, generator, discriminator, optimiser_d, autocast)
+            loss = _loss(config.architecture, network, batch, generator, discriminator, optimiser_d)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
@@ -238,7 +247,8 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
     return metrics
 
 
-def training_envelope(data_dir: Path, cases, normalisation: str, default_acquisition: dict | None = None) -> dict:
+def training_envelope(data_dir: Path, cases: Sequence[Case], normalisation: str,
+                      default_acquisition: dict[str, Any] | None = None) -> dict[str, Any]:
     """The envelope (:mod:`models.envelope`) of the training cases, as the model card stores it.
 
     The acquisition part comes from each case's ``acquisition.json`` sidecar (``sct-node phantom`` writes one);
@@ -263,12 +273,15 @@ def training_envelope(data_dir: Path, cases, normalisation: str, default_acquisi
     return envelope_from_cases(entries, normalisation=normalisation, source=source).to_json()
 
 
-def _load_mean_network(config: TrainConfig, dataset: SliceDataset, device: torch.device) -> tuple[dict, dict]:
+def _load_mean_network(config: TrainConfig, dataset: SliceDataset,
+                       device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read the checkpoint a corrective diffusion model corrects; set ``mean_network`` and ``residual_scale``.
 
     The scale is measured on 16 batches drawn with their own generator (seeded from ``config.seed``), so
     the training batches that follow are the same as in a run without a mean model.
     """
+    if config.mean_model is None:
+        raise ModelError("no mean model to correct (--mean-model) was given")
     mean_config, mean_state, mean_card = load_checkpoint(Path(config.mean_model))
     if mean_config.get("architecture") not in ("unet", "pix2pix"):
         raise ModelError(f"--mean-model {config.mean_model} is a {mean_config.get('architecture')} checkpoint; the "
@@ -277,6 +290,7 @@ def _load_mean_network(config: TrainConfig, dataset: SliceDataset, device: torch
         raise ModelError(f"--mean-model {config.mean_model} sees {mean_config['context']} MR neighbours per side; "
                          f"train the diffusion model with --context {mean_config['context']}")
     mean = build_network(mean_config)
+    assert isinstance(mean, UNet)  # a unet / pix2pix config (checked above) builds a UNet
     mean.load_state_dict(mean_state)
     mean = mean.to(device)
     scale_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -289,7 +303,10 @@ def _load_mean_network(config: TrainConfig, dataset: SliceDataset, device: torch
     return mean_state, {k: mean_card.get(k) for k in ("name", "version", "content_hash", "training_steps")}
 
 
-def _loss(architecture, network, batch, generator, discriminator, optimiser_d, autocast) -> torch.Tensor:
+def _loss(architecture: str, network: UNet | CorrectiveDiffusion, batch: dict[str, torch.Tensor],
+          generator: torch.Generator, discriminator: PatchDiscriminator | None,
+          optimiser_d: torch.optim.Optimizer | None) -> torch.Tensor:
+    """The architecture's training loss on ``batch``; for pix2pix, after one discriminator step."""
     ct = batch["ct"]
     if architecture == "diffusion":
         if isinstance(network, CorrectiveDiffusion):
@@ -303,6 +320,7 @@ def _loss(architecture, network, batch, generator, discriminator, optimiser_d, a
     if architecture == "unet":
         return l1
     # pix2pix: one discriminator step on (MR, real) vs (MR, fake), then the generator's L1 + adversarial loss.
+    assert discriminator is not None and optimiser_d is not None  # train() makes both for pix2pix
     real, fake = torch.cat([batch["mr"], ct], 1), torch.cat([batch["mr"], prediction], 1)
     logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
     loss_d = 0.5 * (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
@@ -324,7 +342,8 @@ def _ema_update(ema: torch.nn.Module, network: torch.nn.Module, decay: float) ->
 
 
 @torch.no_grad()
-def _validate(network, config: TrainConfig, slices: list[dict], device: torch.device) -> float:
+def _validate(network: UNet | CorrectiveDiffusion, config: TrainConfig, slices: list[dict[str, Any]],
+              device: torch.device) -> float:
     """MAE (HU) inside the body on validation slices, with the EMA weights (diffusion: 5 DDIM steps)."""
     errors = []
     generator = torch.Generator().manual_seed(1234)
@@ -349,8 +368,12 @@ def _validate(network, config: TrainConfig, slices: list[dict], device: torch.de
     return float(np.concatenate(errors).mean()) if errors else math.nan
 
 
-def _save(output: Path, config: TrainConfig, network, ema, optimiser, discriminator, optimiser_d, generator, step,
-          metrics, training, validation, mean_card=None, envelope=None) -> None:
+def _save(output: Path, config: TrainConfig, network: torch.nn.Module, ema: torch.nn.Module,
+          optimiser: torch.optim.Optimizer, discriminator: PatchDiscriminator | None,
+          optimiser_d: torch.optim.Optimizer | None, generator: torch.Generator, step: int, metrics: dict[str, Any],
+          training: Sequence[Case], validation: Sequence[Case], mean_card: dict[str, Any] | None = None,
+          envelope: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint (EMA weights, config, card) and the state a resumed run starts from."""
     description = DESCRIPTIONS[config.architecture]
     if config.mean_network is not None:
         description += (" Corrective: the denoiser samples the residual over a frozen "
@@ -379,7 +402,8 @@ def _save(output: Path, config: TrainConfig, network, ema, optimiser, discrimina
                     train_state=train_state, half=config.half_weights)
 
 
-def _progress(total: int, done: int, enabled: bool):
+def _progress(total: int, done: int, enabled: bool) -> tqdm | None:
+    """A progress bar at ``done`` of ``total`` steps, or None when not ``enabled``."""
     if not enabled:
         return None
     from tqdm import tqdm

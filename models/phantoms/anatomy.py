@@ -38,11 +38,13 @@ from models.phantoms.tissues import Tissue
 __all__ = ["Anatomy", "Site", "build_anatomy"]
 
 T = Tissue
+#: A point or a vector in (x, y, z): a tuple of numbers or an array of three.
+Vector = Sequence[float] | np.ndarray
 BONE_TISSUES = (T.CORTICAL_BONE, T.MARROW)
 BRAIN_TISSUES = (T.BRAIN_GM, T.BRAIN_WM)
 
 
-class Site(str, Enum):
+class Site(str, Enum):  # noqa: UP042 -- a StrEnum would change str() and f-strings of a member
     """Anatomical site of a phantom; accepts its string value."""
 
     HEAD = "head"
@@ -102,7 +104,7 @@ class _Warp:
 
     def __init__(
         self, rng: np.random.Generator, amplitude_mm: float, wavelength_mm: tuple[float, float], n_terms: int = 3
-    ):
+    ) -> None:
         self.amplitude_mm = amplitude_mm
         self.terms = []
         for _component in range(3):
@@ -130,7 +132,7 @@ class _Warp:
 class _Canvas:
     """Label map under construction with warped patient coordinates."""
 
-    def __init__(self, shape_zyx: tuple[int, int, int], spacing_mm: Sequence[float], origin_mm: Sequence[float]):
+    def __init__(self, shape_zyx: tuple[int, int, int], spacing_mm: Sequence[float], origin_mm: Sequence[float]) -> None:
         self.spacing = np.asarray(spacing_mm, float)
         self.origin = np.asarray(origin_mm, float)
         self.coords = [self.origin[i] + self.spacing[i] * np.arange(n) for i, n in enumerate(shape_zyx[::-1])]
@@ -149,7 +151,7 @@ class _Canvas:
 
     # --- shape factories, nominal millimetres relative to the anatomy centre
     def ell(
-        self, c: Sequence[float], r: Sequence[float], p_xy: float = 2.0, p_z: float = 2.0, angle_deg: float = 0.0
+        self, c: Vector, r: Vector, p_xy: float = 2.0, p_z: float = 2.0, angle_deg: float = 0.0
     ) -> _Shape:
         """Superellipsoid at ``c`` with radii ``r``, turned by ``angle_deg`` about z."""
         a = np.deg2rad(angle_deg)
@@ -159,15 +161,15 @@ class _Canvas:
 
     def seg(
         self,
-        p0: Sequence[float],
-        p1: Sequence[float],
+        p0: Vector,
+        p1: Vector,
         r_a: float,
         r_b: float | None = None,
-        ref: Sequence[float] = (0, 0, 1),
+        ref: Vector = (0, 0, 1),
     ) -> _Shape:
         """Capsule-like ellipsoid from ``p0`` to ``p1``; ``r_a`` along ``ref``, ``r_b`` across both."""
-        p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
-        u = (p1 - p0) / np.linalg.norm(p1 - p0)
+        start, end = np.asarray(p0, float), np.asarray(p1, float)
+        u = (end - start) / np.linalg.norm(end - start)
         v = np.asarray(ref, float) - np.dot(ref, u) * u
         if np.linalg.norm(v) < 1e-6:  # ref parallel to the segment: any perpendicular will do
             v = np.cross(u, [1.0, 0, 0]) if abs(u[0]) < 0.9 else np.cross(u, [0, 1.0, 0])
@@ -175,8 +177,8 @@ class _Canvas:
         r_b = r_a if r_b is None else r_b
         # local z = segment axis so the (p_xy, p_z) convention keeps ellipsoids at 2, 2.
         axes = np.column_stack([v, np.cross(u, v), u])
-        r = [r_a, r_b, np.linalg.norm(p1 - p0) / 2 + min(r_a, r_b)]
-        return _Shape(self.centre + self.scale * (p0 + p1) / 2, self.scale * np.asarray(r), axes)
+        r = [r_a, r_b, np.linalg.norm(end - start) / 2 + min(r_a, r_b)]
+        return _Shape(self.centre + self.scale * (start + end) / 2, self.scale * np.asarray(r), axes)
 
     def thickness(self, shape: _Shape, t_mm: float) -> np.ndarray:
         """Per-local-axis thickness: scaled, at least one in-plane voxel (no z guard: slices may be thick)."""
@@ -189,15 +191,15 @@ class _Canvas:
             return None
         pad = self.warp.amplitude_mm + (shape.warp.amplitude_mm if shape.warp else 0.0)
         half = np.abs(shape.axes) @ shape.radii + pad + self.spacing
-        sl = []
+        bounds = []
         for i in (2, 1, 0):
             n = len(self.coords[i])
             lo = int(np.clip(np.floor((shape.centre[i] - half[i] - self.origin[i]) / self.spacing[i]), 0, n))
             hi = int(np.clip(np.ceil((shape.centre[i] + half[i] - self.origin[i]) / self.spacing[i]) + 1, 0, n))
             if hi <= lo:
                 return None
-            sl.append(slice(lo, hi))
-        sl = tuple(sl)
+            bounds.append(slice(lo, hi))
+        sl = tuple(bounds)
         d = [self.xyz[i][sl] - np.float32(shape.centre[i]) for i in range(3)]
         if shape.warp is not None:
             extra = shape.warp(self.coords[0][sl[2]], self.coords[1][sl[1]], self.coords[2][sl[0]])
@@ -250,7 +252,7 @@ class _Canvas:
 
     def bone(self, shapes: Sequence[_Shape], cortex_mm: float | Sequence[float]) -> np.ndarray:
         """Cortical shell around marrow for the union of ``shapes``; return the bone mask."""
-        cortex = [cortex_mm] * len(shapes) if np.isscalar(cortex_mm) else cortex_mm
+        cortex = cortex_mm if isinstance(cortex_mm, Sequence) else [cortex_mm] * len(shapes)
         mask = np.zeros(self.labels.shape, bool)
         for s in shapes:
             mask |= self.paint(s, T.CORTICAL_BONE)
@@ -448,7 +450,8 @@ def build_anatomy(
         site = Site(site)
     except ValueError:
         raise PhantomError(f"site must be one of {[s.value for s in Site]}; found {site!r}") from None
-    cv = _Canvas(tuple(int(n) for n in shape_zyx), spacing_mm, origin_mm)
+    nz, ny, nx = shape_zyx
+    cv = _Canvas((int(nz), int(ny), int(nx)), spacing_mm, origin_mm)
     organs = _build_head(cv, rng) if site is Site.HEAD else _build_pelvis(cv, rng)
     labels = cv.labels
     masks = {"BODY": labels != T.OUTSIDE_AIR, "BONES": np.isin(labels, BONE_TISSUES), **organs}

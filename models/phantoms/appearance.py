@@ -48,6 +48,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,7 @@ class AppearanceDraw:
     """One random MR appearance: the per-tissue signal and the rendering's parameters."""
 
     family: str
-    parameters: dict
+    parameters: dict[str, float]
     signal: np.ndarray  # per Tissue label, relative to fully relaxed water
     psf_sigma_mm: tuple[float, float, float]  # x, y, z
     bias_amplitude: float
@@ -92,24 +93,25 @@ class AppearanceDraw:
         return f"{self.family} ({params})"
 
 
-def _spin_echo(pd, t1, t2, tr, te):
+def _spin_echo(pd: np.ndarray, t1: np.ndarray, t2: np.ndarray, tr: float, te: float) -> np.ndarray:
     return pd * (1.0 - np.exp(-tr / t1)) * np.exp(-te / t2)
 
 
-def _spoiled_gre(pd, t1, t2, tr, te, flip_deg):
+def _spoiled_gre(pd: np.ndarray, t1: np.ndarray, t2: np.ndarray, tr: float, te: float,
+                 flip_deg: float) -> np.ndarray:
     e1 = np.exp(-tr / t1)
     a = np.deg2rad(flip_deg)
     return pd * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1) * np.exp(-te / t2)
 
 
-def _table(values: dict) -> np.ndarray:
+def _table(values: Mapping[Tissue, float]) -> np.ndarray:
     table = np.zeros(max(Tissue) + 1, dtype=np.float64)
     for tissue, value in values.items():
         table[int(tissue)] = value
     return table
 
 
-def tissue_signal(family: str, rng: np.random.Generator, *, jitter: float = 0.1) -> tuple[np.ndarray, dict]:
+def tissue_signal(family: str, rng: np.random.Generator, *, jitter: float = 0.1) -> tuple[np.ndarray, dict[str, float]]:
     """Per-tissue signal (relative to fully relaxed water) of one random member of a sequence family.
 
     Parameters
@@ -143,9 +145,9 @@ def tissue_signal(family: str, rng: np.random.Generator, *, jitter: float = 0.1)
     t2 = t2 * rng.uniform(0.9, 1.0) * np.exp(jitter * rng.standard_normal(n))
     pd = np.clip(pd * np.exp(0.5 * jitter * rng.standard_normal(n)), 0.0, 1.0)
     fat = _table(FAT_FRACTION)
-    params: dict = {"t1_scale": field_t1}
+    params: dict[str, float] = {"t1_scale": field_t1}
 
-    def t1_weighted(t1_values):
+    def t1_weighted(t1_values: np.ndarray) -> np.ndarray:
         if rng.random() < 0.5:
             tr, te = rng.uniform(350, 800), rng.uniform(8, 20)
             params.update(tr_ms=tr, te_ms=te)
@@ -195,7 +197,8 @@ def tissue_signal(family: str, rng: np.random.Generator, *, jitter: float = 0.1)
     return signal.astype(np.float64), params
 
 
-def draw_appearance(rng: np.random.Generator, families=TRAINING_FAMILIES, *, jitter: float = 0.1) -> AppearanceDraw:
+def draw_appearance(rng: np.random.Generator, families: Iterable[str] = TRAINING_FAMILIES, *,
+                    jitter: float = 0.1) -> AppearanceDraw:
     """A random appearance: a family (uniformly), its signal, a point spread function, bias field and noise level.
 
     The ranges: in-plane PSF 0.3-1.5 mm and through-plane 0.3-3 mm (resolution and slice thickness), bias

@@ -50,7 +50,7 @@ MIN_SHAPE = 8
 CENTRE_Z_MM = 0.0
 
 
-class StructureKind(str, Enum):
+class StructureKind(str, Enum):  # noqa: UP042 -- a StrEnum would change str() and f-strings of a member
     """RT structure category (the DICOM RT ROI Interpreted Type of each structure)."""
 
     EXTERNAL = "EXTERNAL"
@@ -183,6 +183,7 @@ def _resolve_grid(
 ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     default_shape, default_spacing = DEFAULT_GRIDS[site]
     fov_zyx = np.asarray(default_shape) * np.asarray(default_spacing[::-1])
+    shape: tuple[int, int, int] | None = None
     if shape_zyx is not None:
         if (
             isinstance(shape_zyx, (str, bytes))
@@ -192,6 +193,9 @@ def _resolve_grid(
             raise PhantomError(f"shape_zyx must be three integers (z, y, x); found {shape_zyx!r}")
         if min(shape_zyx) < MIN_SHAPE:
             raise PhantomError(f"shape_zyx must be at least {MIN_SHAPE} along every axis; found {tuple(shape_zyx)}")
+        nz, ny, nx = (int(n) for n in shape_zyx)
+        shape = (nz, ny, nx)
+    spacing: tuple[float, float, float] | None = None
     if spacing_mm is not None:
         try:
             values = [float(s) for s in spacing_mm]
@@ -199,17 +203,18 @@ def _resolve_grid(
             raise PhantomError(f"spacing_mm must be three positive numbers (x, y, z); found {spacing_mm!r}") from None
         if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
             raise PhantomError(f"spacing_mm must be three positive numbers (x, y, z); found {spacing_mm!r}")
-    if shape_zyx is None and spacing_mm is None:
-        return default_shape, default_spacing
-    if spacing_mm is None:
+        spacing = (values[0], values[1], values[2])
+    if shape is None:
+        if spacing is None:
+            return default_shape, default_spacing
+        # Cover the site's field of view at the given spacing.
+        nz, ny, nx = (max(MIN_SHAPE, int(round(f / s))) for f, s in zip(fov_zyx, spacing[::-1]))
+        return (nz, ny, nx), spacing
+    if spacing is None:
         # Keep the site's field of view: only the sampling changes.
-        shape = tuple(int(n) for n in shape_zyx)
-        return shape, tuple(float(f / n) for f, n in zip(fov_zyx[::-1], shape[::-1]))
-    spacing = tuple(values)
-    if shape_zyx is None:
-        shape = tuple(max(MIN_SHAPE, int(round(f / s))) for f, s in zip(fov_zyx, spacing[::-1]))
-        return shape, spacing
-    return tuple(int(n) for n in shape_zyx), spacing
+        sx, sy, sz = (float(f / n) for f, n in zip(fov_zyx[::-1], shape[::-1]))
+        return shape, (sx, sy, sz)
+    return shape, spacing
 
 
 def generate_phantom(
@@ -260,9 +265,8 @@ def generate_phantom(
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise PhantomError(f"seed must be a non-negative integer; found {seed!r}")
     shape, spacing = _resolve_grid(site_enum, shape_zyx, spacing_mm)
-    origin = tuple(
-        -(n - 1) / 2.0 * s + c for n, s, c in zip(shape[::-1], spacing, (0.0, 0.0, CENTRE_Z_MM))
-    )
+    ox, oy, oz = (-(n - 1) / 2.0 * s + c for n, s, c in zip(shape[::-1], spacing, (0.0, 0.0, CENTRE_Z_MM)))
+    origin = (ox, oy, oz)
 
     # Separate streams: changing how one stage draws never changes the others.
     anatomy_ss, ct_ss, t1_ss, t2_ss = np.random.SeedSequence(int(seed)).spawn(4)

@@ -75,8 +75,8 @@ def test_body_part_synonyms_map_onto_the_sites():
 
 
 def test_the_phantom_sidecar_says_what_the_phantom_dicom_header_says(tmp_path):
-    from sct_node.tools.phantom_writer import write_phantom_dicom
     from sct_node.dicom.reader import read_series
+    from sct_node.tools.phantom_writer import write_phantom_dicom
 
     phantom = generate_phantom("head", 3, shape_zyx=(16, 64, 64))
     case = write_synthrad_case(phantom, tmp_path / "case", mr="t2")
@@ -114,6 +114,7 @@ def test_the_envelope_survives_a_json_round_trip(pelvis_only):
     (lambda e: e["intensity"]["histograms"][0].pop(), "histograms must hold"),
     (lambda e: e["intensity"].update(threshold=0.0), "positive threshold"),
     (lambda e: e.update(dixon=["no"]), "booleans"),
+    (lambda e: e["fov_mm"].pop(), "fov_mm must hold one range"),
 ])
 def test_a_malformed_envelope_is_refused_with_the_field_named(pelvis_only, change, message):
     data = json.loads(json.dumps(pelvis_only.to_json()))

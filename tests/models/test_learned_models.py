@@ -42,7 +42,7 @@ def test_each_architecture_learns_a_tiny_phantom(cases, tmp_path, architecture, 
     if space_to_depth == 2 and architecture in ("diffusion", "contourdiff"):
         factor = 1.4
     assert metrics["run_loss_end"] * factor < metrics["run_loss_start"], metrics
-    config, state, card = load_checkpoint(tmp_path / architecture)
+    config, _state, card = load_checkpoint(tmp_path / architecture)
     assert config["architecture"] == architecture and card["training_steps"] == 80
     assert np.isfinite(metrics["validation_mae_hu"])
 
