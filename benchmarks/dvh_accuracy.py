@@ -37,20 +37,20 @@ import pydicom
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/models.py would shadow the models package
 
-from dosimetry.beam import beams_from_plan  # noqa: E402
-from dosimetry.density import relative_electron_density_volume  # noqa: E402
-from dosimetry.dose_sampling import dose_at_points  # noqa: E402
-from dosimetry.dvh import cumulative_dvh, dvh_metrics  # noqa: E402
-from dosimetry.engine import compute_dose  # noqa: E402
-from dosimetry.qa_result import read_qa  # noqa: E402
-from dosimetry.records import to_record  # noqa: E402
-from dosimetry.structures import read_structures  # noqa: E402
-from models.phantoms import generate_phantom  # noqa: E402
-from sct_node.cli import main as cli  # noqa: E402
-from sct_node.tools.phantom_writer import write_phantom_dicom  # noqa: E402
-from sct_node.dicom.reader import read_series  # noqa: E402
-from dosimetry.rtdose import read_rt_dose  # noqa: E402
-from tests.factories.dicompyler import TOLERANCE_PERCENT, dicompyler_metrics, metric_agrees  # noqa: E402
+from dosimetry.beam import beams_from_plan
+from dosimetry.density import relative_electron_density_volume
+from dosimetry.dose_sampling import dose_at_points
+from dosimetry.dvh import cumulative_dvh, dvh_metrics
+from dosimetry.engine import compute_dose
+from dosimetry.qa_result import read_qa
+from dosimetry.records import to_record
+from dosimetry.rtdose import read_rt_dose
+from dosimetry.structures import read_structures
+from models.phantoms import generate_phantom
+from sct_node.cli import main as cli
+from sct_node.dicom.reader import read_series
+from sct_node.tools.phantom_writer import write_phantom_dicom
+from tests.factories.dicompyler import TOLERANCE_PERCENT, dicompyler_metrics, metric_agrees
 
 METRICS = (("D98%", "d98_gy"), ("D95%", "d95_gy"), ("D50%", "d50_gy"), ("D2%", "d2_gy"), ("Dmean", "dmean_gy"))
 #: The volume (%) each metric is read at; None: a mean.

@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "scripts"))
 
-from sct_robustness import mae_on, test_sets  # noqa: E402
-from train_bundled_weights import CASES_PER_SITE, write_phantoms  # noqa: E402
+from sct_robustness import mae_on, test_sets
+from train_bundled_weights import CASES_PER_SITE, write_phantoms
 
-from models.learned.model import LearnedModel  # noqa: E402
-from models.learned.randomisation import RandomisationConfig  # noqa: E402
-from models.learned.train import TrainConfig, train  # noqa: E402
-from models.phantoms.appearance import RANDOM_FAMILY, TRAINING_FAMILIES  # noqa: E402
+from models.learned.model import LearnedModel
+from models.learned.randomisation import RandomisationConfig
+from models.learned.train import TrainConfig, train
+from models.phantoms.appearance import RANDOM_FAMILY, TRAINING_FAMILIES
 
 VARIANTS = {
     "none": None,

@@ -36,13 +36,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint  # noqa: E402
-from models.learned.model import LearnedModel, default_steps_from_curve  # noqa: E402
-from models.learned.train import TrainConfig, train  # noqa: E402
-from models.learned.randomisation import RandomisationConfig  # noqa: E402
-from models.phantoms import generate_phantom  # noqa: E402
-from models.phantoms.appearance import HELD_OUT_FAMILY, TRAINING_FAMILIES  # noqa: E402
-from models.phantoms.synthrad import write_central_slab, write_synthrad_case  # noqa: E402
+from models.learned.checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from models.learned.model import LearnedModel, default_steps_from_curve
+from models.learned.randomisation import RandomisationConfig
+from models.learned.train import TrainConfig, train
+from models.phantoms import generate_phantom
+from models.phantoms.appearance import HELD_OUT_FAMILY, TRAINING_FAMILIES
+from models.phantoms.synthrad import write_central_slab, write_synthrad_case
 
 CASES_PER_SITE = 4
 #: Phantom seeds from here on are never used for training (benchmarks, tests).

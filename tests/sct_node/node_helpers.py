@@ -172,7 +172,7 @@ class NodeProcess:
                        str(slow_write_s), str(config_path)]
         else:
             command = [sys.executable, "-m", "sct_node", "serve", "--config", str(config_path)]
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: port_open(port) or self.process.poll() is not None, 30, "the node to listen")
@@ -209,8 +209,8 @@ def slow_serve() -> None:
     the real writer leaves behind when it is interrupted; nothing else changes.
     """
     delay_s, config_path = float(sys.argv[1]), sys.argv[2]
-    from sct_node.node import process
     from sct_node.cli import main
+    from sct_node.node import process
 
     real_writer = process.write_sct_series
 
@@ -280,7 +280,7 @@ class StoreScp:
         self.log_path = log_path or self.folder.parent / f"storescp-{port}.log"
         unique = ["+uf"] if unique_filenames else []
         command = [dcmtk("storescp"), "-v", "-aet", ae_title, "-od", str(self.folder), *unique, *options, str(port)]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: port_open(port) or self.process.poll() is not None, 10, "storescp to listen")

@@ -20,13 +20,13 @@ from models.phantoms import generate_phantom
 from models.registry import BUNDLED_WEIGHTS
 from sct_node.cli import EXIT_INPUT, EXIT_OK, main
 from sct_node.config import DestinationConfig, NodeConfig, ProcessingConfig, RouteConfig, SeriesMatch, StorageConfig
-from sct_node.tools.phantom_writer import write_phantom_dicom
-from sct_node.dicom.uids import MR_IMAGE_STORAGE
 from sct_node.dicom.qa_sr import read_qa_sr
+from sct_node.dicom.uids import MR_IMAGE_STORAGE
 from sct_node.node.process import GUARD_FILE
-from sct_node.report.refusal import REFUSAL_PDF
 from sct_node.node.route import route_complete_series
 from sct_node.node.service import Node
+from sct_node.report.refusal import REFUSAL_PDF
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.factories.validation import assert_valid_dicom
 
 #: The bundled weights' training grid: a held-out phantom on it is inside the envelope in every respect.
@@ -173,7 +173,7 @@ def test_a_refused_series_sends_its_notice_to_the_planning_system_then_fails_wit
     port = free_port()
     scp = StoreScp(tmp_path / "tps", port)
     try:
-        job, output, node = _run_job(tmp_path, training_grid_dicom.mr_t2_dir, None, destination_port=port,
+        job, _output, node = _run_job(tmp_path, training_grid_dicom.mr_t2_dir, None, destination_port=port,
                                      keep_node=True)
         assert job.state == "delivering" and job.refused.startswith("input refused by the input guard")
         node.dispatcher.run_due()

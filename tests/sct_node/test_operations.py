@@ -29,8 +29,8 @@ from sct_node.config import (
     SeriesMatch,
     StorageConfig,
 )
-from sct_node.node.dispatch import Dispatcher
 from sct_node.errors import SctNodeError
+from sct_node.node.dispatch import Dispatcher
 from sct_node.node.route import route_complete_series
 from sct_node.node.service import Node
 from sct_node.node.state import JobTimings, StateStore

@@ -39,8 +39,8 @@ from sct_node.config import (
     RouteConfig,
     StorageConfig,
 )
-from sct_node.tools.phantom_writer import phantom_identity, write_image_series
 from sct_node.node.service import Node
+from sct_node.tools.phantom_writer import phantom_identity, write_image_series
 from tests.sct_node.node_helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

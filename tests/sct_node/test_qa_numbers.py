@@ -31,8 +31,8 @@ from dosimetry.rtdose import read_rt_dose
 from dosimetry.structures import read_structures
 from models.phantoms import generate_phantom
 from sct_node.cli import EXIT_QA_FAIL, main
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.reader import read_series
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.factories.dicompyler import dicompyler_metrics, metric_agrees
 
 #: The phantom's own in-plane resolution (1.6 mm; an MR's is about 1 mm): structures are rasterised at the

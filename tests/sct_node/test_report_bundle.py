@@ -6,7 +6,6 @@ must carry the verdict in every Series Description.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from dosimetry.structures import read_structures
 from dosimetry.verdict import Verdict
 from models.phantoms import generate_phantom
 from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.qa_sr import read_qa_sr
 from sct_node.dicom.reader import read_series
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.factories.validation import dciodvfy_findings
 
 #: Non-square, anisotropic grid: rows != columns, x spacing != y spacing, thick slices.

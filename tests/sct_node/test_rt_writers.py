@@ -81,7 +81,7 @@ def assert_dciodvfy_clean(path: Path, iod: str) -> None:
     assert result.returncode == 0 and iod in output.splitlines()[:3], f"dciodvfy did not verify {path}:\n{output}"
 
 
-def assert_rt_dose_clean(path: Path, scratch: Path) -> None:  # noqa: ARG001 - scratch kept for callers
+def assert_rt_dose_clean(path: Path, scratch: Path) -> None:
     """dciodvfy on the RT Dose (16-bit pixels, which dicom3tools verifies; it aborts on 32-bit ones)."""
     assert_dciodvfy_clean(path, "RTDose")
 

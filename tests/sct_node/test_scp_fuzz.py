@@ -118,7 +118,7 @@ def dataset_cases(port: int, source: str, rng: random.Random, count: int) -> int
     while sent < count:
         try:
             assoc = RawAssociation(port, "PACS", source=source, timeout_s=5)
-        except Exception as error:  # e.g. the association limit while other senders' aborts wind down
+        except Exception as error:  # noqa: BLE001  e.g. the association limit while other senders' aborts wind down
             refused += 1
             if refused > 50:
                 raise AssertionError(f"the allowed AE was refused 50 times in a row: {error}") from None

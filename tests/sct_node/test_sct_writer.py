@@ -62,7 +62,7 @@ def test_rescale_represents_exactly_minus_1024_to_3071(tmp_path, mr):
 def test_sct_is_marked_synthetic_and_belongs_to_the_mr(tmp_path, mr):
     written = write_sct_series(_hu_volume(mr.volume), mr, CARD, tmp_path / "sct")
     mr_headers = {str(d.SOPInstanceUID): d for d in _read(mr.files)}
-    for k, dataset in enumerate(_read(written.files)):
+    for dataset in _read(written.files):
         assert dataset.SOPClassUID == CT_IMAGE_STORAGE and dataset.Modality == "CT"
         assert dataset.SyntheticData == "YES"
         assert list(dataset.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]

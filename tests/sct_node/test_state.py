@@ -50,7 +50,7 @@ def test_job_lifecycle_recovery_and_retry(tmp_path):
     state.claim_job()
     state.job_processed(job_id, ("tps",), JobTimings())
     assert state.job(job_id).state == "delivering"
-    (delivery,) = state.due_deliveries()
+    (_delivery,) = state.due_deliveries()
     state.delivery_failed(job_id, "tps", "association rejected", time.time() + 3600)
     assert state.due_deliveries() == [] and state.deliveries(job_id)[0].attempts == 1
     state.delivery_failed(job_id, "tps", "association rejected", None)

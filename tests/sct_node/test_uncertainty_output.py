@@ -12,10 +12,10 @@ from dosimetry.qa_result import read_qa
 from models.phantoms import generate_phantom
 from models.volume import Volume
 from sct_node.cli import EXIT_OK, EXIT_QA_FAIL, main
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.dicom.reader import read_series
 from sct_node.dicom.uids import CT_IMAGE_STORAGE
 from sct_node.dicom.uncertainty_writer import read_uncertainty_map
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.factories.validation import dciodvfy_findings
 
 
