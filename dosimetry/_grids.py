@@ -1,11 +1,19 @@
-"""Shared by the image checks: same grid, usable masks, finite values; a volume read at points."""
+"""Shared by the image checks: same grid, usable masks, finite values; a volume read at points; a point as floats."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from dosimetry.errors import DosimetryError
 from models.volume import Volume
+
+
+def xyz_floats(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    """Three numbers (x, y, z: floats, NumPy scalars or a length-3 array) as a tuple of three Python floats."""
+    x, y, z = values
+    return float(x), float(y), float(z)
 
 
 def require_volume(value: object, name: str) -> Volume:

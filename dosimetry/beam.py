@@ -66,7 +66,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def _finite(value: object, name: str) -> float:
 
 def _pair(value: object, name: str) -> tuple[float, float]:
     try:
-        items = tuple(value)  # type: ignore[arg-type]
+        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError as error:
         raise BeamError(f"{name} must be a pair of numbers; found {value!r}") from error
     if len(items) != 2:
@@ -607,7 +607,7 @@ def beams_from_plan(
                 mlc = None
                 if point.mlc_boundaries_mm is not None and point.mlc_positions_mm is not None:
                     mlc = MlcAperture.from_dicom(point.mlc_boundaries_mm, point.mlc_positions_mm)
-                segment = BeamSegment(tuple(point.jaw_x_mm), tuple(point.jaw_y_mm), mlc, share)
+                segment = BeamSegment(point.jaw_x_mm, point.jaw_y_mm, mlc, share)
                 if groups and groups[-1][0] == key:
                     groups[-1][1].append(segment)
                     groups[-1][2].append(angle)
@@ -642,10 +642,12 @@ def _sub_steps(start: ControlPoint, end: ControlPoint, monitor_units: float, max
     """The static states (at each sub-step's midpoint) a control-point segment is computed as, with their MU."""
     turns = (gantry_travel_deg(start, end), _shorter_turn_deg(start.collimator_deg, end.collimator_deg),
              _shorter_turn_deg(start.couch_deg, end.couch_deg))
-    moving = [(start.jaw_x_mm, end.jaw_x_mm), (start.jaw_y_mm, end.jaw_y_mm)]
-    leaves = start.mlc_positions_mm is not None and end.mlc_positions_mm is not None
-    if leaves:
-        moving.append((start.mlc_positions_mm, end.mlc_positions_mm))
+    moving: list[tuple[Sequence[float], Sequence[float]]] = [(start.jaw_x_mm, end.jaw_x_mm),
+                                                            (start.jaw_y_mm, end.jaw_y_mm)]
+    leaves: tuple[Sequence[float], Sequence[float]] | None = None  # (start, end) leaf positions when both have them
+    if start.mlc_positions_mm is not None and end.mlc_positions_mm is not None:
+        leaves = (start.mlc_positions_mm, end.mlc_positions_mm)
+        moving.append(leaves)
     travel_mm = max(float(np.max(np.abs(np.subtract(b, a)))) for a, b in moving)
     rotation_deg = max(abs(t) for t in turns)
     if rotation_deg > 1e-9:
@@ -660,13 +662,17 @@ def _sub_steps(start: ControlPoint, end: ControlPoint, monitor_units: float, max
         point = ControlPoint(
             (start.gantry_deg + t * turns[0]) % 360.0, (start.collimator_deg + t * turns[1]) % 360.0,
             (start.couch_deg + t * turns[2]) % 360.0, start.isocentre_mm, _between(start.jaw_x_mm, end.jaw_x_mm, t),
-            _between(start.jaw_y_mm, end.jaw_y_mm, t), start.mlc_boundaries_mm if leaves else None,
-            _between(start.mlc_positions_mm, end.mlc_positions_mm, t) if leaves else None,
+            _between(start.jaw_y_mm, end.jaw_y_mm, t), start.mlc_boundaries_mm if leaves is not None else None,
+            _between(*leaves, t) if leaves is not None else None,
             start.cumulative_meterset_weight)
         result.append((point, monitor_units / count))
     return result
 
 
+@overload
+def _between(start: tuple[float, float], end: tuple[float, float], t: float) -> tuple[float, float]: ...
+@overload
+def _between(start: Sequence[float], end: Sequence[float], t: float) -> tuple[float, ...]: ...
 def _between(start: Sequence[float], end: Sequence[float], t: float) -> tuple[float, ...]:
     """Linear interpolation, a fraction ``t`` of the way from ``start`` to ``end``."""
     return tuple(float(a + t * (b - a)) for a, b in zip(start, end, strict=True))

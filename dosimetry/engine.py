@@ -96,6 +96,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -224,6 +225,14 @@ def compute_dose(
     return compute_dose_and_points(density, beams, None, beam_model=beam_model, options=options)[0]
 
 
+@overload
+def compute_dose_and_points(density: Volume, beams: Sequence[Beam], points_mm: np.ndarray, *,
+                            beam_model: BeamModel = ..., options: EngineOptions | None = ...
+                            ) -> tuple[Volume, np.ndarray]: ...
+@overload
+def compute_dose_and_points(density: Volume, beams: Sequence[Beam], points_mm: None, *,
+                            beam_model: BeamModel = ..., options: EngineOptions | None = ...
+                            ) -> tuple[Volume, None]: ...
 def compute_dose_and_points(
     density: Volume,
     beams: Sequence[Beam],
@@ -270,13 +279,13 @@ def compute_dose_and_points(
                     scatter += _bev_to_voxels(bev, coarse, geometry, options)
                 else:
                     total += _bev_to_voxels(bev, grid, geometry, options)
-                if points is not None:
+                if points is not None and at_points is not None:
                     at_points += _bev_at_points(bev, points, geometry, options)
         total += functional.interpolate(scatter[None, None], size=grid.shape_zyx, mode="trilinear",
                                         align_corners=True)[0, 0]
         if options.zero_dose_below_density > 0:
             total *= density_t >= options.zero_dose_below_density
-            if points is not None:
+            if points_mm is not None and at_points is not None:
                 at_points *= torch.as_tensor(trilinear_at_points(density, points_mm, outside=0.0)
                                              >= options.zero_dose_below_density, device=device)
     return density.with_array(total.cpu().numpy()), None if at_points is None else at_points.cpu().numpy()
@@ -355,13 +364,13 @@ class _VoxelGrid:
         (the only ones that get dose; the air around a patient neither gets dose nor adds radiological
         depth worth a ray step, so beams are traced and interpolated only over the body's bounding box)."""
         axes = volume.direction * np.asarray(volume.spacing_mm)[None, :]
-        box = tuple((0, n) for n in volume.shape)
+        nz, ny, nx = volume.shape
+        box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((0, nz), (0, ny), (0, nx))
         if zero_dose_below_density > 0:
             receiving = array >= zero_dose_below_density
             if receiving.any():
-                box = tuple((int(np.flatnonzero(receiving.any(axis=others))[0]),
-                             int(np.flatnonzero(receiving.any(axis=others))[-1]) + 1)
-                            for others in ((1, 2), (0, 2), (0, 1)))
+                z, y, x = (np.flatnonzero(receiving.any(axis=others)) for others in ((1, 2), (0, 2), (0, 1)))
+                box = ((int(z[0]), int(z[-1]) + 1), (int(y[0]), int(y[-1]) + 1), (int(x[0]), int(x[-1]) + 1))
         (z0, z1), (y0, y1), (x0, x1) = box
         corner_index = np.array(
             [[i, j, k] for i in (x0 - 0.5, x1 - 0.5) for j in (y0 - 0.5, y1 - 0.5) for k in (z0 - 0.5, z1 - 0.5)]
@@ -377,10 +386,10 @@ class _VoxelGrid:
         counts = np.where(fine > 1, np.ceil((fine - 1) / 2).astype(int) + 1, 1)
         factor = np.where(counts > 1, (fine - 1) / np.maximum(counts - 1, 1), 1.0)
         axes = self.axes_mm * factor[None, :]
-        box = []
-        for (first, end), f, n in zip(self.box_zyx, factor[::-1], counts[::-1]):
-            box.append((math.floor(first / f), min(int(n), math.ceil((end - 1) / f) + 1)))
-        return _VoxelGrid(tuple(int(n) for n in counts[::-1]), self.origin_mm, axes, self.corners_mm, tuple(box))
+        z_box, y_box, x_box = [(math.floor(first / f), min(int(n), math.ceil((end - 1) / f) + 1))
+                               for (first, end), f, n in zip(self.box_zyx, factor[::-1], counts[::-1])]
+        nz, ny, nx = (int(n) for n in counts[::-1])
+        return _VoxelGrid((nz, ny, nx), self.origin_mm, axes, self.corners_mm, (z_box, y_box, x_box))
 
     def patient_to_normalised(self) -> tuple[np.ndarray, np.ndarray]:
         """``(A, b)`` with ``A @ p + b`` the grid_sample coordinates (x, y, z in [-1, 1]) of patient point ``p``."""
@@ -395,14 +404,15 @@ def _check_beams(beams: object, density: Volume, options: EngineOptions) -> tupl
     if isinstance(beams, Beam):
         beams = (beams,)
     try:
-        beams = tuple(beams)  # type: ignore[arg-type]
+        items: tuple[object, ...] = tuple(beams)  # type: ignore[arg-type]
     except TypeError as error:
         raise DoseEngineError(f"beams must be a sequence of Beam; found {type(beams).__name__}") from error
-    if not beams:
+    if not items:
         raise DoseEngineError("no beams to compute")
     nx, ny, nz = density.size_xyz
     spacing = np.asarray(density.spacing_mm)
-    for i, beam in enumerate(beams):
+    checked: list[Beam] = []
+    for i, beam in enumerate(items):
         if not isinstance(beam, Beam):
             raise DoseEngineError(f"beams[{i}] must be a Beam; found {type(beam).__name__}")
         index = density.patient_to_index(np.asarray(beam.isocentre_mm))
@@ -413,7 +423,8 @@ def _check_beams(beams: object, density: Volume, options: EngineOptions) -> tupl
                 f"beam {beam.label!r}: isocentre {beam.isocentre_mm} mm lies {distance:.0f} mm outside the image "
                 f"(allowed: {options.isocentre_margin_mm:g} mm); is it in the image's frame of reference?"
             )
-    return beams
+        checked.append(beam)
+    return tuple(checked)
 
 
 def _gaussian_matrix(centres: torch.Tensor, sigma_mm: float, spacing_mm: float) -> torch.Tensor:

@@ -55,10 +55,15 @@ _MAX_TILED_SIDE = 2048
 
 
 class ShellLike(Protocol):
-    """What a sampler needs of a lattice shell."""
+    """What a sampler needs of a lattice shell (read-only, so a frozen dataclass provides it)."""
 
-    index: int  # position in the shell sequence, for caching per-shell values
-    offsets_mm: np.ndarray  # (q, ndim), array-axis order
+    @property
+    def index(self) -> int:
+        """Position in the shell sequence, for caching per-shell values."""
+
+    @property
+    def offsets_mm(self) -> np.ndarray:
+        """Offsets (q, ndim), array-axis order."""
 
 
 class ChunkSampler(Protocol):

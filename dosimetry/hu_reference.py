@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from dosimetry.errors import DosimetryError
 from models.volume import Volume
@@ -67,7 +68,7 @@ def hu_quantiles(ct: Volume, body: np.ndarray) -> np.ndarray:
     return np.quantile(np.clip(values.astype(np.float64), *HU_RANGE), QUANTILES)
 
 
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
+def _distance(a: ArrayLike, b: ArrayLike) -> float:
     return float(np.mean(np.abs(np.asarray(a) - np.asarray(b))))
 
 
@@ -134,7 +135,7 @@ def build_hu_reference(site: str, cts: Sequence[tuple[str, Volume, np.ndarray]],
         raise DosimetryError("an HU reference needs at least one CT; found none")
     return HuReference(site=site, case_ids=tuple(case_id for case_id, _, _ in cts),
                        quantiles=tuple(tuple(hu_quantiles(ct, body)) for _, ct, body in cts), source=source,
-                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                       created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
 
 def load_hu_reference(path: Path) -> HuReference:

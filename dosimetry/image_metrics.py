@@ -54,11 +54,11 @@ from dosimetry.tissue_classes import TISSUE_CLASSES, TissueClass, TissueThreshol
 from models.volume import Volume
 
 __all__ = [
-    "SYNTHRAD_DATA_RANGE_HU",
-    "SYNTHRAD_HU_RANGE",
     "SSIM_K1",
     "SSIM_K2",
     "SSIM_WINDOW_VOXELS",
+    "SYNTHRAD_DATA_RANGE_HU",
+    "SYNTHRAD_HU_RANGE",
     "ImageMetrics",
     "TissueError",
     "image_metrics",

@@ -52,6 +52,7 @@ import pydicom
 import pydicom.uid
 from pydicom.errors import InvalidDicomError
 
+from dosimetry._grids import xyz_floats
 from dosimetry.errors import DosimetryError
 
 __all__ = [
@@ -181,7 +182,7 @@ class PhotonPlan:
         if not (np.isfinite(factor) and factor > 0):
             raise PlanError(f"plan {self.label!r}: an MU scale factor must be positive; found {factor}")
         beams = tuple(dataclasses.replace(beam, monitor_units=beam.monitor_units * float(factor)) for beam in self.beams)
-        point = tuple(float(v) for v in point_mm) if point_mm is not None else None
+        point = xyz_floats(point_mm) if point_mm is not None else None
         return dataclasses.replace(self, beams=beams, normalisation=normalisation, normalisation_point_mm=point)
 
     @property
@@ -505,11 +506,11 @@ def _patient_position(dataset: pydicom.Dataset, setups: set, where: str) -> str 
     if len(used) > 1:
         raise PlanError(f"{where}: the beams use patient setups in different positions ({', '.join(sorted(used))}); "
                         "the engine computes one patient position per plan")
-    position = next(iter(used), None)
-    if position is not None and position not in _ENGINE_POSITIONS:
-        raise PlanError(f"{where}: patient position {position} is not supported: the engine places beams for "
+    chosen = next(iter(used), None)
+    if chosen is not None and chosen not in _ENGINE_POSITIONS:
+        raise PlanError(f"{where}: patient position {chosen} is not supported: the engine places beams for "
                         f"{', '.join(_ENGINE_POSITIONS)} (dosimetry.beam.PatientPosition)")
-    return position
+    return chosen
 
 
 def _energy(beam: pydicom.Dataset) -> float | None:
@@ -595,7 +596,7 @@ def template_plan(site: str, isocentre_mm: tuple[float, float, float], target_ex
         lateral = extent[1] if gantry in (90.0, 270.0) else extent[0]  # field width across the beam
         half_x = min(lateral / 2 + margin_mm, 200.0)
         half_y = min(extent[2] / 2 + margin_mm, 200.0)
-        point = ControlPoint(gantry, 0.0, 0.0, tuple(float(v) for v in isocentre_mm), (-half_x, half_x),
+        point = ControlPoint(gantry, 0.0, 0.0, xyz_floats(isocentre_mm), (-half_x, half_x),
                              (-half_y, half_y), None, None, 0.0)
         final = ControlPoint(gantry, 0.0, 0.0, point.isocentre_mm, point.jaw_x_mm, point.jaw_y_mm, None, None, 1.0)
         beams.append(PlanBeam(number, f"G{gantry:03.0f}", 6.0, 1000.0, monitor_units, (point, final)))

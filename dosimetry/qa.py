@@ -34,23 +34,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from dosimetry._grids import xyz_floats
 from dosimetry.beam import ARC_GANTRY_BIN_DEG, beams_from_plan
+from dosimetry.coverage import field_of_view_truncation, slice_coverage
 from dosimetry.density import relative_electron_density_volume
 from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
 from dosimetry.dvh import compare_dvh_metrics, dvh_from_samples, dvh_metrics
 from dosimetry.engine import compute_dose_and_points
 from dosimetry.errors import DosimetryError
 from dosimetry.gamma import gamma_volumes
-from dosimetry.hu_checks import (
-    body_outline_agreement,
-    field_of_view_truncation,
-    hu_statistics,
-    sct_body_outline,
-    slice_coverage,
-    uncertainty_region,
-)
 from dosimetry.hu_reference import HuReference, hu_quantiles
+from dosimetry.hu_statistics import hu_statistics
 from dosimetry.image_metrics import image_metrics
+from dosimetry.outline import body_outline_agreement, sct_body_outline
 from dosimetry.plans import PhotonPlan, template_plan
 from dosimetry.qa_result import (
     CompositionMeasurement,
@@ -67,6 +63,7 @@ from dosimetry.qa_result import (
 )
 from dosimetry.structures import StructureMask
 from dosimetry.tissue_composition import SLICE_BONE_MIN_PERCENT, tissue_composition
+from dosimetry.uncertainty import uncertainty_region
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
@@ -83,6 +80,8 @@ SITES = ("pelvis", "head")
 DVH_CURVE_POINTS = 201
 #: Sub-voxel points per axis in plane at structure boundaries for the DVHs (StructureMask.dose_samples).
 STRUCTURE_SUPERSAMPLING = 4
+#: The thresholds a QA judges by unless given others: the documented defaults (QaThresholds is frozen).
+DEFAULT_THRESHOLDS = QaThresholds()
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def _hu_distribution_check(sct: Volume, body: np.ndarray, site: str, reference: 
                  f"({nearest})"), measured
 
 
-def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = QaThresholds()) -> Check:
+def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThresholds = DEFAULT_THRESHOLDS) -> Check:
     """The input guard's verdict as a check: an sCT made from input unlike the training data cannot PASS.
 
     Also the one check of the notice a node sends when its guard refused a series (sct_node.report.refusal).
@@ -141,7 +140,7 @@ def input_envelope_check(guard: tuple[str, tuple[str, ...]], thresholds: QaThres
     return check
 
 
-def run_qa(inputs: QaInputs, thresholds: QaThresholds = QaThresholds()) -> QaRecord:
+def run_qa(inputs: QaInputs, thresholds: QaThresholds = DEFAULT_THRESHOLDS) -> QaRecord:
     """Run every applicable QA step (see the module docstring).
 
     Returns
@@ -289,8 +288,7 @@ NORMALISATION_POINT_MIN_SHARE = 0.8
 
 
 def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_dose: float,
-               target_reference: np.ndarray | None, target_weights: np.ndarray | None,
-               target_name: str | None) -> tuple[float, Normalisation]:
+               target: tuple[np.ndarray, np.ndarray, str] | None) -> tuple[float, Normalisation]:
     """(scale, record): the factor that puts the prescription at the plan's normalisation point or volume.
 
     The reference dose per fraction is made the prescription at a defined place: the median dose of the target
@@ -301,13 +299,15 @@ def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_
     are calibrated at 10 cm depth): the record keeps the factor, which compares the engine with the planning
     system. A real plan with neither a target nor an isocentre in the high dose is left unscaled.
     """
-    if target_reference is not None:
+    target_name = None
+    if target is not None:  # the target's reference doses, sample weights and name
+        target_reference, target_weights, target_name = target
         where, point = f"median dose of {target_name}", None
         value = dvh_from_samples(target_reference, 1.0, target_name,  # D50% as reported
                                  target_weights).dose_at_volume_percent(50.0)
     else:
         where, point, value = "isocentre", plan.isocentre_mm, isocentre_dose
-    usable = value > 0 and (target_reference is not None or value >= NORMALISATION_POINT_MIN_SHARE * maximum)
+    usable = value > 0 and (target is not None or value >= NORMALISATION_POINT_MIN_SHARE * maximum)
     if plan.is_template and not usable:
         raise DosimetryError(f"plan {plan.label!r}: the reference dose at the {where} is {value:.3g} Gy, "
                              f"{100 * value / max(maximum, 1e-12):.0f} % of its maximum: not a place to normalise "
@@ -321,8 +321,8 @@ def _normalise(plan: PhotonPlan, prescription: float, maximum: float, isocentre_
     else:
         method = f"real plan: its own MU with the engine's calibration (the {where} is not in the high dose)"
     return scale, Normalisation(
-        method=method, at=where, structure=target_name if target_reference is not None else None,
-        point_mm=tuple(float(v) for v in point) if point is not None else None,
+        method=method, at=where, structure=target_name,
+        point_mm=xyz_floats(point) if point is not None else None,
         reference_dose_gy=float(value * scale), prescription_gy=float(prescription),
         percent_of_prescription=float(100.0 * value * scale / prescription), dose_scale=float(scale),
         percent_of_maximum=float(100.0 * value / max(maximum, 1e-12)))
@@ -361,9 +361,9 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
         relative_electron_density_volume(_resample(reference_hu, zoom, order=1)), beams, points_mm)
     sampled = [(role, limit, structure, reference_points[bounds[i]:bounds[i + 1]], sct_points[bounds[i]:bounds[i + 1]],
                 samples[i][1]) for i, (role, limit, structure) in enumerate(evaluated)]
-    target_samples = next(((s[3], s[5], s[2].name) for s in sampled if s[0] == "target"), (None, None, None))
+    target = next(((s[3], s[5], s[2].name) for s in sampled if s[0] == "target"), None)
     scale, normalisation = _normalise(plan, prescription, float(dose_reference.array.max()),
-                                      float(reference_points[-1]), *target_samples)
+                                      float(reference_points[-1]), target)
     if scale != 1.0:
         if plan.is_template:  # its MU become those that deliver the prescription; a real plan keeps its own
             plan = plan.with_monitor_units_scaled(scale, normalisation.at, normalisation.point_mm)
@@ -377,9 +377,9 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
     # The largest difference where gamma looks (reference dose >= its 10 % cut-off) and both doses exist: at the
     # skin a voxel that is air on one image and tissue on the other holds dose on one side only (100 % apart),
     # which is the outline check's business, not a dose difference.
-    evaluated = body_grid & (dose_reference.array >= GAMMA_CUTOFF_PERCENT / 100 * float(dose_reference.array.max())) \
+    region = body_grid & (dose_reference.array >= GAMMA_CUTOFF_PERCENT / 100 * float(dose_reference.array.max())) \
         & (dose_sct.array > 0) & (dose_reference.array > 0)
-    in_body = difference[evaluated] if evaluated.any() else np.zeros(1)
+    in_body = difference[region] if region.any() else np.zeros(1)
     largest = int(np.argmax(np.abs(in_body)))
     checks = [judge("gamma", gamma.pass_rate_percent, thresholds.gamma_pass_rate_percent,
                     f"gamma {GAMMA_DOSE_PERCENT:g}%/{GAMMA_DISTANCE_MM:g} mm pass rate, sCT vs {reference_name}")]
@@ -402,7 +402,7 @@ def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
                             f"{structure.name} {worst.name} difference (sCT vs {reference_name})"))
     measured = DoseComparison(
         plan=plan, reference=reference_name, prescription_gy=float(prescription),
-        grid_spacing_mm=tuple(float(v) for v in grid.spacing_mm), normalisation=normalisation,
+        grid_spacing_mm=xyz_floats(grid.spacing_mm), normalisation=normalisation,
         max_dose_sct_gy=float(dose_sct.array.max()), max_dose_reference_gy=float(dose_reference.array.max()),
         gamma=GammaSummary(float(gamma.pass_rate_percent), GAMMA_DOSE_PERCENT, GAMMA_DISTANCE_MM,
                            GAMMA_CUTOFF_PERCENT, "global", GAMMA_MAX),

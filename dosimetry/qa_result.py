@@ -31,23 +31,20 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from dosimetry.coverage import FieldOfViewTruncation, SliceCoverage
 from dosimetry.dvh import DoseMetricDifference, DvhComparison
 from dosimetry.errors import DosimetryError
-from dosimetry.hu_checks import (
-    FieldOfViewTruncation,
-    HuStatistics,
-    MaskAgreement,
-    SliceCoverage,
-    UncertaintyRegion,
-)
+from dosimetry.hu_statistics import HuStatistics
 from dosimetry.image_metrics import ImageMetrics
+from dosimetry.outline import MaskAgreement
 from dosimetry.plans import PhotonPlan
 from dosimetry.records import from_record, to_record
 from dosimetry.tissue_composition import TissueComposition
+from dosimetry.uncertainty import UncertaintyRegion
 from dosimetry.verdict import Check, Verdict
 from models.fileio import fsync_directory, write_atomic
 from models.volume import Volume
@@ -309,7 +306,9 @@ def write_qa(record: QaRecord, output_dir: Path, context: Any = None) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     arrays = _map_arrays(record.maps)
     if arrays:  # the arrays first: a qa.json never names arrays that are not there
-        write_atomic(output_dir / QA_ARRAYS, lambda stream: np.savez_compressed(stream, **arrays))
+        # numpy's stub lets **kwds fill its allow_pickle: bool too, so a dict of arrays does not type-check
+        write_atomic(output_dir / QA_ARRAYS,
+                     lambda stream: np.savez_compressed(stream, **arrays))  # type: ignore[arg-type]
     content = result_record(record.result)
     if context is not None:
         content["context"] = to_record(context)
@@ -376,8 +375,9 @@ def _read_maps(path: Path) -> QaMaps:
     doses: dict[str, Volume] = {}
     if "dose_sct_gy" in arrays:
         try:
-            spacing = tuple(float(v) for v in arrays["dose_grid_spacing_mm"])
-            origin = tuple(float(v) for v in arrays["dose_grid_origin_mm"])
+            # As read; Volume checks there are three of each (a GeometryError otherwise).
+            spacing = cast("tuple[float, float, float]", tuple(float(v) for v in arrays["dose_grid_spacing_mm"]))
+            origin = cast("tuple[float, float, float]", tuple(float(v) for v in arrays["dose_grid_origin_mm"]))
             direction = np.asarray(arrays["dose_grid_direction"], dtype=np.float64)
         except KeyError as error:
             raise DosimetryError(f"{path}: the dose maps lack their grid ({error})") from None

@@ -35,7 +35,7 @@ _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 @functools.cache
-def _adapter(cls) -> pydantic.TypeAdapter:
+def _adapter(cls: type[Any]) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(cls)
 
 
@@ -72,7 +72,7 @@ def from_record(cls: type[T], value: Any, what: str) -> T:
         Naming ``what`` and every field that is missing or malformed.
     """
     try:
-        return _adapter(cls).validate_python(value)
+        return _adapter(cls).validate_python(value)  # type: ignore[arg-type]  # mypy#11470: a type[T] is hashable
     except pydantic.ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in item['loc']) or '(top)'}: {item['msg']}"
                              for item in error.errors()[:5])

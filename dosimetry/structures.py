@@ -217,7 +217,7 @@ def _inside(polygons: list[np.ndarray], points_xy: np.ndarray) -> np.ndarray:
 
 
 def _rasterise(planes: dict[int, list[np.ndarray]], grid: Volume) -> np.ndarray:
-    nz, ny, nx = grid.shape
+    _, ny, nx = grid.shape
     mask = np.zeros(grid.shape, dtype=bool)
     rows, columns = np.mgrid[0:ny, 0:nx]
     centres = np.column_stack([columns.ravel(), rows.ravel()]).astype(np.float64)
@@ -240,7 +240,7 @@ def _supersample_boundary(planes: dict[int, list[np.ndarray]], mask: np.ndarray,
     dx, dy = np.meshgrid(offsets + 1.3e-3, offsets + 2.9e-3)
     sub = np.column_stack([dx.ravel(), dy.ravel()])
     found = []
-    for k in np.flatnonzero(boundary.any(axis=(1, 2))):
+    for k in map(int, np.flatnonzero(boundary.any(axis=(1, 2)))):
         voxels = np.argwhere(boundary[k])[:, ::-1].astype(np.float64)  # (x, y)
         if k not in planes:
             continue

@@ -47,6 +47,7 @@ distributions", Phys. Med. Biol. 45(2), 459-478 (2000).
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -106,7 +107,7 @@ class TissueThresholdsHu:
         bounds = self.bounds_hu
         if not all(math.isfinite(b) for b in bounds):
             raise DosimetryError(f"tissue class thresholds must be finite HU values; found {bounds}")
-        if not all(lo < hi for lo, hi in zip(bounds, bounds[1:])):
+        if not all(lo < hi for lo, hi in itertools.pairwise(bounds)):
             raise DosimetryError(
                 "tissue class thresholds must increase strictly (air < lung < fat < soft tissue < bone); "
                 f"found air_below_hu={self.air_below_hu}, lung_below_hu={self.lung_below_hu}, "

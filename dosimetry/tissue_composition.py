@@ -1,6 +1,6 @@
 """Tissue plausibility of an sCT without a reference CT: where soft tissue lies, how much fat, where bone is.
 
-The class fractions of :func:`dosimetry.hu_checks.hu_statistics` say how much
+The class fractions of :func:`dosimetry.hu_statistics.hu_statistics` say how much
 of the body falls in each HU window, but not whether the tissue in a window
 belongs there. A model that turns brain (about +30 HU) into -89 HU moves it
 into the fat window; averaging only the voxels that stayed in the soft-tissue

@@ -713,7 +713,7 @@ def _run_hu_reference(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from dosimetry.hu_checks import sct_body_outline
+    from dosimetry.outline import sct_body_outline
     from dosimetry.hu_reference import build_hu_reference
     from models.fileio import write_atomic
     from sct_node.dicom.reader import read_series

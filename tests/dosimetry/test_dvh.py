@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -67,7 +69,7 @@ def test_dose_at_volume_inverts_volume_at_dose():
     for percent in np.linspace(5.0, 100.0, 39):
         assert dvh.volume_percent_at_dose(dvh.dose_at_volume_percent(percent)) == pytest.approx(percent)
     doses = [dvh.dose_at_volume_percent(p) for p in np.linspace(0.0, 100.0, 101)]
-    assert all(a >= b for a, b in zip(doses, doses[1:]))  # D_x% never rises with x
+    assert all(a >= b for a, b in itertools.pairwise(doses))  # D_x% never rises with x
     assert dvh.dose_at_volume_percent(100.0) == dvh.min_dose_gy == 40.0
     assert dvh.dose_at_volume_percent(0.0) == dvh.max_dose_gy == 59.0
     assert dvh.volume_percent_at_dose(0.0) == 100.0 and dvh.volume_percent_at_dose(100.0) == 0.0

@@ -100,7 +100,7 @@ def test_an_rt_dose_with_unusable_geometry_is_an_rt_dose_error(tmp_path):
 def test_every_package_error_has_the_one_root():
     from dosimetry.errors import DosimetryError
     from models.errors import ModelsError, SctError
-    from sct_node.node.dispatch import DeliveryError
     from sct_node.errors import SctNodeError
+    from sct_node.node.dispatch import DeliveryError
 
     assert all(issubclass(error, SctError) for error in (ModelsError, DosimetryError, SctNodeError, DeliveryError))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from dosimetry.dvh import DoseMetricDifference, DvhComparison, VolumeMetricDifference
-from dosimetry.hu_checks import HuStatistics, TissueFraction, UncertaintyRegion
+from dosimetry.hu_statistics import HuStatistics, TissueFraction
 from dosimetry.image_metrics import ImageMetrics, TissueError
 from dosimetry.plans import template_plan
 from dosimetry.qa_result import (
@@ -22,6 +22,7 @@ from dosimetry.qa_result import (
 )
 from dosimetry.tissue_classes import TissueClass
 from dosimetry.tissue_composition import TissueComposition
+from dosimetry.uncertainty import UncertaintyRegion
 from dosimetry.verdict import Check, Verdict, overall
 
 DVH_METRICS = ("D98%", "D95%", "D50%", "D2%", "Dmean", "Dmax")
