@@ -43,7 +43,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         try:
             message = record.getMessage()
-        except Exception as error:  # a bad format string must not become logging's plain-text error report
+        except Exception as error:  # noqa: BLE001 - a bad format string must not become a plain-text report
             message = f"{record.msg!s} (log arguments could not be formatted: {type(error).__name__})"
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -68,7 +68,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
 
     @property
-    def stream(self) -> TextIO:  # type: ignore[override]
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
@@ -76,13 +76,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
+def configure_logging(level: str | None = None, json_lines: bool = False, *, debug: bool = False,
+                      quiet: bool = False) -> None:
     """Configure the root logger for the process: one handler on stderr, text or JSON lines.
+
+    The level is DEBUG with ``debug`` (``--debug``), else ``level`` when given (``sct-node serve``: the node's
+    ``[logging]`` table), else WARNING with ``quiet`` (``--quiet``), else INFO.
 
     Calling it again replaces the previous configuration (``sct-node serve`` reconfigures once it has read the
     node's ``[logging]`` table). Python warnings, uncaught thread exceptions and unraisable exceptions become log
     records (module docstring).
     """
+    level = "DEBUG" if debug else level or ("WARNING" if quiet else "INFO")
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
@@ -105,8 +110,8 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:  # as threading's own hook: a thread ending with SystemExit is not an error
         return
     name = args.thread.name if args.thread is not None else "unknown"
-    logging.getLogger("sct_node").error("uncaught exception in thread %s", name,
-                                        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+    logging.getLogger("sct_node").error("uncaught exception in thread %s", name, exc_info=exc_info)
 
 
 def _log_unraisable(unraisable: Any) -> None:

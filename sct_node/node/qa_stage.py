@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dosimetry.verdict import Verdict
+from models.base import ModelCard, SyntheticCT
 from sct_node.config import RouteConfig
 from sct_node.dicom.reader import ImageSeries, read_series
 from sct_node.dicom.uids import (
@@ -129,8 +130,8 @@ def read_references(image: ImageSeries, *, reference_ct: Sequence[Path] = (), pl
     return found
 
 
-def run_qa_stage(result, series: ImageSeries, model_card, route: RouteConfig, output_dir: Path,
-                 references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> Verdict | None:
+def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard, route: RouteConfig,
+                 output_dir: Path, references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> Verdict | None:
     """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict, or None when it could not run.
 
     ``input_guard`` is the input guard's (verdict, reasons): a soft mismatch makes the QA WARN at best,
@@ -219,7 +220,7 @@ def release_held(output_dir: Path) -> int:
 
 
 @contextlib.contextmanager
-def _unusable(what: str):
+def _unusable(what: str) -> Iterator[None]:
     """Log and swallow the failure to read one piece of QA reference data: the QA runs without it."""
     from dosimetry.errors import DosimetryError
 

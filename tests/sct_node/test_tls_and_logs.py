@@ -19,9 +19,9 @@ from sct_node.config import (
     StorageConfig,
     TlsConfig,
 )
-from sct_node.tools.phantom_writer import write_phantom_dicom
 from sct_node.logs import JsonFormatter, configure_logging
 from sct_node.node.service import Node
+from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.sct_node.node_helpers import free_port
 
 VERIFICATION = "1.2.840.10008.1.1"

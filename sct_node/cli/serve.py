@@ -1,0 +1,56 @@
+"""``sct-node serve``: run the DICOM node until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sct_node.cli.common import EXIT_OK, Subcommands, logger
+from sct_node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+
+
+def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    """Add ``serve`` to ``commands``, with the options every verb takes from ``common``."""
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the DICOM node",
+        description="Run the DICOM node: Storage SCP, router, processors, dispatcher and cleaner. Without --config "
+                    "it runs on embedded defaults (127.0.0.1:11112, AE SCT_NODE, spool ./sct-node-spool, model diffusion).",
+    )
+    serve.add_argument("--config", "-c", type=Path, help="node.toml (see deploy/node.toml)")
+    serve.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
+    serve.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the configuration, set up the node's logging and run the node (or only print it with ``--check``)."""
+    import signal
+
+    from sct_node.config import load_config
+
+    config = load_config(args.config)
+    if args.check:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return EXIT_OK
+    configure_logging(config.logging.level, config.logging.json_lines, debug=args.debug)
+    # Imported once the node's log format is set: importing the models (torch) may warn, and in JSON mode even
+    # that must be a JSON line.
+    from sct_node.node.service import Node
+
+    node = Node(config)
+    node.start()
+
+    def shutdown(signum: int, frame: FrameType | None) -> None:  # frame: unused, the handler's signature
+        logger.info("signal %d: shutting down", signum)
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    node.wait()
+    node.stop()
+    return EXIT_OK
