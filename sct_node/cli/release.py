@@ -22,10 +22,11 @@ def run(args: argparse.Namespace) -> int:
     """Move the held job's files back among its outputs and hand it to the dispatcher."""
     from sct_node.errors import SctNodeError
     from sct_node.node.qa_stage import release_held
+    from sct_node.node.state import JobState
 
     state = open_state(args.config)
     job = state.job(args.job)
-    if job.state != "held":
+    if job.state != JobState.HELD:
         raise SctNodeError(f"job {args.job} is {job.state}, not held; only held jobs can be released")
     moved = release_held(job.output_dir) if job.output_dir else 0
     new_state = state.release_job(args.job)
