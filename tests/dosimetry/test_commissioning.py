@@ -63,6 +63,7 @@ def _dose(tank: Volume, field_mm: float, ssd_mm: float, points, lateral_spacing_
     return values
 
 
+@pytest.mark.slow
 def test_output_factors_from_2_to_40_cm(tank):
     """Within 2 % from 3 x 3 to 40 x 40 cm; 2 x 2 (where detector and source size dominate) within 3 %."""
     doses = {side: float(_dose(tank, side, 900.0, [[0.0, 100.0, 0.0]])[0]) for side in (*OUTPUT_FACTORS, 100)}

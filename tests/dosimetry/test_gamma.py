@@ -286,6 +286,7 @@ def test_a_looser_dose_criterion_never_raises_gamma():
     assert loose.pass_rate_percent >= tight.pass_rate_percent
 
 
+@pytest.mark.slow
 def test_chunking_and_the_tiled_fast_path_do_not_change_the_result(monkeypatch):
     axes, reference, evaluated = random_smooth_pair(4, shape=(20, 18, 16))
     fast = gamma_index(axes, reference, axes, evaluated, 2.0, 2.0, **CAP)

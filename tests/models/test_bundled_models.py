@@ -35,6 +35,7 @@ def test_bundled_weights_are_small_and_carry_a_phantom_only_model_card(name):
     assert card["architecture"] == name and len(card["content_hash"]) >= 16
 
 
+@pytest.mark.slow
 def test_translate_with_the_bundled_diffusion_model(tmp_path):
     phantom = generate_phantom("pelvis", HELD_OUT_SEED, shape_zyx=SHAPE_ZYX)
     written = write_phantom_dicom(phantom, "held-out", tmp_path / "dicom")

@@ -117,6 +117,7 @@ def trained_unet(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_corrective_diffusion_trains_over_the_frozen_unet_and_resumes_exactly(trained_unet, tmp_path):
     cases, unet = trained_unet / "cases", trained_unet / "unet"
     settings = dict(architecture="diffusion", mean_model=str(unet), **{**TINY, "checkpoint_every": 20})

@@ -193,6 +193,7 @@ def test_training_loss_refuses_mismatched_condition():
         training_loss(lambda x, t: x[:, :1], torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 4))
 
 
+@pytest.mark.slow
 def test_a_tiny_conditional_denoiser_learns_to_copy_its_condition():
     net = _tiny_denoiser(1)
     optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)

@@ -29,6 +29,7 @@ def cases(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_to_depth", [1, 2])
 @pytest.mark.parametrize("architecture", ["diffusion", "unet", "pix2pix", "contourdiff"])
 def test_each_architecture_learns_a_tiny_phantom(cases, tmp_path, architecture, space_to_depth):

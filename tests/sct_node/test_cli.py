@@ -78,6 +78,7 @@ def test_phantom_writes_dicom_and_synthrad_layout(phantom_dir):
     assert mr.study_instance_uid == ct.study_instance_uid
 
 
+@pytest.mark.slow
 def test_every_phantom_object_passes_dciodvfy(phantom_dir):
     files = [*(phantom_dir / "dicom").rglob("*.dcm")]
     assert len(files) == 3 * int(SHAPE[0]) + 1

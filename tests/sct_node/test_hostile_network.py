@@ -226,6 +226,7 @@ def test_connections_declaring_4_gib_associate_requests_are_closed_at_once(hosti
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_stalled_partial_pdus_hold_no_one_but_their_own_address(hostile):
     """Ten half-sent requests from one address: the PACS elsewhere is served at once; from the same
     address it is served as soon as the PDU deadline (network_timeout_s) closed them."""
@@ -370,6 +371,7 @@ def test_nothing_outside_the_spool_changed(hostile):
 # --- TLS ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_idle_tcp_connection_on_the_tls_port_blocks_no_tls_client(tmp_path, pki):
     port = free_port()
     config = NodeConfig(

@@ -250,6 +250,7 @@ def test_unsupported_sop_class_is_refused_at_negotiation(tmp_path, mr_series, no
 # --- 4.-5. a destination that is down, or that refuses ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_delivery_to_a_destination_that_is_down_is_retried_until_it_is_back(tmp_path, mr_series, tps, nodes):
     tps_port = free_port()  # nobody listens here yet
     config = node_config(tmp_path, tps_port=tps_port, max_attempts=1000)
@@ -271,6 +272,7 @@ def test_delivery_to_a_destination_that_is_down_is_retried_until_it_is_back(tmp_
     assert_sct_of(planning.datasets(), mr_series, len(mr_series.files))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, expected", [
     # A-ASSOCIATE-RJ for every association. storescp closes the connection right after the RJ; on a loaded
     # machine pynetdicom now and then sees the close first and reports the association aborted, not rejected.
@@ -291,7 +293,13 @@ def test_delivery_failing_max_attempts_fails_the_job_and_retry_delivers(tmp_path
     assert job["reason"].startswith("delivery to tps failed")
     assert f"TPS@127.0.0.1:{tps_port}" in job["reason"]
     assert any(word in job["reason"] for word in expected), job["reason"]
-    attempts = [r.getMessage() for r in caplog.records if r.name == "sct_node.node.dispatch"]
+
+    def dispatch_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "sct_node.node.dispatch"]
+
+    # The dispatcher records the last failure in the database, then logs it: wait for its line.
+    wait_for(lambda: len(dispatch_lines()) >= 3, 10, "the dispatcher's third delivery failure in the log")
+    attempts = dispatch_lines()
     assert len(attempts) == 3 and any(expected[0] in message for message in attempts), attempts
     assert job["deliveries"] == [{"destination": "tps", "state": "failed", "attempts": 3,
                                   "last_error": job["deliveries"][0]["last_error"]}]
@@ -314,6 +322,7 @@ def test_delivery_failing_max_attempts_fails_the_job_and_retry_delivers(tmp_path
 # --- 6.-7. SIGKILL while receiving and while processing ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_while_receiving_loses_no_acknowledged_instance(tmp_path, tps, nodes):
     mr = phantom_mr_series(tmp_path / "scanner", slices=40, seed=3, case_id="pelvis-0003")
     planning = tps(free_port())
@@ -363,6 +372,7 @@ def test_sigkill_while_receiving_loses_no_acknowledged_instance(tmp_path, tps, n
     assert_sct_of(planning.datasets(), mr, len(mr.files))
 
 
+@pytest.mark.slow
 def test_sigkill_while_processing_processes_again_and_delivers_once(tmp_path, mr_series, tps, nodes):
     planning = tps(free_port())
     config = node_config(tmp_path, tps_port=planning.port)
@@ -465,6 +475,7 @@ def test_compressed_series_is_received_processed_and_delivered(tmp_path, tps, no
 # --- re-sends ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_duplicate_sends_of_a_series_are_idempotent(tmp_path, mr_series, tps, nodes):
     planning = tps(free_port())
     config = node_config(tmp_path, tps_port=planning.port)
@@ -487,6 +498,7 @@ def test_duplicate_sends_of_a_series_are_idempotent(tmp_path, mr_series, tps, no
     assert_sct_of(planning.datasets(), mr_series, len(mr_series.files))
 
 
+@pytest.mark.slow
 def test_series_resent_with_an_extra_instance_is_processed_again_as_a_new_generation(tmp_path, tps, nodes):
     mr = phantom_mr_series(tmp_path / "scanner", slices=13, seed=5, case_id="pelvis-0005")
     first, extra = list(mr.files[:12]), mr.files[12]  # the extra slice is the most superior one
@@ -511,6 +523,7 @@ def test_series_resent_with_an_extra_instance_is_processed_again_as_a_new_genera
     assert sop_instance_uid(extra) in {row[0] for row in instance_rows(spool)}
 
 
+@pytest.mark.slow
 def test_a_resend_that_starts_with_stored_instances_keeps_the_series_open(tmp_path, tps, nodes):
     """A PACS re-sends a whole series after a dropped association: duplicates first, then the rest.
 

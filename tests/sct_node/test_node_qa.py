@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pynetdicom import AE
 
 from dosimetry.qa_result import read_qa
@@ -67,6 +68,7 @@ def _run(tmp_path: Path, send_references: bool) -> dict:
         node.stop()
 
 
+@pytest.mark.slow
 def test_without_references_the_bulk_model_fails_its_bone_check(tmp_path):
     qa = _run(tmp_path, send_references=False)
     assert qa.dose.reference == "bulk-density sCT"
@@ -74,6 +76,7 @@ def test_without_references_the_bulk_model_fails_its_bone_check(tmp_path):
     assert qa.verdict == Verdict.FAIL and any("bone" in reason for reason in qa.reasons)
 
 
+@pytest.mark.slow
 def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path):
     qa = _run(tmp_path, send_references=True)
     assert qa.dose.reference == "real CT"

@@ -225,6 +225,7 @@ def test_a_database_made_before_dismissals_existed_gets_the_columns(tmp_path):
         state.close()
 
 
+@pytest.mark.slow
 def test_dismiss_command_says_what_it_did_and_refuses_with_exit_codes(tmp_path):
     config = _config(tmp_path / "spool", destinations=("tps",))
     config_path = write_toml(config, tmp_path / "node.toml")
@@ -454,6 +455,7 @@ def test_warnings_and_uncaught_thread_exceptions_are_json_lines():
     assert entries[2]["message"].startswith("job %d of %d (log arguments could not be formatted")
 
 
+@pytest.mark.slow
 def test_serve_with_json_lines_writes_nothing_but_json_to_stderr(tmp_path):
     """The real node receives a series whose Series Description pydicom warns about; every line is JSON."""
     if dcmtk("storescu") is None:

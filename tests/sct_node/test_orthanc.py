@@ -43,6 +43,8 @@ from sct_node.node.service import Node
 from sct_node.tools.phantom_writer import phantom_identity, write_image_series
 from tests.sct_node.node_helpers import free_port
 
+pytestmark = pytest.mark.slow  # see pyproject: `-m 'not slow'` is the fast subset
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "orthanc"
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None)

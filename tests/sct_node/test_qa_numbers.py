@@ -35,6 +35,8 @@ from sct_node.dicom.reader import read_series
 from sct_node.tools.phantom_writer import write_phantom_dicom
 from tests.factories.dicompyler import dicompyler_metrics, metric_agrees
 
+pytestmark = pytest.mark.slow  # see pyproject: `-m 'not slow'` is the fast subset
+
 #: The phantom's own in-plane resolution (1.6 mm; an MR's is about 1 mm): structures are rasterised at the
 #: image's voxel centres, and on 3 mm pixels a 20 cc organ's voxels differ from its super-sampled contours by
 #: about 1 % of its volume. Slices at the dose grid's spacing (2.5 mm), so dose planes and contour planes

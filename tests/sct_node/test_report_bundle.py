@@ -123,6 +123,7 @@ def test_the_rt_dose_is_the_qa_dose_on_the_sct(bundle):
     np.testing.assert_allclose(dose.dose_gy.spacing_mm, arrays["dose_grid_spacing_mm"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_rebuilding_gives_the_same_uids_and_no_rt_dose_when_asked(bundle, tmp_path):
     root, _ = bundle
     first = {name: ds.SOPInstanceUID for name, ds in _datasets(root / "out").items()}

@@ -34,8 +34,9 @@ from tests.sct_node.node_helpers import (
     write_toml,
 )
 
-pytestmark = pytest.mark.skipif(dcmtk("storescp") is None, reason="dcmtk storescp not installed "
-                                                                   "(tests/install-system-tools.sh installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(dcmtk("storescp") is None, reason="dcmtk storescp not installed "
+                                                                   "(tests/install-system-tools.sh installs it)")]
 
 ORDER = ["CT", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "DOC"]
 

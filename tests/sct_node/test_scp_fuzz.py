@@ -42,6 +42,8 @@ from tests.sct_node.test_hostile_network import (
     valid_uid,
 )
 
+pytestmark = pytest.mark.slow  # see pyproject: `-m 'not slow'` is the fast subset
+
 SEED = int(os.environ.get("SCT_NODE_FUZZ_SEED", "20261203"))
 PDU_CASES_PER_BATCH = int(os.environ.get("SCT_NODE_FUZZ_CASES", "600"))
 DATASET_CASES_PER_BATCH = max(1, PDU_CASES_PER_BATCH * 5 // 12)

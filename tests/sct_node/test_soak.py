@@ -35,8 +35,9 @@ from tests.sct_node.node_helpers import (
     write_toml,
 )
 
-pytestmark = pytest.mark.skipif(dcmtk("storescu") is None, reason="dcmtk storescu not installed "
-                                                                  "(tests/install-system-tools.sh installs it)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(dcmtk("storescu") is None, reason="dcmtk storescu not installed "
+                                                                   "(tests/install-system-tools.sh installs it)")]
 SENDERS = 4
 SLICES = 100
 

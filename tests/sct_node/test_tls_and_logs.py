@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pynetdicom import AE
 
 from models.phantoms import generate_phantom
@@ -79,6 +80,7 @@ def test_tls_scp_requires_a_client_certificate_when_configured(tmp_path, pki):
         node.stop()
 
 
+@pytest.mark.slow
 def test_logs_at_info_never_contain_patient_identity(tmp_path, caplog):
     """Receive, route, process: every INFO+ record is checked for the patient's name, ID and birth date."""
     phantom = generate_phantom("pelvis", 5, shape_zyx=(12, 48, 48), spacing_mm=(8.0, 8.0, 12.0))
