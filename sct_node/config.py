@@ -125,6 +125,16 @@ class RouteConfig(_Strict):
     model_ensemble: int = Field(1, ge=1, description="samples per volume of a diffusion model; > 1 adds an "
                                                       "uncertainty map that the QA checks")
     destinations: tuple[str, ...] = ()
+    complete_on: tuple[Literal["association", "expected_count"], ...] = Field(
+        (), description="completion rules besides the quiet period (processing.quiet_period_s, always the fallback): "
+                        "association = a series whose instances all came on one association is complete when that "
+                        "association is released normally (after association_grace_s); for senders that send a "
+                        "whole series per association (Orthanc's OnStableSeries, Mercure, dcm4chee forwarding). "
+                        "expected_count = complete when the instances the data announce have arrived (Images in "
+                        "Acquisition; an Enhanced MR's concatenation); docs/node.md, Completion")
+    association_grace_s: float = Field(
+        2.0, ge=0, le=60, description="association rule: wait this long after the release for another association "
+                                      "that continues the series")
     qa: bool = Field(True, description="run the dosimetric QA (qa.json next to the outputs)")
     qa_site: str = Field("pelvis", pattern="^(pelvis|head)$", description="template plan when no RT Plan is known")
     qa_dose: bool = Field(True, description="include the dose comparison (template plan, gamma, DVH)")

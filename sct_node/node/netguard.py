@@ -48,6 +48,7 @@ import ssl
 import struct
 import threading
 import time
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -118,6 +119,10 @@ class Connection:
     duplicates: int = 0
     refused_instances: int = 0
     series: list[str] = field(default_factory=list)
+    #: This connection's association among all the node has accepted (the completion rule "association").
+    association_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The association ended by a normal release (A-RELEASE), not by an abort or a dropped connection.
+    released: bool = False
 
     @property
     def peer(self) -> str:
@@ -617,6 +622,7 @@ class GuardedServer(ThreadedAssociationServer):
 
     def connection_ended(self, assoc: Association, connection: Connection) -> None:
         """The one line about a connection that ended without a WARNING so far (and the stored-instances INFO)."""
+        connection.released = connection.established and bool(assoc.is_released) and not assoc.is_aborted
         if not connection.established:
             if not connection.refusal_logged:
                 reason = connection.pynetdicom_reason or (

@@ -37,6 +37,7 @@ import io
 import logging
 import shutil
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -54,7 +55,9 @@ from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.sanity import encoding_problem
 from sct_node.dicom.uids import (
     CT_IMAGE_STORAGE,
+    ENHANCED_MR_IMAGE_STORAGE,
     IMPLEMENTATION_CLASS_UID,
+    LEGACY_ENHANCED_MR_IMAGE_STORAGE,
     MR_SOP_CLASSES,
     RT_DOSE_STORAGE,
     RT_PLAN_STORAGE,
@@ -185,7 +188,7 @@ class StorageSCP:
         relax_uid_validation()
         server = ae.make_server((self.network.bind_address, self.network.port), evt_handlers=handlers,
                                 server_class=GuardedServer, request_handler=GuardedRequestHandler,
-                                limits=limits, on_connection_end=_log_stored)
+                                limits=limits, on_connection_end=self._connection_ended)
         # What AE.start_server(block=False) does: serve in a daemon thread, and register the server so
         # that server.shutdown() (which removes itself from ae._servers) works.
         thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{datetime.now():%H%M%S}",
@@ -210,6 +213,16 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+    def _connection_ended(self, connection: Connection) -> None:
+        """The log line about what the association stored; a normal release may complete its series."""
+        _log_stored(connection)
+        if connection.released and (connection.stored or connection.duplicates):
+            try:
+                if self.state.association_released(connection.association_id) and self.on_stored is not None:
+                    self.on_stored()  # wake the router: the association rule may fire after its grace
+            except sqlite3.Error as error:  # the quiet period still completes the series
+                logger.error("association from %s: its release could not be recorded: %s", connection.peer, error)
 
     def _handle_store(self, event: evt.Event) -> int | pydicom.Dataset:
         connection = connection_of(event.assoc)
@@ -283,6 +296,8 @@ class StorageSCP:
             else (str(image_type) if image_type else None),
             body_part=str(header.get("BodyPartExamined", "")) or None,
             frame_of_reference_uid=_frame_of_reference(header),
+            association=connection.association_id if connection is not None else None,
+            expected_instances=expected_instances(header),
         )
         if connection is not None:
             if new:
@@ -295,6 +310,29 @@ class StorageSCP:
         if self.on_stored is not None:
             self.on_stored()
         return StorageStatus.SUCCESS
+
+
+def expected_instances(header: pydicom.Dataset) -> int | None:
+    """How many instances the series of this instance says it holds, or None when the data do not say.
+
+    An Enhanced (or Legacy Converted Enhanced) MR instance holds a whole acquisition in its frames: the series
+    has one instance, or the In-Concatenation Total Number (0020,9162) of a concatenation. A classic MR image
+    says it with Images in Acquisition (0020,1002), which counts dynamic series' temporal positions too. What
+    an instance says only counts when every instance of the series says the same (StateStore.record_instance).
+    """
+    if str(header.get("SOPClassUID", "")) in (ENHANCED_MR_IMAGE_STORAGE, LEGACY_ENHANCED_MR_IMAGE_STORAGE):
+        if "ConcatenationUID" in header:
+            return _positive_int(header.get("InConcatenationTotalNumber"))
+        return 1
+    return _positive_int(header.get("ImagesInAcquisition"))
+
+
+def _positive_int(value: object) -> int | None:
+    try:
+        number = int(str(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def _log_stored(connection: Connection) -> None:

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
     generation INTEGER NOT NULL,
-    frame_of_reference_uid TEXT
+    frame_of_reference_uid TEXT,
+    association TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid, generation);
 CREATE TABLE IF NOT EXISTS series (
@@ -110,6 +111,10 @@ CREATE TABLE IF NOT EXISTS series (
     first_received_at REAL NOT NULL,
     last_received_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    association TEXT,
+    single_association INTEGER NOT NULL DEFAULT 1,
+    released_at REAL,
+    expected_instances INTEGER,
     PRIMARY KEY (series_uid, generation)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -128,6 +133,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     dismissed_comment TEXT,
     dismissed_at REAL,
     refused TEXT,
+    completed_by TEXT,
     UNIQUE (series_uid, generation, route)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -153,6 +159,8 @@ class InstanceRecord:
     received_at: float
     generation: int
     frame_of_reference_uid: str | None = None
+    #: The association that brought it (:attr:`sct_node.node.netguard.Connection.association_id`).
+    association: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,15 @@ class SeriesRecord:
     first_received_at: float
     last_received_at: float
     updated_at: float
+    #: The association the generation's first instance came on.
+    association: str | None = None
+    #: Whether every instance of the generation came on that one association (duplicates included).
+    single_association: bool = True
+    #: When that association was released normally (None while it is open, or when it was aborted).
+    released_at: float | None = None
+    #: How many instances the series says it has (Images in Acquisition, or an Enhanced MR concatenation);
+    #: None when the data do not say, -1 when its instances disagree.
+    expected_instances: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +264,9 @@ class Job:
     #: Why the input guard refused the series (no sCT); the job ends ``failed`` with this reason once the
     #: refusal notice (SR and PDF) was delivered, and ``sct-node retry`` processes it again.
     refused: str | None = None
+    #: Which completion rule made the series complete (sct_node.node.route: association, expected count,
+    #: quiet period), with the numbers that fired it.
+    completed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,11 +304,13 @@ class StateStore:
             self._connection.executescript(_SCHEMA)
             # Columns added since the first release: a database made before held-back outputs (held),
             # dismissals (dismissed_*) or guard refusals (refused) existed gets them here (rows are read by column name, _JOB_COLUMNS).
-            columns = {row[1] for row in self._connection.execute("PRAGMA table_info(jobs)")}
-            for name, kind in (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL"),
-                               ("refused", "TEXT")):
-                if name not in columns:
-                    self._connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            # Completion rules (association, expected count) added the instances' association and the series'
+            # association, release time and expected count, and the jobs' completed_by.
+            for table, added in _ADDED_COLUMNS:
+                columns = {row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")}
+                for name, kind in added:
+                    if name not in columns:
+                        self._connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         except (sqlite3.Error, OSError) as error:  # OSError: the folder cannot be made (a file is in the way)
             raise SctNodeError(f"cannot open the state database {self.path}: {error}") from error
         self._lock = threading.RLock()
@@ -317,12 +339,18 @@ class StateStore:
     def record_instance(self, *, sop_instance_uid: str, series_uid: str, sop_class_uid: str, path: Path,
                         calling_ae: str, study_uid: str | None, modality: str | None, description: str | None,
                         image_type: str | None, body_part: str | None, now: float | None = None,
-                        frame_of_reference_uid: str | None = None) -> bool:
+                        frame_of_reference_uid: str | None = None, association: str | None = None,
+                        expected_instances: int | None = None) -> bool:
         """Record a stored instance; returns False when it was already known (a duplicate).
 
         An instance for a series whose last generation is no longer receiving opens a new
         generation, so late instances start a new processing instead of joining a finished one.
         A duplicate opens nothing, but restarts the quiet period of a generation still receiving.
+
+        ``association`` names the association that brought the instance: a generation whose instances
+        (duplicates included) came on more than one association is no longer complete at a release
+        (:meth:`association_released`). ``expected_instances`` is what the instance says the series holds
+        (None: it does not say); a generation whose instances disagree gets -1 (the count is not used).
         """
         now = time.time() if now is None else now
         with self._transaction() as db:
@@ -330,27 +358,56 @@ class StateStore:
                 # A duplicate shows the sender is still sending this series (a whole-series re-send after a
                 # dropped association starts with the instances already stored): keep a generation that is
                 # still receiving open, or the quiet period could close it half-way through the re-send.
-                db.execute("UPDATE series SET last_received_at = ?, updated_at = ? WHERE series_uid = ? "
-                           "AND state = ?", (now, now, series_uid, SeriesState.RECEIVING))
+                db.execute("UPDATE series SET last_received_at = ?, updated_at = ?, single_association = "
+                           "single_association AND association IS ? WHERE series_uid = ? AND state = ?",
+                           (now, now, association, series_uid, SeriesState.RECEIVING))
                 return False
-            row = db.execute("SELECT generation, state FROM series WHERE series_uid = ? ORDER BY generation DESC "
-                             "LIMIT 1", (series_uid,)).fetchone()
+            row = db.execute("SELECT generation, state, expected_instances FROM series WHERE series_uid = ? "
+                             "ORDER BY generation DESC LIMIT 1", (series_uid,)).fetchone()
             if row is not None and row[1] == SeriesState.RECEIVING:
                 generation = row[0]
-                db.execute("UPDATE series SET instances = instances + 1, last_received_at = ?, updated_at = ? "
-                           "WHERE series_uid = ? AND generation = ?", (now, now, series_uid, generation))
+                expected = row[2] if expected_instances == row[2] or row[2] == -1 else -1
+                db.execute("UPDATE series SET instances = instances + 1, last_received_at = ?, updated_at = ?, "
+                           "single_association = single_association AND association IS ?, expected_instances = ? "
+                           "WHERE series_uid = ? AND generation = ?",
+                           (now, now, association, expected, series_uid, generation))
             else:
                 generation = 1 if row is None else row[0] + 1
+                # A later generation keeps the series' count (its late instances complete the same series).
+                expected = expected_instances if row is None or expected_instances == row[2] else -1
                 db.execute(
                     "INSERT INTO series (series_uid, generation, state, study_uid, modality, description, "
-                    "image_type, body_part, calling_ae, instances, first_received_at, last_received_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                    (series_uid, generation, SeriesState.RECEIVING, study_uid, modality, description, image_type, body_part, calling_ae,
-                     now, now, now))
-            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "image_type, body_part, calling_ae, instances, first_received_at, last_received_at, updated_at, "
+                    "association, single_association, released_at, expected_instances) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, 1, NULL, ?)",
+                    (series_uid, generation, SeriesState.RECEIVING, study_uid, modality, description, image_type,
+                     body_part, calling_ae, now, now, now, association, expected))
+            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation,
-                        frame_of_reference_uid))
+                        frame_of_reference_uid, association))
         return True
+
+    def association_released(self, association: str, now: float | None = None) -> int:
+        """An association was released normally: the generations it alone brought may be complete.
+
+        Returns how many generations, still receiving, took note (:mod:`sct_node.node.route` decides).
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            return db.execute("UPDATE series SET released_at = ?, updated_at = ? WHERE association = ? "
+                              "AND single_association AND state = ?",
+                              (now, now, association, SeriesState.RECEIVING)).rowcount
+
+    def receiving_series(self) -> list[SeriesRecord]:
+        """Every series generation still receiving, oldest last instance first (the router judges each)."""
+        rows = self._query("SELECT * FROM series WHERE state = ? ORDER BY last_received_at",
+                           (SeriesState.RECEIVING,))
+        return [_series(row) for row in rows]
+
+    def series_instance_count(self, series_uid: str, up_to_generation: int) -> int:
+        """How many instances of a series were received up to (and including) a generation."""
+        return int(self._query("SELECT COUNT(*) FROM instances WHERE series_uid = ? AND generation <= ?",
+                               (series_uid, up_to_generation))[0][0])
 
     def quiet_series(self, quiet_period_s: float, now: float | None = None) -> list[SeriesRecord]:
         """Series generations still receiving whose last instance is older than the quiet period."""
@@ -381,8 +438,12 @@ class StateStore:
                        "AND state = ?", (SeriesState.UNROUTED, time.time(), series.series_uid, series.generation,
                                          SeriesState.RECEIVING))
 
-    def create_job(self, series: SeriesRecord, route: str, model: str, output_root: Path) -> int | None:
-        """Queue a job for a complete series generation; None if the series changed meanwhile."""
+    def create_job(self, series: SeriesRecord, route: str, model: str, output_root: Path,
+                   completed_by: str | None = None) -> int | None:
+        """Queue a job for a complete series generation; None if the series changed meanwhile.
+
+        ``completed_by`` says which completion rule fired (kept with the job, shown by ``sct-node status``).
+        """
         now = time.time()
         with self._transaction() as db:
             changed = db.execute(
@@ -393,9 +454,9 @@ class StateStore:
             if not changed:
                 return None
             cursor = db.execute(
-                "INSERT INTO jobs (series_uid, generation, route, model, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (series.series_uid, series.generation, route, model, JobState.COMPLETE, now, now))
+                "INSERT INTO jobs (series_uid, generation, route, model, state, created_at, updated_at, completed_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (series.series_uid, series.generation, route, model, JobState.COMPLETE, now, now, completed_by))
             assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
             job_id = int(cursor.lastrowid)
             db.execute("UPDATE jobs SET output_dir = ? WHERE id = ?", (str(output_root / f"job-{job_id}"), job_id))
@@ -652,7 +713,16 @@ class StateStore:
 
 #: The jobs columns in :class:`Job`'s order, named (a migrated database may hold them in another order).
 _JOB_COLUMNS = ("id, series_uid, generation, route, model, state, reason, output_dir, created_at, updated_at, timings, "
-                "held, dismissed_comment, dismissed_at, refused")
+                "held, dismissed_comment, dismissed_at, refused, completed_by")
+
+#: (table, [(column, type)]): columns added since the first release, for databases made before them.
+_ADDED_COLUMNS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("jobs", (("held", "TEXT"), ("dismissed_comment", "TEXT"), ("dismissed_at", "REAL"), ("refused", "TEXT"),
+              ("completed_by", "TEXT"))),
+    ("instances", (("association", "TEXT"),)),
+    ("series", (("association", "TEXT"), ("single_association", "INTEGER NOT NULL DEFAULT 1"),
+                ("released_at", "REAL"), ("expected_instances", "INTEGER"))),
+)
 
 #: SQL: job ``j`` needs nothing any more, and has not for ``done_retention_h`` (``:done_before``): it is done or
 #: dismissed, or it is failed or held and superseded by the job of a later generation of the same series that is
@@ -674,7 +744,11 @@ def _instance(row: tuple[Any, ...]) -> InstanceRecord:
 
 
 def _series(row: tuple[Any, ...]) -> SeriesRecord:
-    return SeriesRecord(row[0], row[1], SeriesState(row[2]), *row[3:])
+    values = list(row)
+    values[2] = SeriesState(values[2])
+    if len(values) > 14:
+        values[14] = bool(values[14])  # single_association
+    return SeriesRecord(*values)
 
 
 def _job(row: tuple[Any, ...]) -> Job:

@@ -239,6 +239,7 @@ def write_image_series(volume: Volume, folder: Path, identity: pydicom.Dataset, 
             dataset.ImagedNucleus = "1H"
             dataset.SpacingBetweenSlices = dataset.SliceThickness
             dataset.AcquisitionNumber = 1
+            dataset.ImagesInAcquisition = volume.shape[0]  # as scanners announce it (the expected-count rule)
             dataset.WindowCenter = f"{(low + high) / 2:.0f}"
             dataset.WindowWidth = f"{max(high - low, 1):.0f}"
         write_dataset_atomic(dataset, folder / f"{modality}.{sop_uid}.dcm")

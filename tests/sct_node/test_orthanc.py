@@ -197,9 +197,11 @@ def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, Node]]:
             network=NetworkConfig(ae_title=NODE_AE, bind_address="127.0.0.1", port=node_port,
                                   allowed_callers=(AllowedCaller(ae_title=orthanc.ae_title, host="127.0.0.1"),)),
             storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=10),
-            processing=ProcessingConfig(quiet_period_s=1.0, poll_interval_s=0.2),
+            # The recipe's completion rule: Orthanc sends a stable series whole on one association, so the
+            # node completes it at the release; the quiet period (60 s, the default) would miss the wait below.
+            processing=ProcessingConfig(quiet_period_s=60.0, poll_interval_s=0.2),
             dispatch=DispatchConfig(initial_delay_s=1.0, max_attempts=3, timeout_s=20),
-            routes=(RouteConfig(name="mr-to-sct", model="bulk", destinations=("pacs",)),),
+            routes=(RouteConfig(name="mr-to-sct", model="bulk", destinations=("pacs",), complete_on=("association",)),),
             destinations=(DestinationConfig(name="pacs", ae_title=orthanc.ae_title, host="127.0.0.1",
                                             port=dicom_port),),
         )
@@ -242,7 +244,7 @@ def test_orthanc_routes_stable_mr_series_to_node_and_stores_the_sct(orthanc_and_
         return f"node series: {node.state.series()}\nnode jobs: {jobs}\ndeliveries: {deliveries}\n" \
                f"Orthanc jobs: {orthanc.get('/jobs?expand')}\n{orthanc.log_tail()}"
 
-    # StableAge (1 s) -> Lua -> C-STORE to the node -> quiet period (1 s) -> bulk model -> C-STORE back.
+    # StableAge (1 s) -> Lua -> C-STORE to the node -> release + grace (2 s) -> bulk model -> C-STORE back.
     ct = _wait_for(sct_series, 35, "the sCT series in Orthanc", diagnostics)
 
     # The node received the whole MR series from Orthanc (the route ran, not a hand-made send).
@@ -253,6 +255,7 @@ def test_orthanc_routes_stable_mr_series_to_node_and_stores_the_sct(orthanc_and_
     assert mr_records[0].instances == len(mr_files)
     assert mr_records[0].calling_ae == orthanc.ae_title
     job = node.state.jobs(limit=1)[0]
+    assert job.completed_by is not None and job.completed_by.startswith("association"), job.completed_by
     _wait_for(lambda: node.state.job(job.id).state == "done", 10, "the node to record the delivery", diagnostics)
     assert [(d.destination, d.state) for d in node.state.deliveries(job.id)] == [("pacs", "done")]
 
