@@ -27,7 +27,7 @@ from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
 from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID
 from sct_node.errors import SctNodeError
 from sct_node.job_folder import JobFolder
-from sct_node.node.receive import set_tcp_nodelay
+from sct_node.node.receive import acknowledge_at_once, set_tcp_nodelay
 from sct_node.node.state import Delivery, StateStore
 from sct_node.node.tls import client_context
 
@@ -91,6 +91,7 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                          tls_args=tls_args,  # type: ignore[arg-type]
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
+                                       (evt.EVT_CONN_OPEN, acknowledge_at_once),
                                        (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
     if not assoc.is_established:
         # pynetdicom marks a failed TCP connect as aborted too; only an opened connection can be aborted.

@@ -38,6 +38,7 @@ import logging
 import shutil
 import socket
 import sqlite3
+import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -77,7 +78,8 @@ from sct_node.node.spool import Spool
 from sct_node.node.state import StateStore
 from sct_node.node.tls import server_context
 
-__all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "set_tcp_nodelay"]
+__all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "acknowledge_at_once",
+           "set_tcp_nodelay"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,33 @@ def set_tcp_nodelay(event: evt.Event) -> None:
         transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as error:
         logger.debug("could not set TCP_NODELAY: %s", error)
+
+
+def acknowledge_at_once(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler of an association the node requests: TCP_QUICKACK before every read.
+
+    A peer that leaves Nagle's algorithm on (dcmtk's and Orthanc's default) holds its C-STORE response
+    until its previous segment is acknowledged, and Linux delays that acknowledgement (about 40 ms) when
+    the node has nothing to send back yet: one delay per instance. TCP_QUICKACK acknowledges at once, but
+    the kernel clears it again, so it is set before each read of this association's socket (the Storage
+    SCP's reader does the same, sct_node.node.netguard.PduReader). Measured delivering a 105-object bundle
+    to a default ``storescp``: 4.7 s without, 0.4 s with (benchmarks/latency.py). No effect without
+    TCP_QUICKACK (not Linux) or under TLS (the TLS layer reads on its own).
+    """
+    transport = event.assoc.dul.socket
+    raw = transport.socket if transport is not None else None
+    if transport is None or raw is None or not hasattr(socket, "TCP_QUICKACK") or isinstance(raw, ssl.SSLSocket):
+        return
+    read = transport.recv
+
+    def recv(nr_bytes: int) -> bytearray:
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:  # the socket is closing: the read itself will say so
+            pass
+        return read(nr_bytes)
+
+    transport.recv = recv  # type: ignore[method-assign]  # this association's socket only
 
 
 class StorageSCP:
