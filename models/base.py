@@ -87,7 +87,8 @@ class TranslationModel(Protocol):
 
     card: ModelCard
 
-    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None) -> SyntheticCT:
+    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None,
+                  body_mask: np.ndarray | None = None) -> SyntheticCT:
         """Translate an MR volume into a synthetic CT on the same grid.
 
         Parameters
@@ -96,6 +97,9 @@ class TranslationModel(Protocol):
             MR intensities (any scale) with patient geometry.
         progress : callable or None
             Progress callback ``(done, total)``.
+        body_mask : numpy.ndarray or None
+            :func:`models.body_mask.body_mask_from_mr` of ``mr`` when the caller has it already (the node's
+            input guard computes it first); None: the model computes it. Nothing else may be passed.
 
         Returns
         -------

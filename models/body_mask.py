@@ -26,7 +26,7 @@ from scipy import ndimage
 from models.errors import ModelError
 from models.volume import Volume
 
-__all__ = ["body_mask_from_mr"]
+__all__ = ["body_mask_from_mr", "given_body_mask"]
 
 
 def body_mask_from_mr(mr: Volume, closing_radius_mm: float = 5.0) -> np.ndarray:
@@ -75,6 +75,20 @@ def body_mask_from_mr(mr: Volume, closing_radius_mm: float = 5.0) -> np.ndarray:
     for k in range(body.shape[0]):
         body[k] = ndimage.binary_fill_holes(body[k])
     return body
+
+
+def given_body_mask(mask: np.ndarray, mr: Volume) -> np.ndarray:
+    """A body mask a caller passes a model instead of letting it compute :func:`body_mask_from_mr` again.
+
+    Raises
+    ------
+    ModelError
+        If it does not have the MR's shape.
+    """
+    array = np.asarray(mask)
+    if array.shape != mr.shape:
+        raise ModelError(f"body mask of shape {array.shape} given for an MR of shape {mr.shape}")
+    return array.astype(bool, copy=False)
 
 
 def _body_threshold(values: np.ndarray) -> float:

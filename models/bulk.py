@@ -17,7 +17,7 @@ import numpy as np
 
 from models import __version__
 from models.base import HU_MAX, HU_MIN, ModelCard, ProgressCallback, SyntheticCT
-from models.body_mask import body_mask_from_mr
+from models.body_mask import body_mask_from_mr, given_body_mask
 from models.errors import ModelError
 from models.volume import Volume
 
@@ -49,9 +49,10 @@ class BulkDensityModel:
             intended_use="Reference for dosimetric QA and a fallback; ignores bone and air cavities.",
         )
 
-    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None) -> SyntheticCT:
+    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None,
+                  body_mask: np.ndarray | None = None) -> SyntheticCT:
         """Assign bulk densities on the MR's grid (see :class:`TranslationModel`)."""
-        body = body_mask_from_mr(mr)
+        body = body_mask_from_mr(mr) if body_mask is None else given_body_mask(body_mask, mr)
         hu = np.where(body, np.float32(self.tissue_hu), np.float32(AIR_HU)).astype(np.float32)
         if progress is not None:
             progress(mr.shape[0], mr.shape[0])

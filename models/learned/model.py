@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.base import HU_MAX, HU_MIN, MIN_ENSEMBLE_STEPS, ModelCard, ProgressCallback, SyntheticCT
-from models.body_mask import body_mask_from_mr
+from models.body_mask import body_mask_from_mr, given_body_mask
 from models.envelope import Envelope
 from models.errors import ModelError
 from models.learned.checkpoint import load_checkpoint
@@ -165,9 +165,10 @@ class LearnedModel:
             if card.get("envelope") is not None else None
         self.normalise = normalise_mr
 
-    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None) -> SyntheticCT:
-        """The sCT of an MR volume (see the module docstring)."""
-        body = body_mask_from_mr(mr)
+    def translate(self, mr: Volume, *, progress: ProgressCallback | None = None,
+                  body_mask: np.ndarray | None = None) -> SyntheticCT:
+        """The sCT of an MR volume (see the module docstring); ``body_mask`` as :class:`TranslationModel` says."""
+        body = body_mask_from_mr(mr) if body_mask is None else given_body_mask(body_mask, mr)
         mr_norm = normalise_mr(np.asarray(mr.array, dtype=np.float32), body)
         conditions = self._conditions(mr_norm, body)
         total = self.ensemble * mr.shape[0]

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Read the MR, check it against the model's training envelope, translate it and write the sCT."""
     import time
 
+    from models.body_mask import body_mask_from_mr
     from models.envelope import refuses
     from sct_node.dicom.reader import ReaderOptions, read_series
     from sct_node.dicom.sct_writer import write_sct_series
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         series = read_series(args.input, series_instance_uid=args.series_uid, options=options, progress=update)
     logger.info("read MR series %s: %s voxels, spacing %s mm", series.series_instance_uid,
                 "x".join(map(str, series.volume.shape)), fmt(series.volume.spacing_mm))
-    checked = guard_input(series, model)
+    body = body_mask_from_mr(series.volume)  # one mask for the guard and the model
+    checked = guard_input(series, model, body)
     if refuses(checked, "mark" if args.allow_outside_envelope else "refuse-hard"):
         raise InputError(f"{checked.verdict} mismatch with the training envelope of model {model.card.name}: "
                          f"{'; '.join(checked.reasons)}. No sCT was written; --allow-outside-envelope translates "
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info("%s", checked.summary())
     allowed_by = "--allow-outside-envelope" if checked.verdict == "hard" else "sct-node translate (soft mismatch)"
     with progress(f"model {model.card.name}", args.quiet) as update:
-        sct = model.translate(series.volume, progress=update)
+        sct = model.translate(series.volume, progress=update, body_mask=body)
     with progress("writing sCT", args.quiet) as update:
         written = write_sct_series(sct.hu, series, model.card, args.output, progress=update,
                                    input_warning=input_warning(checked, allowed_by))

@@ -24,7 +24,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from models.base import TranslationModel
+from models.body_mask import body_mask_from_mr
 from models.envelope import GuardResult, guard, refuses
 from models.errors import ModelsError
 from models.fileio import write_atomic
@@ -47,10 +50,13 @@ logger = logging.getLogger(__name__)
 GUARD_FILE = "guard.json"
 
 
-def guard_input(series: ImageSeries, model: TranslationModel) -> GuardResult:
-    """The input guard's judgement of a series for the model that would run (its envelope and normalisation)."""
+def guard_input(series: ImageSeries, model: TranslationModel, body: np.ndarray | None = None) -> GuardResult:
+    """The input guard's judgement of a series for the model that would run (its envelope and normalisation).
+
+    ``body`` is the MR's body mask when the caller has it (it then passes the same mask to the model).
+    """
     return guard(series.header, series.volume, getattr(model, "envelope", None),
-                 normalise=getattr(model, "normalise", None), model_name=f"model {model.card.name}")
+                 normalise=getattr(model, "normalise", None), body=body, model_name=f"model {model.card.name}")
 
 
 def input_warning(result: GuardResult, allowed_by: str) -> str | None:
@@ -155,7 +161,9 @@ class JobProcessor:
             output_dir = Path(job.output_dir) if job.output_dir else self.spool.job_dir(job.id)
             t0 = time.perf_counter()
             policy = route.on_input_outside_envelope if route is not None else "refuse-hard"
-            checked = guard_input(series, model)
+            # One body mask for the guard and the model (the guard judges what the model will see).
+            body = body_mask_from_mr(series.volume)
+            checked = guard_input(series, model, body)
             timings = replace(timings, guard_s=_since(t0), guard_verdict=checked.verdict)
             refused = refuses(checked, policy)
             # A run killed part-way leaves the writer's staging folder (partial CT.*.dcm) in here, and the
@@ -174,7 +182,7 @@ class JobProcessor:
             if checked.verdict in ("soft", "hard"):
                 logger.warning("job %d: %s", job.id, checked.summary())
             t0 = time.perf_counter()
-            result = model.translate(series.volume)
+            result = model.translate(series.volume, body_mask=body)
             timings = replace(timings, model_s=_since(t0))
             t0 = time.perf_counter()
             written = write_sct_series(result.hu, series, model.card, output_dir / JobFolder.SCT,

@@ -46,6 +46,19 @@ def test_bulk_model_assigns_water_inside_and_air_outside():
     assert result.uncertainty_hu is None
 
 
+def test_a_given_body_mask_is_used_as_it_is_and_must_fit_the_mr():
+    phantom = generate_phantom("pelvis", 3, shape_zyx=(16, 64, 64), spacing_mm=(6.5, 6.5, 12.0))
+    model = BulkDensityModel()
+    computed = model.translate(phantom.mr_t1)
+    given = model.translate(phantom.mr_t1, body_mask=computed.body_mask)
+    np.testing.assert_array_equal(given.hu.array, computed.hu.array)
+    other = np.zeros(phantom.mr_t1.shape, dtype=bool)
+    other[4:8, 20:40, 20:40] = True
+    np.testing.assert_array_equal(model.translate(phantom.mr_t1, body_mask=other).body_mask, other)
+    with pytest.raises(ModelError, match=r"body mask of shape \(64, 64\) given for an MR of shape"):
+        model.translate(phantom.mr_t1, body_mask=other[0])
+
+
 def test_bulk_tissue_value_is_configurable_and_part_of_the_identity():
     assert BulkDensityModel(-33.0).card.identity != BulkDensityModel().card.identity
     with pytest.raises(ModelError, match=r"tissue_hu must lie in \[-1024, 3071\]; found 5000"):

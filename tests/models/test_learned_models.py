@@ -88,6 +88,9 @@ def test_inference_contract_any_size_mask_clip_determinism_ensemble(tiny_diffusi
     assert std.shape == mr.shape and std.min() >= 0 and std[first.body_mask].max() > 0
     assert np.all(std[~first.body_mask] == 0)
     assert LearnedModel(tiny_diffusion, steps=2).translate(mr).uncertainty_hu is None
+    # A body mask the caller computed already (the node's input guard does) gives the same sCT.
+    given = LearnedModel(tiny_diffusion, steps=2, ensemble=3, seed=7).translate(mr, body_mask=first.body_mask)
+    np.testing.assert_array_equal(given.hu.array, first.hu.array)
 
 
 def test_an_ensemble_samples_with_the_checkpoints_ensemble_steps(tiny_diffusion, tmp_path):
