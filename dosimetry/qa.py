@@ -16,7 +16,9 @@ Steps (every measurement and threshold ends up in ``qa.json``):
    body centroid) is computed on the sCT and on the reference — the real CT
    when there is one, otherwise a bulk-density version of the same sCT (body
    water, bone 323.7 HU) — on a dose grid of ``dose_grid_mm``; then gamma and
-   DVH differences per structure.
+   DVH differences per structure. The dose on a real CT does not need the
+   sCT: :func:`reference_dose` computes it beforehand (the node does, while
+   the model works) and ``QaInputs.reference_dose`` hands it to the QA.
 6. Verdict: PASS/WARN/FAIL per check and overall (:mod:`dosimetry.verdict`).
 
 References
@@ -29,13 +31,14 @@ fitted best; here the body is water (0 HU) as in routine MRI-only checks.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from dosimetry._grids import xyz_floats
-from dosimetry.beam import ARC_GANTRY_BIN_DEG, beams_from_plan
+from dosimetry.beam import ARC_GANTRY_BIN_DEG, Beam, beams_from_plan
 from dosimetry.coverage import field_of_view_truncation, slice_coverage
 from dosimetry.density import relative_electron_density_volume
 from dosimetry.dose_sampling import DEFAULT_DOSE_GRID_MM
@@ -67,7 +70,10 @@ from dosimetry.uncertainty import uncertainty_region
 from dosimetry.verdict import Check, QaThresholds, Verdict, judge, overall
 from models.volume import Volume
 
-__all__ = ["QaInputs", "dose_grid_image", "input_envelope_check", "is_target", "run_qa"]
+__all__ = ["QaInputs", "ReferenceDose", "dose_grid_image", "input_envelope_check", "is_target", "reference_dose",
+           "run_qa"]
+
+logger = logging.getLogger(__name__)
 
 BULK_BONE_HU = 323.7
 BONE_FROM_HU = 200.0
@@ -106,6 +112,130 @@ class QaInputs:
     input_guard: tuple[str, tuple[str, ...]] | None = None
     #: Real CTs of the site (dosimetry.hu_reference): adds the hu_distribution check. None: not run.
     hu_reference: HuReference | None = None
+    #: The plan's dose on ``reference_ct``, computed before the sCT existed (:func:`reference_dose`). Used only
+    #: when it was computed for these inputs (:meth:`ReferenceDose.mismatch`); otherwise the QA computes it.
+    reference_dose: ReferenceDose | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _DoseSetup:
+    """What both doses of the dose checks are computed with: the plan, its beams, the dose grid's zoom, and the
+    points at which each evaluated structure's DVH samples the dose (the plan's isocentre last)."""
+
+    plan: PhotonPlan
+    beams: tuple[Beam, ...]
+    zoom: np.ndarray
+    #: (role, structure) of each structure with a voxel: targets first, then organs.
+    evaluated: tuple[tuple[str, StructureMask], ...]
+    #: Each evaluated structure's weights of its dose samples (StructureMask.dose_samples).
+    weights: tuple[np.ndarray, ...]
+    points_mm: np.ndarray
+    #: Where each structure's points start and end in ``points_mm``.
+    bounds: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceDose:
+    """The plan's dose on a real CT, computed before the sCT exists; see :func:`reference_dose`.
+
+    ``dose_gy`` and ``points_gy`` are unscaled: the QA normalises both doses afterwards, as it does its own.
+    """
+
+    setup: _DoseSetup
+    dose_gy: Volume
+    #: The dose at ``setup.points_mm``.
+    points_gy: np.ndarray
+    # What it was computed for (checked by mismatch()).
+    grid: Volume
+    body: np.ndarray
+    reference_ct: Volume
+    plan: PhotonPlan | None
+    structures: tuple[StructureMask, ...]
+    site: str
+    dose_grid_mm: float
+    prescription_gy: float
+
+    def mismatch(self, inputs: QaInputs, body: np.ndarray) -> str | None:
+        """Why this dose was not computed for these QA inputs; None when it was (then it is what the QA would
+        compute itself, bit for bit).
+
+        The same objects are required for the reference CT, the plan and the structures; the same body mask
+        (values); and exactly the sCT's grid: the geometry the plan's template and the sample points come from.
+        """
+        sct = inputs.sct
+        checks = (
+            (inputs.reference_ct is self.reference_ct, "another reference CT"),
+            (inputs.plan is self.plan, "another plan"),
+            (len(inputs.structures) == len(self.structures)
+             and all(a is b for a, b in zip(inputs.structures, self.structures, strict=True)), "other structures"),
+            ((inputs.site, inputs.dose_grid_mm, inputs.prescription_gy)
+             == (self.site, self.dose_grid_mm, self.prescription_gy), "another site, dose grid or prescription"),
+            (sct.shape == self.grid.shape and sct.spacing_mm == self.grid.spacing_mm
+             and sct.origin_mm == self.grid.origin_mm and np.array_equal(sct.direction, self.grid.direction),
+             "another grid than the sCT's"),
+            (body is self.body or (body.shape == self.body.shape and np.array_equal(body, self.body)),
+             "another body mask"),
+        )
+        return next((why for same, why in checks if not same), None)
+
+
+def reference_dose(grid: Volume, body: np.ndarray, reference_ct: Volume, *, site: str = "pelvis",
+                   plan: PhotonPlan | None = None, structures: tuple[StructureMask, ...] = (),
+                   dose_grid_mm: float = DEFAULT_DOSE_GRID_MM, prescription_gy: float = 2.0) -> ReferenceDose:
+    """The plan's dose on a real CT, before the sCT exists: what :func:`run_qa` computes as its reference.
+
+    Parameters
+    ----------
+    grid : Volume
+        The image grid the sCT will have (the MR's); only its geometry is used.
+    body : numpy.ndarray
+        The MR body mask the QA will be given (``QaInputs.mr_body_mask``): it places the template plan.
+    reference_ct : Volume
+        The real CT on that grid (``QaInputs.reference_ct``).
+    site, plan, structures, dose_grid_mm, prescription_gy
+        As the QA will be given them (:class:`QaInputs`).
+
+    Returns
+    -------
+    ReferenceDose
+        For ``QaInputs.reference_dose``; the QA uses it only for the inputs it was computed for.
+
+    Raises
+    ------
+    DosimetryError
+        As the QA would for the same inputs (e.g. a plan whose isocentre lies outside the image).
+    """
+    setup = _dose_setup(grid, body, site, plan, structures, dose_grid_mm, prescription_gy)
+    dose, points = _dose_on(reference_ct, setup)
+    return ReferenceDose(setup, dose, points, grid=grid, body=body, reference_ct=reference_ct, plan=plan,
+                         structures=tuple(structures), site=site, dose_grid_mm=dose_grid_mm,
+                         prescription_gy=prescription_gy)
+
+
+def _dose_setup(image: Volume, body: np.ndarray, site: str, plan: PhotonPlan | None,
+                structures: tuple[StructureMask, ...], dose_grid_mm: float, prescription_gy: float) -> _DoseSetup:
+    """The plan (the given one, or the site's template on the targets or the body), checked against the image,
+    and where its dose is computed and sampled."""
+    targets, organs = _structure_roles(structures)
+    plan = plan if plan is not None else _template_for(image, site, prescription_gy, body, targets)
+    _require_isocentres_in_image(plan, image)
+    # DVHs from the dose at each structure voxel of the image grid, read from the beams' 2 mm beam's-eye-view
+    # doses (dosimetry.dose_sampling), never from structures down-sampled to the dose grid; the isocentre last.
+    evaluated = tuple((role, structure) for role, group in (("target", targets), ("organ", organs))
+                      for structure in group if structure.mask.any())
+    samples = [structure.dose_samples(STRUCTURE_SUPERSAMPLING) for _, structure in evaluated]
+    points = [image.index_to_patient(index) for index, _ in samples]
+    bounds = np.cumsum([0] + [len(p) for p in points])
+    points_mm = np.concatenate(points + [np.asarray([plan.isocentre_mm], dtype=np.float64)])
+    return _DoseSetup(plan, tuple(beams_from_plan(plan, gantry_bin_deg=ARC_GANTRY_BIN_DEG)),
+                      _dose_grid_zoom(image, dose_grid_mm), evaluated, tuple(w for _, w in samples), points_mm,
+                      bounds)
+
+
+def _dose_on(image_hu: Volume, setup: _DoseSetup) -> tuple[Volume, np.ndarray]:
+    """The plan's dose on an image (HU), on the dose grid, and at the setup's points."""
+    return compute_dose_and_points(relative_electron_density_volume(_resample(image_hu, setup.zoom, order=1)),
+                                   setup.beams, setup.points_mm)
 
 
 _GUARD_LEVELS = {"ok": 0.0, "soft": 1.0, "hard": 2.0}
@@ -269,17 +399,17 @@ def _structure_roles(structures: tuple[StructureMask, ...]) -> tuple[list[Struct
     return targets, organs
 
 
-def _template_for(inputs: QaInputs, body: np.ndarray, targets: list[StructureMask]) -> PhotonPlan:
+def _template_for(sct: Volume, site: str, prescription_gy: float, body: np.ndarray,
+                  targets: list[StructureMask]) -> PhotonPlan:
     """The site's template on the target, or a central 6 cm field on the body centroid when there is none."""
-    sct = inputs.sct
     region = targets[0].mask if targets else body
     index = np.argwhere(region)
     centre_index = index.mean(axis=0)[::-1]  # (x, y, z)
     extent_mm = (index.max(axis=0) - index.min(axis=0) + 1)[::-1] * np.asarray(sct.spacing_mm)
     if not targets:  # no target: a central 6 cm field, not the whole body
         extent_mm = np.minimum(extent_mm, 60.0)
-    return template_plan(inputs.site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
-                         prescription_gy=inputs.prescription_gy)
+    return template_plan(site, tuple(sct.index_to_patient(centre_index)), tuple(extent_mm),
+                         prescription_gy=prescription_gy)
 
 
 #: A point normalisation needs a point in the high-dose region (ICRU 50's reference point): below this share of
@@ -335,32 +465,30 @@ GAMMA_DOSE_PERCENT, GAMMA_DISTANCE_MM, GAMMA_CUTOFF_PERCENT, GAMMA_MAX = 2.0, 2.
 def _dose_checks(inputs: QaInputs, body: np.ndarray, thresholds: QaThresholds,
                  maps: QaMaps) -> tuple[list[Check], DoseComparison, QaMaps]:
     sct = inputs.sct
-    targets, organs = _structure_roles(inputs.structures)
-    plan = inputs.plan if inputs.plan is not None else _template_for(inputs, body, targets)
-    _require_isocentres_in_image(plan, sct)
+    precomputed = inputs.reference_dose
+    why = precomputed.mismatch(inputs, body) if precomputed is not None else None
+    if precomputed is not None and why is None:
+        setup, dose_reference, reference_points = precomputed.setup, precomputed.dose_gy, precomputed.points_gy
+    else:
+        if precomputed is not None:
+            logger.debug("the reference dose computed beforehand is not used (%s); computing it", why)
+        setup = _dose_setup(sct, body, inputs.site, inputs.plan, inputs.structures, inputs.dose_grid_mm,
+                            inputs.prescription_gy)
+        dose_reference, reference_points = _dose_on(
+            inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body), setup)
+    plan = setup.plan
     prescription = plan.prescription_gy / max(plan.fractions, 1) if (plan.prescription_gy and not plan.is_template) \
         else inputs.prescription_gy
-    zoom = _dose_grid_zoom(sct, inputs.dose_grid_mm)
-    grid = _resample(sct, zoom, order=1)
-    body_grid = _resample_mask(body, zoom, grid.shape)
-    reference_hu = inputs.reference_ct if inputs.reference_ct is not None else _bulk(sct, body)
+    grid = _resample(sct, setup.zoom, order=1)
+    body_grid = _resample_mask(body, setup.zoom, grid.shape)
     reference_name = "real CT" if inputs.reference_ct is not None else "bulk-density sCT"
-    beams = beams_from_plan(plan, gantry_bin_deg=ARC_GANTRY_BIN_DEG)
-    # DVHs from the dose at each structure voxel of the image grid, read from the beams' 2 mm beam's-eye-view
-    # doses (dosimetry.dose_sampling), never from structures down-sampled to the dose grid; the isocentre last.
-    evaluated = [(role, limit, structure)
-                 for role, structures, limit in (("target", targets, thresholds.target_dvh_difference_percent),
-                                                 ("organ", organs, thresholds.oar_dvh_difference_percent))
-                 for structure in structures if structure.mask.any()]
-    samples = [structure.dose_samples(STRUCTURE_SUPERSAMPLING) for _, _, structure in evaluated]
-    points = [sct.index_to_patient(index) for index, _ in samples]
-    bounds = np.cumsum([0] + [len(p) for p in points])
-    points_mm = np.concatenate(points + [np.asarray([plan.isocentre_mm], dtype=np.float64)])
-    dose_sct, sct_points = compute_dose_and_points(relative_electron_density_volume(grid), beams, points_mm)
-    dose_reference, reference_points = compute_dose_and_points(
-        relative_electron_density_volume(_resample(reference_hu, zoom, order=1)), beams, points_mm)
-    sampled = [(role, limit, structure, reference_points[bounds[i]:bounds[i + 1]], sct_points[bounds[i]:bounds[i + 1]],
-                samples[i][1]) for i, (role, limit, structure) in enumerate(evaluated)]
+    dose_sct, sct_points = compute_dose_and_points(relative_electron_density_volume(grid), setup.beams,
+                                                   setup.points_mm)
+    limits = {"target": thresholds.target_dvh_difference_percent, "organ": thresholds.oar_dvh_difference_percent}
+    bounds = setup.bounds
+    sampled = [(role, limits[role], structure, reference_points[bounds[i]:bounds[i + 1]],
+                sct_points[bounds[i]:bounds[i + 1]], setup.weights[i])
+               for i, (role, structure) in enumerate(setup.evaluated)]
     target = next(((s[3], s[5], s[2].name) for s in sampled if s[0] == "target"), None)
     scale, normalisation = _normalise(plan, prescription, float(dose_reference.array.max()),
                                       float(reference_points[-1]), target)
