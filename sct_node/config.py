@@ -245,6 +245,9 @@ class ProcessingConfig(_Strict):
         60.0, gt=0, description="a series is complete this long after its last instance (Orthanc, Mercure: 60 s)")
     workers: int = Field(1, ge=1, le=64, description="series processed at the same time (one GPU: 1)")
     poll_interval_s: float = Field(1.0, gt=0)
+    preload: bool = Field(
+        True, description="load every route's model and the QA and report code when the node starts, in the "
+                          "background, so the first series does not wait for them (seconds on a CPU)")
 
 
 class LoggingConfig(_Strict):

@@ -99,6 +99,7 @@ def write_sct_series(
     progress: ProgressCallback | None = None,
     now: _dt.datetime | None = None,
     input_warning: str | None = None,
+    description_prefix: str = "",
 ) -> WrittenSeries:
     """Write a synthetic CT on the source MR's grid as a CT series.
 
@@ -125,6 +126,10 @@ def write_sct_series(
     input_warning : str or None
         Why the input lay outside the model's training envelope (``models.envelope``): written as Image
         Comments and appended to the Derivation Description of every slice, so the planning system shows it.
+    description_prefix : str
+        Put at the start of the Series Description (LO, cut to 64 characters): the QA verdict's mark
+        (``QA FAIL ``, ``QA WARN ``; :func:`sct_node.report.bundle.verdict_prefix`). The node writes the sCT
+        once, after its QA, so the files it delivers carry the verdict without being rewritten.
 
     Returns
     -------
@@ -161,6 +166,8 @@ def write_sct_series(
         for k in range(sct_hu.shape[0]):
             sop_uid = derive_uid(series_uid, "instance", k)
             dataset = _slice_dataset(header, source, sct_hu, k, stored[k], model, series_uid, sop_uid, date, time)
+            if description_prefix:
+                dataset.SeriesDescription = (description_prefix + dataset.SeriesDescription)[:64]
             if input_warning:
                 dataset.ImageComments = input_warning[:10240]  # LT
                 dataset.DerivationDescription = f"{dataset.DerivationDescription}. {input_warning}"[:1024]

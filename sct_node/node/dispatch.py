@@ -9,6 +9,14 @@ attempt fail; the next attempt waits ``initial_delay_s * 2**(attempt-1)``
 (at most ``max_delay_s``), and after ``max_attempts`` the job fails and keeps
 its outputs for ``sct-node retry JOB``. Re-sending is harmless: output UIDs
 are deterministic, so the receiver replaces rather than duplicates.
+
+Sending ahead: a job with a report has its sCT written, marked with the QA
+verdict, before the report is rendered. The processor then sends the sCT
+images to each destination (:meth:`Dispatcher.send_ahead`, one association
+each) while it renders the report; a destination that accepted all of them
+gets only the rest of the bundle from its delivery. Sending ahead is never
+retried: when it fails, the delivery sends everything, with the backoff
+above. The job is done only when every destination accepted all of it.
 """
 
 from __future__ import annotations
@@ -46,14 +54,18 @@ class DeliveryError(SctNodeError):
 
 #: Modalities each ``bundle`` setting of a destination receives.
 _BUNDLE_MODALITIES = {"images": {"CT", "MR"}, "images-and-rt": {"CT", "MR", "RTSTRUCT", "RTPLAN", "RTDOSE"}}
+#: The image modalities: what is sent ahead (``part="images"``) and left out of ``part="rest"``.
+_IMAGES = _BUNDLE_MODALITIES["images"]
 
 
-def ordered_outputs(output_dir: Path, bundle: str = "all") -> list[Path]:
+def ordered_outputs(output_dir: Path, bundle: str = "all", part: str = "all") -> list[Path]:
     """Every DICOM file under a job's output folder, in delivery order, except what is held back (``held/``).
 
     ``bundle`` (a destination's setting) leaves out the report (``images-and-rt``) or everything but the
-    images (``images``).
+    images (``images``). ``part`` is ``all``, ``images`` (what is sent ahead) or ``rest`` (all but the images).
     """
+    if part not in ("all", "images", "rest"):
+        raise ValueError(f"part must be all, images or rest; found {part!r}")
     wanted = _BUNDLE_MODALITIES.get(bundle)
     files = []
     for path in sorted(Path(output_dir).rglob("*.dcm")):
@@ -62,6 +74,8 @@ def ordered_outputs(output_dir: Path, bundle: str = "all") -> list[Path]:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "InstanceNumber"])
         modality = str(header.get("Modality", ""))
         if wanted is not None and modality not in wanted:
+            continue
+        if (part == "images" and modality not in _IMAGES) or (part == "rest" and modality in _IMAGES):
             continue
         files.append((_ORDER.get(modality, 9), int(header.get("InstanceNumber", 0) or 0), path))
     return [path for _, _, path in sorted(files)]
@@ -140,7 +154,21 @@ class Dispatcher:
         try:
             if destination is None:
                 raise DeliveryError(f"destination {delivery.destination!r} is no longer configured")
-            files = ordered_outputs(job.output_dir, destination.bundle) if job.output_dir else []
+            part = "rest" if delivery.images_sent else "all"
+            files = ordered_outputs(job.output_dir, destination.bundle, part) if job.output_dir else []
+            if not files and delivery.images_sent:
+                # Its bundle is the images (bundle = "images"), all accepted while the report was rendered.
+                self.state.delivery_succeeded(job.id, delivery.destination)
+                logger.info("job %d: %s had everything already (its images were sent ahead)", job.id,
+                            delivery.destination)
+                return
+            if not files and job.held is not None:
+                # The sCT is held back after a QA FAIL, and this destination takes nothing else (bundle =
+                # "images"), or the report could not be built: nothing may go until release.
+                self.state.delivery_succeeded(job.id, delivery.destination)
+                logger.warning("job %d: nothing for %s while the sCT is held back (its bundle has nothing else, or "
+                               "the report could not be built)", job.id, delivery.destination)
+                return
             if not files and job.refused is not None:
                 # A refused job has only its notice (SR and PDF), which this destination's bundle leaves out.
                 self.state.delivery_succeeded(job.id, delivery.destination)
@@ -160,4 +188,30 @@ class Dispatcher:
                                delivery.destination, attempt, self.dispatch.max_attempts, error, delay_s)
             return
         self.state.delivery_succeeded(job.id, delivery.destination)
-        logger.info("job %d: delivered %d instance(s) to %s", job.id, len(files), delivery.destination)
+        logger.info("job %d: delivered %d instance(s) to %s%s", job.id, len(files), delivery.destination,
+                    " (the rest of the bundle: its images were sent ahead)" if part == "rest" else "")
+
+    def send_ahead(self, job_id: int, output_dir: Path, destinations: tuple[str, ...]) -> tuple[str, ...]:
+        """Send a job's sCT images to each destination now, before its report exists; returns those that
+        accepted all of them.
+
+        Called by the processor while it renders the report (its own thread). A destination that is not
+        configured, refuses or fails is left to the job's delivery, which then sends everything; this is
+        logged at INFO, since the delivery's attempts are what count.
+        """
+        accepted = []
+        for name in destinations:
+            destination = self.destinations.get(name)
+            if destination is None:
+                continue
+            try:
+                files = ordered_outputs(output_dir, destination.bundle, "images")
+                deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
+            except (DeliveryError, OSError, RuntimeError, ValueError) as error:
+                logger.info("job %d: sending the sCT ahead to %s failed (%s); its delivery sends everything",
+                            job_id, name, error)
+                continue
+            accepted.append(name)
+            logger.info("job %d: sent %d sCT image(s) ahead to %s while the report is rendered", job_id, len(files),
+                        name)
+        return tuple(accepted)

@@ -1,9 +1,16 @@
-"""Process one job: read the series, guard the input, run the model, write the sCT, then QA and report.
+"""Process one job: read the series, guard the input, run the model, QA it, write the sCT, report.
 
-This is the same pipeline as ``sct-node translate`` followed by the QA and
-report stages (:mod:`sct_node.node.qa_stage`); it runs in the node's worker
-threads, never in the association threads, so receiving never waits for a
-model. Models are loaded once per name and shared.
+This is the pipeline of ``sct-node translate`` with the QA and report stages
+(:mod:`sct_node.node.qa_stage`); it runs in the node's worker threads, never
+in the association threads, so receiving never waits for a model. Models are
+loaded once per name and shared.
+
+Nothing waits that need not: the QA's reference data (and, with a real CT, its
+reference dose) are read and computed in another thread while the model
+works; the sCT is written once, after its QA, already marked with the
+verdict; and its images are sent ahead to the destinations while the report
+is rendered (:meth:`sct_node.node.dispatch.Dispatcher.send_ahead`), so the
+job's deliveries carry only the rest of the bundle.
 
 Before the model runs, the input guard (:func:`models.envelope.guard`) checks
 the series against the model's training envelope. The route's
@@ -21,8 +28,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,9 +47,10 @@ from sct_node.dicom.sct_writer import write_sct_series
 from sct_node.dicom.uids import MR_SOP_CLASSES
 from sct_node.errors import OutputError, SctNodeError
 from sct_node.job_folder import JobFolder
-from sct_node.node.qa_stage import reference_data, run_qa_stage, run_report_stage
+from sct_node.node.qa_stage import holds_back, prepare_references, run_qa_stage, run_report_stage
 from sct_node.node.spool import Spool
 from sct_node.node.state import Job, JobTimings, StateStore
+from sct_node.report.bundle import verdict_prefix
 
 __all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 
@@ -48,6 +58,11 @@ logger = logging.getLogger(__name__)
 
 #: The input guard's result in a job's output folder.
 GUARD_FILE = "guard.json"
+
+#: Sends a job's sCT images ahead: (job id, output folder, destination names) -> the names that accepted them.
+SendAhead = Callable[[int, Path, tuple[str, ...]], tuple[str, ...]]
+
+_T = TypeVar("_T")
 
 
 def guard_input(series: ImageSeries, model: TranslationModel, body: np.ndarray | None = None) -> GuardResult:
@@ -94,12 +109,17 @@ class JobProcessor:
         the sCT is made without QA and delivered nowhere).
     spool : Spool
         The node's spool: a job's output folder must be one of its ``outputs/job-N`` folders.
+    send_ahead : callable or None
+        Sends the sCT images to the destinations while the report is rendered
+        (:meth:`sct_node.node.dispatch.Dispatcher.send_ahead`); None: the deliveries send everything.
     """
 
-    def __init__(self, state: StateStore, route_of: Callable[[str], RouteConfig | None], spool: Spool) -> None:
+    def __init__(self, state: StateStore, route_of: Callable[[str], RouteConfig | None], spool: Spool,
+                 send_ahead: SendAhead | None = None) -> None:
         self.state = state
         self.route_of = route_of
         self.spool = spool
+        self.send_ahead = send_ahead
         self._models: dict[tuple[str, tuple[tuple[str, int | None], ...]], TranslationModel] = {}
         self._models_lock = threading.Lock()
 
@@ -147,6 +167,7 @@ class JobProcessor:
         started = time.perf_counter()
         route = self.route_of(job.route)
         held = False
+        images_sent: tuple[str, ...] = ()
         try:
             instances = self.state.series_instances(job.series_uid, job.generation)
             # The MR image classes by UID, not by prefix: "1.2.840.10008.5.1.4.1.1.4" also begins the RT classes
@@ -181,27 +202,37 @@ class JobProcessor:
                 return
             if checked.verdict in ("soft", "hard"):
                 logger.warning("job %d: %s", job.id, checked.summary())
+            # The QA's reference data (and a real CT's reference dose) do not need the sCT: read them meanwhile.
+            references = (_in_background(f"job-{job.id}-references", prepare_references, self.state, series, body,
+                                         route) if route is not None and route.qa else None)
             t0 = time.perf_counter()
             result = model.translate(series.volume, body_mask=body)
             timings = replace(timings, model_s=_since(t0))
-            t0 = time.perf_counter()
-            written = write_sct_series(result.hu, series, model.card, output_dir / JobFolder.SCT,
-                                       input_warning=input_warning(
-                                           checked, f"route on_input_outside_envelope = \"{policy}\""))
-            timings = replace(timings, write_s=_since(t0))
-            if route is not None and route.qa:
+            verdict = None
+            if route is not None and references is not None:
                 t0 = time.perf_counter()
-                references = reference_data(self.state, series)
-                verdict = run_qa_stage(result, series, model.card, route, output_dir, references,
+                verdict = run_qa_stage(result, series, model.card, route, output_dir, references.result(),
                                        input_guard=(checked.verdict, tuple(checked.reasons)))
                 # The job's record keeps text: a verdict, or ERROR for a QA or report that could not be made.
                 timings = replace(timings, qa_s=_since(t0),
                                   qa_verdict=verdict.value if verdict is not None else "ERROR")
-                if verdict is not None and route.qa_report:
-                    t0 = time.perf_counter()
-                    reported, held = run_report_stage(output_dir, route)
-                    timings = replace(timings, report=reported.value if reported is not None else "ERROR",
-                                      report_s=_since(t0))
+            # Written once, after the QA, marked with its verdict: what is delivered is never rewritten.
+            t0 = time.perf_counter()
+            written = write_sct_series(result.hu, series, model.card, output_dir / JobFolder.SCT,
+                                       input_warning=input_warning(
+                                           checked, f"route on_input_outside_envelope = \"{policy}\""),
+                                       description_prefix=verdict_prefix(verdict) if verdict is not None else "")
+            timings = replace(timings, write_s=_since(t0))
+            if route is not None and verdict is not None and route.qa_report:
+                ahead = (_in_background(f"job-{job.id}-send-ahead", self.send_ahead, job.id, output_dir,
+                                        route.destinations)
+                         if self.send_ahead is not None and route.destinations and not holds_back(verdict, route)
+                         else None)
+                t0 = time.perf_counter()
+                reported, held = run_report_stage(output_dir, route, verdict)
+                timings = replace(timings, report=reported.value if reported is not None else "ERROR",
+                                  report_s=_since(t0))
+                images_sent = _sent_ahead(job.id, ahead)
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))
             logger.error("job %d failed: %s", job.id, error)
@@ -211,13 +242,42 @@ class JobProcessor:
             self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}")
             return
         timings = replace(timings, total_s=_since(started))
-        hold_reason = ("sCT held back after a QA FAIL (route on_qa_fail = \"hold\"); the report was delivered; "
-                       f"`sct-node release {job.id}` delivers the sCT") if held else None
-        self.state.job_processed(job.id, route.destinations if route else (), timings, hold_reason=hold_reason)
+        hold_reason = ("sCT held back after a QA FAIL (route on_qa_fail = \"hold\"); "
+                       + ("the report was delivered; " if timings.report != "ERROR" else
+                          "its report could not be built (see the log); ")
+                       + f"`sct-node release {job.id}` delivers the sCT") if held else None
+        self.state.job_processed(job.id, route.destinations if route else (), timings, hold_reason=hold_reason,
+                                 images_sent=images_sent)
         logger.info("job %d processed: sCT series %s, %d instances, %.1f s%s%s", job.id, written.series_instance_uid,
                     len(written.files), timings.total_s,
                     f", QA {timings.qa_verdict}" if timings.qa_verdict is not None else "",
                     ", sCT held back" if held else "")
+
+
+def _in_background(name: str, function: Callable[..., _T], *args: Any) -> Future[_T]:
+    """Run ``function(*args)`` in a new thread; its result (or exception) comes back through the future."""
+    future: Future[_T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # noqa: BLE001 (handed to whoever asks for the result)
+            future.set_exception(error)
+
+    threading.Thread(target=run, name=f"sct-node-{name}", daemon=True).start()
+    return future
+
+
+def _sent_ahead(job_id: int, ahead: Future[tuple[str, ...]] | None) -> tuple[str, ...]:
+    """The destinations that accepted the sCT images sent ahead; a failure there only means the deliveries send
+    everything, so it never fails the job."""
+    if ahead is None:
+        return ()
+    try:
+        return ahead.result()
+    except Exception:
+        logger.exception("job %d: sending the sCT ahead failed; the deliveries send everything", job_id)
+        return ()
 
 
 def _since(start: float) -> float:

@@ -1,14 +1,19 @@
 """The node's QA and report stages for one processed series.
 
-After the sCT is written (``sct/``), the node
+Once the model has made the sCT, the node
 
 1. gathers reference data routed to it in the MR's frame of reference — the
-   newest RT Plan, RT Structure Set and CT (:func:`reference_data`);
-2. runs the dosimetric QA (``qa/qa.json``, ``qa/qa_arrays.npz``; :func:`run_qa_stage`);
-3. builds the report bundle (``report/``, ``rt/``; :func:`run_report_stage`)
+   newest RT Plan, RT Structure Set and CT (:func:`reference_data`; this
+   runs while the model works, see :mod:`sct_node.node.process`);
+2. runs the dosimetric QA on the sCT in memory (``qa/qa.json``,
+   ``qa/qa_arrays.npz``; :func:`run_qa_stage`);
+3. writes the sCT once (``sct/``), its Series Description already marked
+   ``QA FAIL`` / ``QA WARN`` (never rewritten afterwards);
+4. builds the report bundle (``report/``, ``rt/``; :func:`run_report_stage`)
    and applies the route's policy for a FAIL: deliver the sCT marked
    ``QA FAIL`` (default) or hold it back (``held/``) and deliver only the
-   report, until ``sct-node release JOB``.
+   report, until ``sct-node release JOB``. The hold follows the QA's verdict,
+   so a FAIL is held back even when its report cannot be built.
 
 Neither stage can cost the patient's sCT: a QA or report that cannot be made
 is logged and recorded as ``ERROR`` in the job's timings, and the sCT is
@@ -39,11 +44,15 @@ from sct_node.job_folder import JobFolder
 from sct_node.node.state import StateStore
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from dosimetry.plans import PhotonPlan
+    from dosimetry.qa import ReferenceDose
     from dosimetry.structures import StructureMask
     from models.volume import Volume
 
-__all__ = ["References", "read_references", "reference_data", "release_held", "run_qa_stage", "run_report_stage"]
+__all__ = ["References", "holds_back", "prepare_references", "read_references", "reference_data", "release_held", "run_qa_stage",
+           "run_report_stage"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +67,35 @@ class References:
     plan_file: Path | None = None
     structures_file: Path | None = None
     reference_ct_files: tuple[Path, ...] = field(default_factory=tuple)
+    #: The plan's dose on the real CT, computed before the sCT exists (:func:`prepare_references`).
+    reference_dose: ReferenceDose | None = None
+
+
+def prepare_references(state: StateStore, series: ImageSeries, body: np.ndarray, route: RouteConfig) -> References:
+    """The QA's reference data (:func:`reference_data`) and, with a real CT and the dose checks on, the plan's
+    dose on that CT (:func:`dosimetry.qa.reference_dose`): neither needs the sCT, so the node runs this while
+    the model works. A reference dose that cannot be computed is left to the QA, which meets the same error and
+    reports it.
+    """
+    references = reference_data(state, series)
+    if references.reference_ct is None or not route.qa_dose:
+        return references
+    import dataclasses
+
+    from dosimetry.errors import DosimetryError
+    from dosimetry.qa import reference_dose
+
+    try:
+        dose = reference_dose(series.volume, body, references.reference_ct, site=route.qa_site,
+                              plan=references.plan, structures=references.structures,
+                              dose_grid_mm=route.qa_dose_grid_mm)
+    except DosimetryError as error:
+        logger.debug("the reference dose is left to the QA: %s", error)
+        return references
+    except Exception:  # a bug here must not cost the QA: it computes the reference dose itself
+        logger.exception("the reference dose could not be computed ahead; the QA computes it")
+        return references
+    return dataclasses.replace(references, reference_dose=dose)
 
 
 def reference_data(state: StateStore, series: ImageSeries) -> References:
@@ -152,7 +190,8 @@ def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard
                              uncertainty_hu=result.uncertainty_hu, compute_dose=route.qa_dose,
                              dose_grid_mm=route.qa_dose_grid_mm,
                              plan=references.plan, structures=references.structures,
-                             reference_ct=references.reference_ct, input_guard=input_guard),
+                             reference_ct=references.reference_ct, reference_dose=references.reference_dose,
+                             input_guard=input_guard),
                     route.thresholds)
     except DosimetryError as error:
         logger.warning("QA could not run: %s", error)
@@ -170,38 +209,48 @@ def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard
     return record.verdict
 
 
-def run_report_stage(output_dir: Path, route: RouteConfig) -> tuple[Verdict | None, bool]:
-    """Build the bundle from ``output_dir/qa`` and apply the FAIL policy.
+def holds_back(verdict: Verdict | None, route: RouteConfig) -> bool:
+    """Whether the route holds the sCT back after this QA verdict (``on_qa_fail = "hold"`` and a FAIL)."""
+    return verdict == Verdict.FAIL and route.on_qa_fail == "hold"
+
+
+def run_report_stage(output_dir: Path, route: RouteConfig, verdict: Verdict) -> tuple[Verdict | None, bool]:
+    """Build the bundle from ``output_dir/qa`` for the sCT in ``output_dir/sct`` and apply the FAIL policy.
+
+    ``verdict`` is the QA's: it decides the hold, whether or not the bundle can be built. The sCT was
+    written already marked with it, so nothing here rewrites the sCT.
 
     Returns
     -------
     (Verdict or None, bool)
         The verdict the bundle reports (None when it could not be built) and whether the sCT was held back.
     """
-    from sct_node.report.bundle import build_bundle, mark_sct_series
+    from sct_node.report.bundle import build_bundle
 
+    reported: Verdict | None
     try:
-        bundle = build_bundle(output_dir / JobFolder.QA, output_dir, rt_dose=route.qa_rt_dose)
-    except Exception:  # the sCT is valid without its report: deliver it, say so
-        logger.exception("the QA report bundle could not be built; the sCT is delivered without it")
+        reported = build_bundle(output_dir / JobFolder.QA, output_dir, rt_dose=route.qa_rt_dose).verdict
+    except Exception:  # the sCT is valid without its report: deliver it (or hold it after a FAIL), say so
+        logger.exception("the QA report bundle could not be built; the sCT %s without it",
+                         "is held back" if holds_back(verdict, route) else "is delivered")
         shutil.rmtree(output_dir / JobFolder.REPORT, ignore_errors=True)
         shutil.rmtree(output_dir / JobFolder.RT, ignore_errors=True)
-        return None, False
-    if bundle.verdict == Verdict.FAIL and route.on_qa_fail == "hold":
-        held = output_dir / JobFolder.HELD
-        held.mkdir(exist_ok=True)
-        for name in JobFolder.held_back():
-            if (output_dir / name).exists():
-                (output_dir / name).rename(held / name)
-        return bundle.verdict, True
-    mark_sct_series(sorted((output_dir / JobFolder.SCT).glob("*.dcm")), bundle.verdict)
-    return bundle.verdict, False
+        reported = None
+    if not holds_back(verdict, route):
+        return reported, False
+    held = output_dir / JobFolder.HELD
+    held.mkdir(exist_ok=True)
+    for name in JobFolder.held_back():
+        if (output_dir / name).exists():
+            (output_dir / name).rename(held / name)
+    return reported, True
 
 
 def release_held(output_dir: Path) -> int:
     """Move a held-back sCT and its RT objects back among the job's outputs; returns the files moved.
 
-    The sCT is marked ``QA FAIL`` on the way, since it is delivered after a failed QA.
+    The sCT is marked ``QA FAIL`` on the way, since it is delivered after a failed QA (a node writes it marked
+    already; folders from a node before that are marked here).
     """
     from sct_node.report.bundle import mark_sct_series
 

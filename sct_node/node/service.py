@@ -48,9 +48,9 @@ class Node:
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None)
         routes = {route.name: route for route in config.routes}
-        self.processor = JobProcessor(self.state, routes.get, self.spool)
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
+        self.processor = JobProcessor(self.state, routes.get, self.spool, send_ahead=self.dispatcher.send_ahead)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -63,6 +63,8 @@ class Node:
             self._spawn(f"processor-{index + 1}", self._processor_loop)
         self._spawn("dispatcher", self._dispatcher_loop)
         self._spawn("cleaner", self._cleaner_loop)
+        if self.config.processing.preload:
+            self._spawn("preload", self._preload)
 
     @property
     def port(self) -> int:
@@ -109,6 +111,26 @@ class Node:
             except Exception:  # a role must not die silently: log and carry on after a pause
                 logger.exception("%s: unexpected error; continuing", name)
                 self._stop.wait(self.config.processing.poll_interval_s)
+
+    def _preload(self) -> None:
+        """Load each route's model and import the QA and report code, so the first job does not wait for them.
+
+        A job that starts meanwhile waits for the same model load (:meth:`JobProcessor.model` holds a lock).
+        A model that cannot be loaded is reported now, at start, rather than with the first series.
+        """
+        import importlib
+
+        started = time.perf_counter()
+        for route in self.config.routes:
+            try:
+                self.processor.model(route.model, route)
+            except Exception as error:  # noqa: BLE001 - reported here; the job that needs it fails with it too
+                logger.warning("route %s: model %s cannot be loaded: %s", route.name, route.model, error)
+        for module in ("dosimetry.qa", "dosimetry.qa_result", "sct_node.report.bundle", "sct_node.report.pdf",
+                       "sct_node.report.structures", "sct_node.dicom.qa_sr", "sct_node.dicom.encapsulated_pdf"):
+            importlib.import_module(module)
+        logger.info("preloaded the models of %d route(s) and the QA and report code in %.1f s",
+                    len(self.config.routes), time.perf_counter() - started)
 
     def _router_loop(self) -> None:
         while not self._stop.wait(self.config.processing.poll_interval_s):

@@ -144,6 +144,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     updated_at REAL NOT NULL,
+    images_sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, destination)
 );
 """
@@ -277,6 +278,9 @@ class Delivery:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    #: The destination accepted the sCT images while the report was rendered (sent ahead by the processor):
+    #: this delivery sends the rest of the bundle.
+    images_sent: bool = False
 
 
 class StateStore:
@@ -481,20 +485,20 @@ class StateStore:
         return self.job(row[0])
 
     def job_processed(self, job_id: int, destinations: tuple[str, ...], timings: JobTimings,
-                      hold_reason: str | None = None) -> None:
+                      hold_reason: str | None = None, images_sent: tuple[str, ...] = ()) -> None:
         """Processing finished: deliver to every destination, or finish when there are none.
 
         With ``hold_reason`` part of the outputs is held back: the job ends ``held`` (not ``done``) once what
-        may be delivered was delivered, keeping the reason, until :meth:`release_job`.
+        may be delivered was delivered, keeping the reason, until :meth:`release_job`. ``images_sent`` names the
+        destinations that already accepted the sCT images (sent ahead while the report was rendered): their
+        deliveries send the rest; the job is done only when every destination accepted all of it.
         """
         now = time.time()
         with self._transaction() as db:
             state = JobState.DELIVERING if destinations else (JobState.HELD if hold_reason else JobState.DONE)
             db.execute("UPDATE jobs SET state = ?, reason = NULL, held = ?, refused = NULL, timings = ?, updated_at = ? "
                        "WHERE id = ?", (state, hold_reason, timings.to_json(), now, job_id))
-            for name in destinations:
-                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, 0, ?, NULL, ?)",
-                           (job_id, name, DeliveryState.PENDING, now, now))
+            _add_deliveries(db, job_id, destinations, now, images_sent)
 
     def job_refused(self, job_id: int, reason: str, destinations: tuple[str, ...], timings: JobTimings) -> None:
         """The input guard refused the series: deliver the refusal notice, then end ``failed`` with ``reason``.
@@ -508,9 +512,7 @@ class StateStore:
             db.execute("UPDATE jobs SET state = ?, reason = ?, held = NULL, refused = ?, timings = ?, updated_at = ? "
                        "WHERE id = ?", (state, None if destinations else reason[:2000], reason[:2000],
                                         timings.to_json(), now, job_id))
-            for name in destinations:
-                db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, 0, ?, NULL, ?)",
-                           (job_id, name, DeliveryState.PENDING, now, now))
+            _add_deliveries(db, job_id, destinations, now)
 
     def job_failed(self, job_id: int, reason: str) -> None:
         with self._transaction() as db:
@@ -521,8 +523,8 @@ class StateStore:
 
     def due_deliveries(self, now: float | None = None) -> list[Delivery]:
         now = time.time() if now is None else now
-        rows = self._query("SELECT d.job_id, d.destination, d.state, d.attempts, d.next_attempt_at, d.last_error "
-                           "FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.state = ? "
+        rows = self._query("SELECT d.job_id, d.destination, d.state, d.attempts, d.next_attempt_at, d.last_error, "
+                           "d.images_sent FROM deliveries d JOIN jobs j ON j.id = d.job_id WHERE d.state = ? "
                            "AND j.state = ? AND d.next_attempt_at <= ? ORDER BY d.next_attempt_at",
                            (DeliveryState.PENDING, JobState.DELIVERING, now))
         return [_delivery(row) for row in rows]
@@ -581,8 +583,10 @@ class StateStore:
             failed = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = ?",
                                 (job_id, DeliveryState.FAILED)).fetchone()[0]
             state = JobState.DELIVERING if failed else JobState.COMPLETE
-            db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ? "
-                       "WHERE job_id = ? AND state = ?", (DeliveryState.PENDING, now, now, job_id, DeliveryState.FAILED))
+            # A person retrying after a failure gets everything sent again, the images sent ahead too.
+            db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, updated_at = ?, "
+                       "images_sent = 0 WHERE job_id = ? AND state = ?",
+                       (DeliveryState.PENDING, now, now, job_id, DeliveryState.FAILED))
             db.execute("UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?", (state, now, job_id))
         return state
 
@@ -598,7 +602,7 @@ class StateStore:
         with self._transaction() as db:
             count = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ?", (job_id,)).fetchone()[0]
             db.execute("UPDATE deliveries SET state = ?, attempts = 0, next_attempt_at = ?, last_error = NULL, "
-                       "updated_at = ? WHERE job_id = ?", (DeliveryState.PENDING, now, now, job_id))
+                       "updated_at = ?, images_sent = 0 WHERE job_id = ?", (DeliveryState.PENDING, now, now, job_id))
             state = JobState.DELIVERING if count else JobState.DONE
             db.execute("UPDATE jobs SET state = ?, reason = NULL, held = NULL, updated_at = ? WHERE id = ?",
                        (state, now, job_id))
@@ -667,7 +671,7 @@ class StateStore:
                 for row in rows]
 
     def deliveries(self, job_id: int) -> list[Delivery]:
-        rows = self._query("SELECT job_id, destination, state, attempts, next_attempt_at, last_error "
+        rows = self._query("SELECT job_id, destination, state, attempts, next_attempt_at, last_error, images_sent "
                            "FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
         return [_delivery(row) for row in rows]
 
@@ -722,6 +726,7 @@ _ADDED_COLUMNS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("instances", (("association", "TEXT"),)),
     ("series", (("association", "TEXT"), ("single_association", "INTEGER NOT NULL DEFAULT 1"),
                 ("released_at", "REAL"), ("expected_instances", "INTEGER"))),
+    ("deliveries", (("images_sent", "INTEGER NOT NULL DEFAULT 0"),)),
 )
 
 #: SQL: job ``j`` needs nothing any more, and has not for ``done_retention_h`` (``:done_before``): it is done or
@@ -760,4 +765,13 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(row[0], row[1], DeliveryState(row[2]), *row[3:])
+    return Delivery(row[0], row[1], DeliveryState(row[2]), row[3], row[4], row[5], bool(row[6]))
+
+
+def _add_deliveries(db: sqlite3.Connection, job_id: int, destinations: tuple[str, ...], now: float,
+                    images_sent: tuple[str, ...] = ()) -> None:
+    """One pending delivery per destination, due now (replacing any earlier row of the job)."""
+    for name in destinations:
+        db.execute("INSERT OR REPLACE INTO deliveries (job_id, destination, state, attempts, next_attempt_at, "
+                   "last_error, updated_at, images_sent) VALUES (?, ?, ?, 0, ?, NULL, ?, ?)",
+                   (job_id, name, DeliveryState.PENDING, now, now, int(name in images_sent)))

@@ -14,10 +14,12 @@ Encapsulated PDF          ``report/DOC.qa.dcm``                    DOC
 the PDF itself            ``report/sct-qa-report.pdf``             (no DICOM)
 ========================  =======================================  ==========
 
-The sCT series itself is written before the QA (``sct/``). The verdict is
-visible before anyone opens a file: the Series Description of every object
-written here starts with ``QA FAIL`` (or ``QA WARN``) when that is the
-verdict, and :func:`mark_sct_series` puts the same mark on the sCT series.
+The sCT series itself (``sct/``) is written by the node once, after the QA,
+already marked with its verdict. The verdict is visible before anyone opens a
+file: the Series Description of every object written here starts with
+``QA FAIL`` (or ``QA WARN``) when that is the verdict, and the sCT's does too
+(:func:`verdict_prefix`; :func:`mark_sct_series` marks a copied series,
+``sct-node report``, and a held series from an older node when released).
 
 UIDs are derived from the sCT series, the object's role and a hash of
 ``qa.json``: rebuilding the bundle from the same QA gives the same UIDs (a

@@ -123,6 +123,9 @@ def start_guarded_node(root: Path, *, max_instance_mb: float = 64, **network) ->
     (root / "data" / "canary" / "keep.txt").write_text("must survive")
     node = NodeProcess(write_toml(config, root / "node.toml"), port, root / "node.log")
     node.root, node.spool = root, root / "data" / "spool"
+    # The node loads its route's model and the QA code in the background at start (processing.preload): let it
+    # finish, so that memory is measured, and rate limits timed, on a node at rest.
+    wait_for(lambda: "preloaded the models" in node.log(), 120, "the node's preload at start")
     return node
 
 

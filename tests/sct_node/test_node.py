@@ -11,6 +11,7 @@ quiet period is short, so each test takes a few seconds.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -544,3 +545,19 @@ def test_a_resend_that_starts_with_stored_instances_keeps_the_series_open(tmp_pa
     wait_for_job(spool)
     assert [(j["id"], j["generation"], j["state"]) for j in jobs(spool)] == [(1, 1, "done")]
     assert_sct_of(planning.datasets(), mr, len(mr.files))
+
+
+# --- preloading ------------------------------------------------------------------------------------------
+
+
+def test_each_routes_model_is_loaded_at_start_and_one_that_cannot_be_is_reported(tmp_path, nodes, caplog):
+    base = node_config(tmp_path)
+    missing = tmp_path / "no-such-checkpoint"
+    config = base.model_copy(update={"routes": (*base.routes, RouteConfig(name="research", model=str(missing)))})
+    with caplog.at_level(logging.INFO, logger="sct_node.node.service"):
+        node = start_node(config, nodes)
+        wait_for(lambda: any(r.getMessage().startswith("preloaded the models of 2 route(s)") for r in caplog.records),
+                 60, "the preload to finish")
+    assert ("bulk", ()) in node.processor._models  # loaded before any series arrived
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith(f"route research: model {missing} cannot be loaded")

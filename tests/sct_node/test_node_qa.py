@@ -77,9 +77,24 @@ def test_without_references_the_bulk_model_fails_its_bone_check(tmp_path):
 
 
 @pytest.mark.slow
-def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path):
+def test_routed_ct_and_structures_are_used_for_commissioning_qa(tmp_path, monkeypatch):
+    import threading
+
+    import dosimetry.qa
+
+    engine_threads = []
+    real = dosimetry.qa.compute_dose_and_points
+
+    def recording(*args, **kwargs):
+        engine_threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dosimetry.qa, "compute_dose_and_points", recording)
     qa = _run(tmp_path, send_references=True)
     assert qa.dose.reference == "real CT"
+    # The dose on the real CT was computed while the model worked (another thread) and the QA used it: the
+    # engine ran twice, once there and once for the sCT.
+    assert len(engine_threads) == 2 and engine_threads[0].endswith("-references"), engine_threads
     assert qa.image_metrics.mae_hu > 50  # water-only sCT against a CT with bone
     assert {"PTV", "BLADDER", "RECTUM"} <= {d.structure for d in qa.dose.dvh}
 

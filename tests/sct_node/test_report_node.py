@@ -70,11 +70,31 @@ def _run(tmp_path: Path, on_qa_fail: str):
     return mr, scp, config, node
 
 
-def test_the_whole_bundle_arrives_images_first_and_marked(tmp_path):
+def _count_dataset_writes(monkeypatch) -> list[str]:
+    """Record the file name of every dataset the sCT writer and the bundle write."""
+    import sct_node.dicom.sct_writer
+    import sct_node.report.bundle
+
+    names: list[str] = []
+    for module in (sct_node.dicom.sct_writer, sct_node.report.bundle):
+        def recording(dataset, path, *args, _write=module.write_dataset_atomic, **kwargs):
+            names.append(Path(path).name)
+            return _write(dataset, path, *args, **kwargs)
+        monkeypatch.setattr(module, "write_dataset_atomic", recording)
+    return names
+
+
+def test_the_whole_bundle_arrives_images_first_and_marked(tmp_path, monkeypatch):
+    written = _count_dataset_writes(monkeypatch)
     mr, scp, _, node = _run(tmp_path, "deliver")
     try:
         job = node.wait_for_job(120)
         assert job.state == "done", job.reason
+        # The sCT is written once, after the QA, already marked: no file of it is rewritten afterwards.
+        sct_writes = [name for name in written if name.startswith("CT.")]
+        assert len(sct_writes) == len(set(sct_writes)) == len(mr.files)
+        # Its images went ahead while the report was rendered; the delivery sent the rest, nothing twice.
+        assert [(d.destination, d.images_sent) for d in node.state.deliveries(job.id)] == [("tps", True)]
         received = _received_modalities_in_order(scp)
         assert received.count("CT") == len(mr.files)
         assert sorted(set(received), key=ORDER.index) == ORDER
@@ -107,6 +127,56 @@ def test_a_failed_sct_is_held_back_until_released(tmp_path):
         assert all(str(d.SeriesDescription).startswith("QA FAIL") for d in sct)
         again = run_sct_node("release", str(job.id), "--config", str(config_path))
         assert again.returncode != 0 and "not held" in again.stderr
+    finally:
+        node.stop()
+        scp.stop()
+
+
+def test_images_that_could_not_go_ahead_are_delivered_with_the_rest(tmp_path):
+    """The planning system is down while the report renders: sending ahead fails, the delivery's retries send
+    everything once it is back, images first, and the job is done only then."""
+    mr = phantom_mr_series(tmp_path / "mr")
+    tps_port = free_port()  # nothing listens there yet
+    config = _config(tmp_path, tps_port, "deliver")
+    config = config.model_copy(update={"dispatch": DispatchConfig(max_attempts=50, initial_delay_s=0.2,
+                                                                  max_delay_s=0.5, timeout_s=10)})
+    node = Node(config)
+    node.start()
+    scp = None
+    try:
+        assert storescu(node.port, mr.files).returncode == 0
+        wait_for(lambda: any(d.attempts for d in node.state.deliveries(1)), 120, "a failed delivery attempt")
+        job = node.state.job(1)
+        assert job.state == "delivering"
+        assert [(d.destination, d.images_sent) for d in node.state.deliveries(job.id)] == [("tps", False)]
+        scp = StoreScp(tmp_path / "tps", tps_port)
+        wait_for(lambda: node.state.job(job.id).state == "done", 60, "the delivery once the TPS is back")
+        received = _received_modalities_in_order(scp)
+        assert received.count("CT") == len(mr.files)
+        assert received == sorted(received, key=ORDER.index) and set(received) == set(ORDER)
+    finally:
+        node.stop()
+        if scp is not None:
+            scp.stop()
+
+
+def test_a_failed_sct_is_held_back_even_when_its_report_cannot_be_built(tmp_path, monkeypatch):
+    """The hold follows the QA's verdict, not the report's: a report that cannot be built must not let a FAIL
+    through."""
+    import sct_node.report.bundle
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the report renderer is broken (test)")
+
+    monkeypatch.setattr(sct_node.report.bundle, "build_bundle", broken)
+    _, scp, _, node = _run(tmp_path, "hold")
+    try:
+        job = node.wait_for_job(120)
+        assert job.state == "held", (job.state, job.reason)
+        assert job.timings.qa_verdict == "FAIL" and job.timings.report == "ERROR"
+        assert "its report could not be built" in job.held
+        assert any((job.output_dir / "held" / "sct").glob("*.dcm")) and not (job.output_dir / "sct").exists()
+        assert _received_modalities_in_order(scp) == []  # nothing may go: no sCT, and no report exists
     finally:
         node.stop()
         scp.stop()

@@ -117,3 +117,44 @@ def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_pa
     assert node.clean(now=later) == 1
     assert not instance.exists() and not output.exists()
     node.state.close()
+
+
+def test_images_sent_ahead_are_kept_per_destination_and_retry_sends_everything(tmp_path):
+    state = StateStore(tmp_path / "db.sqlite3")
+    _receive(state, "1.1", now=1000)
+    (series,) = state.quiet_series(1, now=2000)
+    job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
+    state.claim_job()
+    state.job_processed(job_id, ("tps", "archive"), JobTimings(), images_sent=("tps",))
+    sent = {d.destination: d.images_sent for d in state.due_deliveries()}
+    assert sent == {"tps": True, "archive": False}
+    assert {d.destination: d.images_sent for d in state.deliveries(job_id)} == sent
+    state.delivery_succeeded(job_id, "archive")
+    state.delivery_failed(job_id, "tps", "association rejected", None)
+    assert state.job(job_id).state == "failed"
+    # A person retrying after a failure wants everything sent again, the images sent ahead too.
+    assert state.retry_job(job_id) == "delivering"
+    (again,) = state.due_deliveries()
+    assert (again.destination, again.images_sent) == ("tps", False)
+
+
+def test_a_database_from_before_sending_ahead_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "db.sqlite3"
+    StateStore(path).close()
+    with sqlite3.connect(path) as db:  # the deliveries table as the node before sending ahead made it
+        db.execute("DROP TABLE deliveries")
+        db.execute("CREATE TABLE deliveries (job_id INTEGER NOT NULL, destination TEXT NOT NULL, state TEXT NOT NULL, "
+                   "attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT, "
+                   "updated_at REAL NOT NULL, PRIMARY KEY (job_id, destination))")
+        db.execute("INSERT INTO deliveries VALUES (7, 'tps', 'pending', 0, 0, NULL, 0)")
+    state = StateStore(path)
+    (old,) = state.deliveries(7)
+    assert (old.destination, old.images_sent) == ("tps", False)
+    _receive(state, "1.1", now=1000)
+    (series,) = state.quiet_series(1, now=2000)
+    job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
+    state.claim_job()
+    state.job_processed(job_id, ("tps",), JobTimings(), images_sent=("tps",))
+    assert state.deliveries(job_id)[0].images_sent
