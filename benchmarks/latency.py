@@ -38,12 +38,15 @@ The stages come from the node's state database (read with ``StateStore``, read m
   ``total_s`` and processing end = when the job was processed (the delivery's first ``next_attempt_at``,
   set in the same transaction; else the first time this script saw the job delivering);
 * read, guard, model, write, QA, report = the job's ``JobTimings``; "other" = ``total_s`` minus those
-  (loading the model for the node's first job, the guard's and QA's small files, reference look-up);
+  (the guard's small files; waiting for the reference data, read while the model works; the model's load
+  when the node's preload at start had not finished);
 * dispatch = the last file's modification time - processing end: the dispatcher's wake-up, reading the
-  outputs' headers, the association and every C-STORE.
+  outputs' headers, the association and every C-STORE. The node sends the sCT images ahead while the report
+  is rendered (its log: "sent N sCT image(s) ahead"); the delivery then sends only the rest, and this row
+  counts both.
 
-Each model runs once. By default the measured job is the fresh node's first: it loads the model (in
-"other") and imports the QA and report code (in "QA" and "report"), as after every node start. With
+Each model runs once. By default the measured job is the fresh node's first, as after every node start
+(the node preloads its models and the QA and report code when it starts, in the background). With
 ``--warm-up`` the node first processes another series (the next seed: other UIDs), unmeasured, so the
 measured job sees a node that has been running; what the warm-up delivered is moved aside first.
 
@@ -151,6 +154,7 @@ LOG_CONFIG = ("log4cplus.rootLogger = INFO, console\n"
               "log4cplus.appender.console.layout.ConversionPattern = %D{%s.%Q} %m%n\n")
 _LOG_LINE = re.compile(r"^(\d+)\.(\d+)\.(\d+) (.*)$")
 _DELIVERED = re.compile(r"job (\d+): delivered (\d+) instance\(s\) to tps")
+_SENT_AHEAD = re.compile(r"job (\d+): sent (\d+) sCT image\(s\) ahead to tps")
 
 
 class Unavailable(Exception):
@@ -185,6 +189,8 @@ class Outcome:
     last_file_at: float = 0.0
     received: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
+    #: sCT images the node sent ahead while the report was rendered (part of ``delivered``).
+    sent_ahead: int = 0
     completion_rule: str = ""
     warm: bool = False
     #: --via-orthanc: Orthanc's StableAge (0: the series went straight to the node), when Orthanc created its
@@ -553,9 +559,12 @@ def run_model(model: str, args: argparse.Namespace, series: list[Path], storescu
         else:
             outcome.processed_at = seen_delivering
             outcome.processed_source = "first seen delivering (polls every 0.2 s; a delivery was retried)"
-        logged = [int(m.group(2)) for m in _DELIVERED.finditer((workdir / "node.log").read_text(errors="replace"))
-                  if int(m.group(1)) == job.id]
-        outcome.delivered = logged[-1] if logged else len(ordered_outputs(job.output_dir)) if job.output_dir else 0
+        log_text = (workdir / "node.log").read_text(errors="replace")
+        logged = [int(m.group(2)) for m in _DELIVERED.finditer(log_text) if int(m.group(1)) == job.id]
+        ahead = [int(m.group(2)) for m in _SENT_AHEAD.finditer(log_text) if int(m.group(1)) == job.id]
+        outcome.sent_ahead = ahead[-1] if ahead and any(d.images_sent for d in deliveries) else 0
+        outcome.delivered = (logged[-1] + outcome.sent_ahead if logged else
+                             len(ordered_outputs(job.output_dir)) if job.output_dir else 0)
         files = settled_files(received, outcome.delivered)
         if len(files) != outcome.delivered:
             raise Unavailable(f"storescp holds {len(files)} files; the node delivered {outcome.delivered}")
@@ -613,10 +622,11 @@ def print_outcome(outcome: Outcome, args: argparse.Namespace, gpu: bool) -> None
                 ("  completion wait (ack -> job created)", job.created_at - outcome.ack_at, outcome.completion_rule)]
     rows += [("  claim (job created -> processing starts)", processing_start - job.created_at, "")]
     rows += [(f"  {name}", value, "did not run" if value is None else "") for name, value in stages]
-    rows += [("  other inside processing", other, "guard.json, references" + ("" if outcome.warm else
-                                                                          ", model load (first job)")),
+    rows += [("  other inside processing", other, "guard.json, waiting for the references" + (
+                 "" if outcome.warm else ", model load if the node's preload had not finished")),
              ("  dispatch (processed -> last object stored)", outcome.last_file_at - outcome.processed_at,
-              f"{outcome.delivered} objects")]
+              f"{outcome.delivered} objects" + (f", of which {outcome.sent_ahead} sCT images were sent ahead while "
+                                                "the report was rendered" if outcome.sent_ahead else ""))]
     width = max(46, *(len(name) for name, _, _ in rows))
     for name, value, note in rows:
         shown = "       -" if value is None else f"{value:8.2f}"
