@@ -171,12 +171,16 @@ class StorageSCP:
         Where they are written (the one place spool paths are made).
     on_stored : callable or None
         Called after each newly stored instance (e.g. to wake the router).
+    on_released : callable or None
+        Called when an association that stored something was released normally and its release recorded (the
+        association completion rule may fire after its grace).
     """
 
     def __init__(self, network: NetworkConfig, storage: StorageConfig, state: StateStore, spool: Spool,
-                 on_stored: Callable[[], None] | None = None) -> None:
+                 on_stored: Callable[[], None] | None = None,
+                 on_released: Callable[[], None] | None = None) -> None:
         self.network, self.storage, self.state, self.spool = network, storage, state, spool
-        self.on_stored = on_stored
+        self.on_stored, self.on_released = on_stored, on_released
         self._server: GuardedServer | None = None
         spool.make_folders()
         # Temporary files of instances never acknowledged (a crash while writing): the sender will resend them.
@@ -248,8 +252,8 @@ class StorageSCP:
         _log_stored(connection)
         if connection.released and (connection.stored or connection.duplicates):
             try:
-                if self.state.association_released(connection.association_id) and self.on_stored is not None:
-                    self.on_stored()  # wake the router: the association rule may fire after its grace
+                if self.state.association_released(connection.association_id) and self.on_released is not None:
+                    self.on_released()  # the association rule may fire after its grace
             except sqlite3.Error as error:  # the quiet period still completes the series
                 logger.error("association from %s: its release could not be recorded: %s", connection.peer, error)
 

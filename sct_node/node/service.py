@@ -46,7 +46,9 @@ class Node:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
-        self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None)
+        self._router_wake = threading.Event()  # set when an association rule's grace has passed
+        self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None,
+                              on_released=self._association_released)
         routes = {route.name: route for route in config.routes}
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
                                      config.network.ae_title)
@@ -74,6 +76,7 @@ class Node:
         self._stop.set()
         self._wake.set()
         self._dispatch_wake.set()
+        self._router_wake.set()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -133,9 +136,20 @@ class Node:
                     len(self.config.routes), time.perf_counter() - started)
 
     def _router_loop(self) -> None:
-        while not self._stop.wait(self.config.processing.poll_interval_s):
-            if route_complete_series(self.state, self.config):
+        while not self._stop.is_set():
+            self._router_wake.wait(self.config.processing.poll_interval_s)
+            self._router_wake.clear()
+            if not self._stop.is_set() and route_complete_series(self.state, self.config):
                 self._wake.set()
+
+    def _association_released(self) -> None:
+        """An association that stored instances was released: look again when each route's association rule can
+        fire (after its grace), instead of at the next poll."""
+        graces = {route.association_grace_s for route in self.config.routes if "association" in route.complete_on}
+        for grace_s in graces:
+            timer = threading.Timer(grace_s + 0.05, self._router_wake.set)
+            timer.daemon = True
+            timer.start()
 
     def _processor_loop(self) -> None:
         while not self._stop.is_set():

@@ -189,11 +189,11 @@ def halves(tmp_path_factory) -> tuple[MrSeries, Path, Path]:
 def node_with(tmp_path: Path) -> Iterator:
     started: list[Node] = []
 
-    def start(*rules: str, quiet_period_s: float, grace_s: float = 2.0) -> Node:
+    def start(*rules: str, quiet_period_s: float, grace_s: float = 2.0, poll_interval_s: float = 0.1) -> Node:
         config = NodeConfig(
             network=NetworkConfig(port=free_port(), network_timeout_s=10),
             storage=StorageConfig(spool_dir=tmp_path / "spool", min_free_space_mb=0),
-            processing=ProcessingConfig(quiet_period_s=quiet_period_s, poll_interval_s=0.1),
+            processing=ProcessingConfig(quiet_period_s=quiet_period_s, poll_interval_s=poll_interval_s),
             routes=(RouteConfig(name="mr-to-sct", model="bulk", qa=False, complete_on=rules,  # type: ignore[arg-type]
                                 association_grace_s=grace_s),))
         node = Node(config)
@@ -225,6 +225,17 @@ def test_a_series_sent_whole_on_one_association_is_complete_at_its_release(halve
     ((_, generation, rule),) = wait_for(lambda: _jobs(node), 15, "the job made at the association's release")
     assert generation == 1 and rule.startswith("association"), rule
     assert _instances_of_generation_one(node, series.series_uid) == SLICES
+
+
+@needs_dcmtk
+def test_the_release_wakes_the_router_when_the_grace_has_passed(halves, node_with):
+    """With the router polling only every 60 s, the job still comes right after the grace: the release itself
+    schedules the look (no poll interval added to the completion wait)."""
+    series, _, _ = halves
+    node = node_with("association", quiet_period_s=600.0, grace_s=0.5, poll_interval_s=60.0)
+    assert len(storescu(node.port, [series.folder]).stored()) == SLICES
+    ((_, _, rule),) = wait_for(lambda: _jobs(node), 20, "the job made after the grace, well before the next poll")
+    assert rule.startswith("association"), rule
 
 
 @needs_dcmtk
