@@ -149,6 +149,15 @@ def test_destinations_get_their_part_of_the_bundle_in_order(bundle):
     assert rt == {"CT", "RTSTRUCT", "RTPLAN", "RTDOSE"}
     images = {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in ordered_outputs(root / "out", "images")}
     assert images == {"CT"}
+    # Sending ahead: the images part, then the rest; together, everything once, in order.
+    ahead, rest = ordered_outputs(root / "out", "all", "images"), ordered_outputs(root / "out", "all", "rest")
+    assert ahead + rest == ordered_outputs(root / "out")
+    assert {pydicom.dcmread(p, stop_before_pixels=True).Modality for p in ahead} == {"CT"}
+    assert ordered_outputs(root / "out", "images", "rest") == []  # an images-only destination has nothing left
+    assert [pydicom.dcmread(p, stop_before_pixels=True).Modality for p in
+            ordered_outputs(root / "out", "images-and-rt", "rest")] == ["RTSTRUCT", "RTPLAN", "RTDOSE"]
+    with pytest.raises(ValueError, match="part must be"):
+        ordered_outputs(root / "out", "all", "report")
 
 
 def test_a_destination_that_refuses_part_of_the_bundle_gets_a_clear_error(bundle):
