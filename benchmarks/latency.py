@@ -43,7 +43,8 @@ The stages come from the node's state database (read with ``StateStore``, read m
 * dispatch = the last file's modification time - processing end: the dispatcher's wake-up, reading the
   outputs' headers, the association and every C-STORE. The node sends the sCT images ahead while the report
   is rendered (its log: "sent N sCT image(s) ahead"); the delivery then sends only the rest, and this row
-  counts both.
+  counts both. A line below the stages says when the sCT itself was complete at ``storescp`` (the
+  modification time of its last CT file), before the report bundle.
 
 Each model runs once. By default the measured job is the fresh node's first, as after every node start
 (the node preloads its models and the QA and report code when it starts, in the background). With
@@ -187,6 +188,8 @@ class Outcome:
     processed_at: float = 0.0
     processed_source: str = ""
     last_file_at: float = 0.0
+    #: When storescp wrote the last sCT image (CT) file: the sCT is complete at the planning system.
+    last_image_at: float = 0.0
     received: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     #: sCT images the node sent ahead while the report was rendered (part of ``delivered``).
@@ -569,6 +572,8 @@ def run_model(model: str, args: argparse.Namespace, series: list[Path], storescu
         if len(files) != outcome.delivered:
             raise Unavailable(f"storescp holds {len(files)} files; the node delivered {outcome.delivered}")
         outcome.last_file_at = max(p.stat().st_mtime for p in files)
+        images = [p.stat().st_mtime for p in files if p.name.split(".", 1)[0] == "CT"]
+        outcome.last_image_at = max(images) if images else 0.0
         for path in files:
             kind = path.name.split(".", 1)[0]
             outcome.received[kind] = outcome.received.get(kind, 0) + 1
@@ -634,6 +639,10 @@ def print_outcome(outcome: Outcome, args: argparse.Namespace, gpu: bool) -> None
     print(f"  {'  (processing, job total_s)':{width}} {total_processing:8.2f} s")
     print(f"  {'  (total after the completion wait)':{width}} "
           f"{outcome.total_s - (job.created_at - outcome.ack_at):8.2f} s")
+    if outcome.last_image_at:
+        print(f"  {'the sCT complete at storescp (its last image)':{width}} "
+              f"{outcome.last_image_at - outcome.ack_at:8.2f} s  after the last ack; the rest of the bundle "
+              f"{outcome.last_file_at - outcome.last_image_at:.2f} s later")
     kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(outcome.received.items()))
     print(f"  MR in: {outcome.sent} instances acknowledged; at storescp: {kinds}; QA {t.qa_verdict or '-'}, report {t.report or '-'}, guard {t.guard_verdict or '-'}")
     if via_orthanc:
