@@ -331,6 +331,7 @@ class StorageSCP:
             frame_of_reference_uid=_frame_of_reference(header),
             association=connection.association_id if connection is not None else None,
             expected_instances=expected_instances(header),
+            acquisition=str(header.get("AcquisitionNumber", "") or "") or None,
         )
         if connection is not None:
             if new:

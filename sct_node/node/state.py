@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS series (
     single_association INTEGER NOT NULL DEFAULT 1,
     released_at REAL,
     expected_instances INTEGER,
+    acquisition TEXT,
     PRIMARY KEY (series_uid, generation)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -186,8 +187,10 @@ class SeriesRecord:
     #: When that association was released normally (None while it is open, or when it was aborted).
     released_at: float | None = None
     #: How many instances the series says it has (Images in Acquisition, or an Enhanced MR concatenation);
-    #: None when the data do not say, -1 when its instances disagree.
+    #: None when the data do not say, -1 when its instances disagree (on the count or the acquisition).
     expected_instances: int | None = None
+    #: The Acquisition Number of the generation's first instance (None when it has none).
+    acquisition: str | None = None
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,7 @@ class StateStore:
                         calling_ae: str, study_uid: str | None, modality: str | None, description: str | None,
                         image_type: str | None, body_part: str | None, now: float | None = None,
                         frame_of_reference_uid: str | None = None, association: str | None = None,
-                        expected_instances: int | None = None) -> bool:
+                        expected_instances: int | None = None, acquisition: str | None = None) -> bool:
         """Record a stored instance; returns False when it was already known (a duplicate).
 
         An instance for a series whose last generation is no longer receiving opens a new
@@ -355,6 +358,9 @@ class StateStore:
         (duplicates included) came on more than one association is no longer complete at a release
         (:meth:`association_released`). ``expected_instances`` is what the instance says the series holds
         (None: it does not say); a generation whose instances disagree gets -1 (the count is not used).
+        ``acquisition`` is the instance's Acquisition Number: a classic image announces the count of its
+        acquisition, so instances of two acquisitions in one series (a multi-station stack, say) turn the count
+        off too, however much each announces.
         """
         now = time.time() if now is None else now
         with self._transaction() as db:
@@ -366,11 +372,12 @@ class StateStore:
                            "single_association AND association IS ? WHERE series_uid = ? AND state = ?",
                            (now, now, association, series_uid, SeriesState.RECEIVING))
                 return False
-            row = db.execute("SELECT generation, state, expected_instances FROM series WHERE series_uid = ? "
-                             "ORDER BY generation DESC LIMIT 1", (series_uid,)).fetchone()
+            row = db.execute("SELECT generation, state, expected_instances, acquisition FROM series "
+                             "WHERE series_uid = ? ORDER BY generation DESC LIMIT 1", (series_uid,)).fetchone()
+            agrees = row is None or (expected_instances == row[2] and acquisition == row[3])
             if row is not None and row[1] == SeriesState.RECEIVING:
                 generation = row[0]
-                expected = row[2] if expected_instances == row[2] or row[2] == -1 else -1
+                expected = row[2] if agrees or row[2] == -1 else -1
                 db.execute("UPDATE series SET instances = instances + 1, last_received_at = ?, updated_at = ?, "
                            "single_association = single_association AND association IS ?, expected_instances = ? "
                            "WHERE series_uid = ? AND generation = ?",
@@ -378,14 +385,14 @@ class StateStore:
             else:
                 generation = 1 if row is None else row[0] + 1
                 # A later generation keeps the series' count (its late instances complete the same series).
-                expected = expected_instances if row is None or expected_instances == row[2] else -1
+                expected = expected_instances if agrees else -1
                 db.execute(
                     "INSERT INTO series (series_uid, generation, state, study_uid, modality, description, "
                     "image_type, body_part, calling_ae, instances, first_received_at, last_received_at, updated_at, "
-                    "association, single_association, released_at, expected_instances) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, 1, NULL, ?)",
+                    "association, single_association, released_at, expected_instances, acquisition) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, 1, NULL, ?, ?)",
                     (series_uid, generation, SeriesState.RECEIVING, study_uid, modality, description, image_type,
-                     body_part, calling_ae, now, now, now, association, expected))
+                     body_part, calling_ae, now, now, now, association, expected, acquisition))
             db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (sop_instance_uid, series_uid, sop_class_uid, str(path), calling_ae, now, generation,
                         frame_of_reference_uid, association))
@@ -725,7 +732,7 @@ _ADDED_COLUMNS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
               ("completed_by", "TEXT"))),
     ("instances", (("association", "TEXT"),)),
     ("series", (("association", "TEXT"), ("single_association", "INTEGER NOT NULL DEFAULT 1"),
-                ("released_at", "REAL"), ("expected_instances", "INTEGER"))),
+                ("released_at", "REAL"), ("expected_instances", "INTEGER"), ("acquisition", "TEXT"))),
     ("deliveries", (("images_sent", "INTEGER NOT NULL DEFAULT 0"),)),
 )
 

@@ -41,11 +41,11 @@ from tests.sct_node.node_helpers import (
 
 
 def _record(state: StateStore, n: int, *, now: float, association: str | None = "a1", expected: int | None = None,
-            series: str = "1.2.3") -> bool:
+            series: str = "1.2.3", acquisition: str | None = None) -> bool:
     return state.record_instance(sop_instance_uid=f"1.2.3.{n}", series_uid=series, sop_class_uid=MR_IMAGE_STORAGE,
                                  path=Path(f"/spool/{n}.dcm"), calling_ae="PACS", study_uid="1.2", modality="MR",
                                  description=None, image_type=None, body_part=None, now=now, association=association,
-                                 expected_instances=expected)
+                                 expected_instances=expected, acquisition=acquisition)
 
 
 def _route(*rules: str, grace_s: float = 2.0) -> RouteConfig:
@@ -108,6 +108,21 @@ def test_instances_that_disagree_on_the_count_turn_expected_count_off(tmp_path: 
     (series,) = state.receiving_series()
     assert series.expected_instances == -1
     assert completion(series, _route("expected_count"), 60.0, now=1003.0) is None
+
+
+def test_two_acquisitions_in_one_series_turn_expected_count_off(tmp_path: Path):
+    """Images in Acquisition counts one acquisition: a series of two stacks (acquisitions 1 and 2, 2 images each,
+    a multi-station scan say) announces 2 on every image, and must not be complete after the first stack."""
+    state = StateStore(tmp_path / "state.db")
+    _record(state, 0, now=1000.0, expected=2, acquisition="1")
+    _record(state, 1, now=1000.5, expected=2, acquisition="1")
+    (series,) = state.receiving_series()
+    assert completion(series, _route("expected_count"), 60.0, now=1001.0) is not None  # one stack alone: complete
+    _record(state, 2, now=1001.0, expected=2, acquisition="2")
+    (series,) = state.receiving_series()
+    assert series.expected_instances == -1 and series.acquisition == "1"
+    _record(state, 3, now=1001.5, expected=2, acquisition="2")
+    assert completion(state.receiving_series()[0], _route("expected_count"), 60.0, now=1002.0) is None
 
 
 def test_late_instances_complete_the_whole_series_count_in_a_new_generation(tmp_path: Path):
