@@ -4,6 +4,7 @@ the QA with it is the QA without it, bit for bit, and one computed for other inp
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -105,6 +106,24 @@ def test_a_reference_dose_computed_for_other_inputs_is_not_used(phantom, case, e
     # The body mask is compared by value: an equal copy matches.
     assert reference_dose(mr_grid, phantom.body_mask.copy(), ct, structures=structures).mismatch(
         inputs, phantom.body_mask) is None
+
+
+def test_a_reference_dose_is_not_used_for_another_plan_nor_without_the_real_ct(phantom, case, engine_calls, caplog):
+    """The template plan's dose on the real CT serves neither a QA of a real plan nor one that compares with the
+    bulk-density sCT (no real CT); the QA says why at DEBUG."""
+    ct, sct, structures, _ = case
+    ahead = reference_dose(sct, phantom.body_mask, ct, structures=structures)
+    common = {"sct": sct, "mr_body_mask": phantom.body_mask, "structures": structures}
+    for what, inputs in {"plan": QaInputs(**common, reference_ct=ct, plan=_real_plan(ct, structures)),
+                         "reference CT": QaInputs(**common)}.items():
+        plain = run_qa(inputs)
+        before = len(engine_calls)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="dosimetry.qa"):
+            _same(plain, run_qa(dataclasses.replace(inputs, reference_dose=ahead)))
+        assert len(engine_calls) - before == 2, f"a reference dose for another {what} was used"
+        assert f"not used (another {what})" in caplog.text
+    assert plain.result.dose.reference == "bulk-density sCT"
 
 
 def test_a_plan_whose_isocentre_is_outside_the_image_is_refused_beforehand_too(phantom, case):
