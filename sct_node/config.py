@@ -20,7 +20,7 @@ from dosimetry.verdict import QaThresholds
 from sct_node.errors import ConfigError
 
 __all__ = [
-    "AllowedCaller", "DestinationConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
+    "AllowedCaller", "ConsoleConfig", "DestinationConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
     "ProcessingConfig", "RouteConfig", "SeriesMatch", "StorageConfig", "TlsConfig", "load_config",
 ]
 
@@ -250,6 +250,23 @@ class ProcessingConfig(_Strict):
                           "background, so the first series does not wait for them (seconds on a CPU)")
 
 
+class ConsoleConfig(_Strict):
+    """The node's web console (``[console]``): monitoring (``/metrics``, ``/healthz``) in the node's process."""
+
+    enabled: bool = Field(False, description="serve the console; off by default")
+    host: str = Field("127.0.0.1", description="address to listen on; loopback by default: put a reverse proxy "
+                                               "(TLS, single sign-on) in front to serve it further")
+    port: int = Field(8104, ge=1, le=65535)
+    certificate: Path | None = Field(None, description="PEM certificate: serve HTTPS (with private_key)")
+    private_key: Path | None = Field(None, description="PEM private key of the certificate")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ConsoleConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("console: certificate and private_key go together (HTTPS needs both)")
+        return self
+
+
 class LoggingConfig(_Strict):
     level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     json_lines: bool = False
@@ -263,6 +280,7 @@ class NodeConfig(_Strict):
     processing: ProcessingConfig = ProcessingConfig()
     dispatch: DispatchConfig = DispatchConfig()
     logging: LoggingConfig = LoggingConfig()
+    console: ConsoleConfig = ConsoleConfig()
     routes: tuple[RouteConfig, ...] = (RouteConfig(name="mr-to-sct"),)
     destinations: tuple[DestinationConfig, ...] = ()
 

@@ -40,10 +40,17 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.json_lines, debug=args.debug)
     # Imported once the node's log format is set: importing the models (torch) may warn, and in JSON mode even
     # that must be a JSON line.
+    from sct_node.console import start_console
+    from sct_node.errors import SctNodeError
     from sct_node.node.service import Node
 
     node = Node(config)
     node.start()
+    try:
+        console = start_console(node)
+    except SctNodeError:
+        node.stop()
+        raise
 
     def shutdown(signum: int, frame: FrameType | None) -> None:  # frame: unused, the handler's signature
         logger.info("signal %d: shutting down", signum)
@@ -52,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     node.wait()
+    if console is not None:
+        console.stop()
     node.stop()
     return EXIT_OK

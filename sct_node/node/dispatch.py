@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.uid import UID
@@ -38,6 +39,9 @@ from sct_node.job_folder import JobFolder
 from sct_node.node.receive import acknowledge_at_once, set_tcp_nodelay
 from sct_node.node.state import Delivery, StateStore
 from sct_node.node.tls import client_context
+
+if TYPE_CHECKING:
+    from sct_node.node.metrics import NodeMetrics
 
 __all__ = ["DeliveryError", "Dispatcher", "deliver_files", "ordered_outputs"]
 
@@ -137,8 +141,9 @@ class Dispatcher:
     """Runs due deliveries from the state store."""
 
     def __init__(self, state: StateStore, destinations: dict[str, DestinationConfig], dispatch: DispatchConfig,
-                 calling_ae: str) -> None:
+                 calling_ae: str, metrics: NodeMetrics | None = None) -> None:
         self.state, self.destinations, self.dispatch, self.calling_ae = state, destinations, dispatch, calling_ae
+        self.metrics = metrics
 
     def run_due(self) -> int:
         """Attempt every due delivery once; returns how many were attempted."""
@@ -177,6 +182,9 @@ class Dispatcher:
                 return
             deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
         except (DeliveryError, OSError, RuntimeError, ValueError) as error:
+            if self.metrics is not None:
+                self.metrics.delivery(delivery.destination, "failed" if attempt >= self.dispatch.max_attempts
+                                      or destination is None else "retry")
             if attempt >= self.dispatch.max_attempts or destination is None:
                 self.state.delivery_failed(job.id, delivery.destination, str(error), None)
                 logger.error("job %d: delivery to %s failed after %d attempt(s): %s; outputs kept, "
@@ -188,6 +196,8 @@ class Dispatcher:
                                delivery.destination, attempt, self.dispatch.max_attempts, error, delay_s)
             return
         self.state.delivery_succeeded(job.id, delivery.destination)
+        if self.metrics is not None:
+            self.metrics.delivery(delivery.destination, "delivered")
         logger.info("job %d: delivered %d instance(s) to %s%s", job.id, len(files), delivery.destination,
                     " (the rest of the bundle: its images were sent ahead)" if part == "rest" else "")
 
@@ -212,6 +222,8 @@ class Dispatcher:
                             job_id, name, error)
                 continue
             accepted.append(name)
+            if self.metrics is not None:
+                self.metrics.images_sent_ahead(name, len(files))
             logger.info("job %d: sent %d sCT image(s) ahead to %s while the report is rendered", job_id, len(files),
                         name)
         return tuple(accepted)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from sct_node.node.qa_stage import holds_back, prepare_references, run_qa_stage,
 from sct_node.node.spool import Spool
 from sct_node.node.state import Job, JobTimings, StateStore
 from sct_node.report.bundle import verdict_prefix
+
+if TYPE_CHECKING:
+    from sct_node.node.metrics import NodeMetrics
 
 __all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 
@@ -112,14 +115,17 @@ class JobProcessor:
     send_ahead : callable or None
         Sends the sCT images to the destinations while the report is rendered
         (:meth:`sct_node.node.dispatch.Dispatcher.send_ahead`); None: the deliveries send everything.
+    metrics : NodeMetrics or None
+        Counts jobs, their verdicts and stage times.
     """
 
     def __init__(self, state: StateStore, route_of: Callable[[str], RouteConfig | None], spool: Spool,
-                 send_ahead: SendAhead | None = None) -> None:
+                 send_ahead: SendAhead | None = None, metrics: NodeMetrics | None = None) -> None:
         self.state = state
         self.route_of = route_of
         self.spool = spool
         self.send_ahead = send_ahead
+        self.metrics = metrics
         self._models: dict[tuple[str, tuple[tuple[str, int | None], ...]], TranslationModel] = {}
         self._models_lock = threading.Lock()
 
@@ -157,6 +163,8 @@ class JobProcessor:
             destinations = ()
             reason += " (the refusal notice could not be written: see the log)"
         self.state.job_refused(job.id, reason, destinations, replace(timings, total_s=_since(started)))
+        if self.metrics is not None:
+            self.metrics.job_refused(replace(timings, total_s=_since(started)))
         logger.warning("job %d refused by the input guard (%s mismatch with model %s); %s", job.id, checked.verdict,
                        model.card.name, "the notice (SR, PDF) goes to " + ", ".join(destinations) if destinations
                        else "no destination: no notice sent")
@@ -236,10 +244,14 @@ class JobProcessor:
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))
             logger.error("job %d failed: %s", job.id, error)
+            if self.metrics is not None:
+                self.metrics.job_failed()
             return
         except Exception as error:  # a bug must fail the job, not kill the worker
             logger.exception("job %d failed with an internal error", job.id)
             self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}")
+            if self.metrics is not None:
+                self.metrics.job_failed()
             return
         timings = replace(timings, total_s=_since(started))
         hold_reason = ("sCT held back after a QA FAIL (route on_qa_fail = \"hold\"); "
@@ -248,6 +260,8 @@ class JobProcessor:
                        + f"`sct-node release {job.id}` delivers the sCT") if held else None
         self.state.job_processed(job.id, route.destinations if route else (), timings, hold_reason=hold_reason,
                                  images_sent=images_sent)
+        if self.metrics is not None:
+            self.metrics.job_processed(timings)
         logger.info("job %d processed: sCT series %s, %d instances, %.1f s%s%s", job.id, written.series_instance_uid,
                     len(written.files), timings.total_s,
                     f", QA {timings.qa_verdict}" if timings.qa_verdict is not None else "",

@@ -42,6 +42,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.uid import UID
@@ -77,6 +78,9 @@ from sct_node.node.netguard import (
 from sct_node.node.spool import Spool
 from sct_node.node.state import StateStore
 from sct_node.node.tls import server_context
+
+if TYPE_CHECKING:
+    from sct_node.node.metrics import NodeMetrics
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "acknowledge_at_once",
            "set_tcp_nodelay"]
@@ -174,13 +178,15 @@ class StorageSCP:
     on_released : callable or None
         Called when an association that stored something was released normally and its release recorded (the
         association completion rule may fire after its grace).
+    metrics : NodeMetrics or None
+        Counts stored, duplicate and refused instances.
     """
 
     def __init__(self, network: NetworkConfig, storage: StorageConfig, state: StateStore, spool: Spool,
                  on_stored: Callable[[], None] | None = None,
-                 on_released: Callable[[], None] | None = None) -> None:
+                 on_released: Callable[[], None] | None = None, metrics: NodeMetrics | None = None) -> None:
         self.network, self.storage, self.state, self.spool = network, storage, state, spool
-        self.on_stored, self.on_released = on_stored, on_released
+        self.on_stored, self.on_released, self.metrics = on_stored, on_released, metrics
         self._server: GuardedServer | None = None
         spool.make_folders()
         # Temporary files of instances never acknowledged (a crash while writing): the sender will resend them.
@@ -266,8 +272,11 @@ class StorageSCP:
             shown = sop_uid if uid_problem(sop_uid) is None else "(invalid UID)"
             logger.exception("instance %s: unexpected error while storing; answered Out of Resources", shown)
             status = _status(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
-        if connection is not None and not isinstance(status, int) and status.Status != StorageStatus.SUCCESS:
-            connection.refused_instances += 1
+        if not isinstance(status, int) and status.Status != StorageStatus.SUCCESS:
+            if connection is not None:
+                connection.refused_instances += 1
+            if self.metrics is not None:
+                self.metrics.instance_refused(int(status.Status))
         return status
 
     def _refuse(self, connection: Connection | None, sop_uid: str, problem: str) -> pydicom.Dataset:
@@ -341,6 +350,8 @@ class StorageSCP:
             if series_uid not in connection.series:
                 connection.series.append(series_uid)
         logger.debug("stored instance %s of series %s%s", sop_uid, series_uid, "" if new else " (duplicate)")
+        if self.metrics is not None:
+            self.metrics.instance_stored(new)
         if self.on_stored is not None:
             self.on_stored()
         return StorageStatus.SUCCESS

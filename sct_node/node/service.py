@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sct_node.config import NodeConfig
 from sct_node.node.dispatch import Dispatcher
+from sct_node.node.metrics import NodeMetrics
 from sct_node.node.process import JobProcessor
 from sct_node.node.receive import StorageSCP
 from sct_node.node.route import route_complete_series
@@ -47,12 +48,14 @@ class Node:
         self._wake = threading.Event()
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self._router_wake = threading.Event()  # set when an association rule's grace has passed
+        self.metrics = NodeMetrics(self.state, self.spool, config.storage)
         self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None,
-                              on_released=self._association_released)
+                              on_released=self._association_released, metrics=self.metrics)
         routes = {route.name: route for route in config.routes}
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
-                                     config.network.ae_title)
-        self.processor = JobProcessor(self.state, routes.get, self.spool, send_ahead=self.dispatcher.send_ahead)
+                                     config.network.ae_title, metrics=self.metrics)
+        self.processor = JobProcessor(self.state, routes.get, self.spool, send_ahead=self.dispatcher.send_ahead,
+                                      metrics=self.metrics)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:

@@ -682,6 +682,11 @@ class StateStore:
                            "FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
         return [_delivery(row) for row in rows]
 
+    def job_counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (states without jobs left out)."""
+        return {JobState(state): count for state, count in
+                self._query("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
     def instance_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
 

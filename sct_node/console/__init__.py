@@ -1,0 +1,34 @@
+"""The node's web console, served in the node's process (``[console]`` in node.toml, off by default).
+
+This first part is monitoring: ``/metrics`` for Prometheus (:mod:`sct_node.node.metrics`) and ``/healthz``
+for a load balancer or a service manager. Neither serves anything about a patient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sct_node.console.app import create_app
+from sct_node.console.server import ConsoleServer
+
+if TYPE_CHECKING:
+    from sct_node.node.service import Node
+
+__all__ = ["ConsoleServer", "create_app", "start_console"]
+
+
+def start_console(node: Node) -> ConsoleServer | None:
+    """Serve the console of a started node when its configuration enables it; None when it does not.
+
+    Raises
+    ------
+    SctNodeError
+        When the console cannot listen (the node itself keeps running: the caller decides).
+    """
+    config = node.config.console
+    if not config.enabled:
+        return None
+    server = ConsoleServer(config, create_app(node.config, node.state, node.spool, node.metrics,
+                                              receiving=lambda: node.scp.server is not None))
+    server.start()
+    return server
