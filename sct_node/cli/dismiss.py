@@ -23,10 +23,11 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Dismiss the job and say how many pending deliveries that cancelled."""
+    from sct_node.node.actions import cli_actor, dismiss
     from sct_node.node.state import DeliveryState
 
     state = open_state(args.config)
-    job = state.dismiss_job(args.job, args.comment)
+    job = dismiss(state, args.job, cli_actor(), args.comment)
     cancelled = sum(1 for delivery in state.deliveries(job.id) if delivery.state == DeliveryState.CANCELLED)
     print(f"job {job.id}: dismissed ({cancelled} pending deliver{'y' if cancelled == 1 else 'ies'} cancelled; "
           "inputs and outputs are removed after storage.done_retention_h)")

@@ -19,7 +19,8 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Retry the job and print its new state."""
-    state = open_state(args.config)
-    new_state = state.retry_job(args.job)
+    from sct_node.node.actions import cli_actor, retry
+
+    new_state = retry(open_state(args.config), args.job, cli_actor())
     print(f"job {args.job}: {new_state}")
     return EXIT_OK

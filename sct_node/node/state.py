@@ -148,6 +148,20 @@ CREATE TABLE IF NOT EXISTS deliveries (
     images_sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, destination)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    job_id INTEGER,
+    comment TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL DEFAULT ''
+);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
 
 
@@ -271,6 +285,30 @@ class Job:
     #: Which completion rule made the series complete (sct_node.node.route: association, expected count,
     #: quiet period), with the numbers that fired it.
     completed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does something to a job: a console user (``name``, ``role``), or ``cli:<login>`` with role ``cli``."""
+
+    name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the append-only audit trail: who did what, to which job, when, and why."""
+
+    id: int
+    at: float
+    actor: str
+    role: str
+    #: release, retry, dismiss (job actions); login, login_refused, logout (the console).
+    action: str
+    job_id: int | None
+    comment: str
+    #: What it led to: the job's new state, or why it was refused.
+    outcome: str
 
 
 @dataclass(frozen=True)
@@ -570,7 +608,22 @@ class StateStore:
                            "updated_at = ? WHERE job_id = ? AND destination = ?",
                            (error, next_attempt_at, now, job_id, destination))
 
-    def retry_job(self, job_id: int) -> JobState:
+    # --- the audit trail -----------------------------------------------------------------------------
+
+    def audit(self, actor: Actor, action: str, job_id: int | None = None, comment: str = "", outcome: str = "",
+              now: float | None = None) -> None:
+        """Append one entry to the audit trail (SQLite triggers refuse any change or deletion of an entry)."""
+        with self._transaction() as db:
+            _append_audit(db, actor, action, job_id, comment, outcome, time.time() if now is None else now)
+
+    def audit_entries(self, limit: int | None = 200, job_id: int | None = None) -> list[AuditEntry]:
+        """The newest entries first (all with ``limit=None``), or those of one job."""
+        where, parameters = ("WHERE job_id = ?", (job_id,)) if job_id is not None else ("", ())
+        rows = self._query(f"SELECT id, at, actor, role, action, job_id, comment, outcome FROM audit {where} "
+                           "ORDER BY id DESC LIMIT ?", (*parameters, -1 if limit is None else limit))
+        return [AuditEntry(*row) for row in rows]
+
+    def retry_job(self, job_id: int, actor: Actor | None = None) -> JobState:
         """Put a failed job back: re-deliver when its outputs exist, otherwise process again.
 
         Returns the new state. Raises SctNodeError for an unknown or unfailed job.
@@ -595,9 +648,11 @@ class StateStore:
                        "images_sent = 0 WHERE job_id = ? AND state = ?",
                        (DeliveryState.PENDING, now, now, job_id, DeliveryState.FAILED))
             db.execute("UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?", (state, now, job_id))
+            if actor is not None:
+                _append_audit(db, actor, "retry", job_id, "", state, now)
         return state
 
-    def release_job(self, job_id: int) -> JobState:
+    def release_job(self, job_id: int, actor: Actor | None = None, comment: str = "") -> JobState:
         """A held job's outputs are complete again (moved back by the caller): deliver all of them.
 
         Returns the new state. Raises SctNodeError for an unknown job or one that is not held.
@@ -613,9 +668,11 @@ class StateStore:
             state = JobState.DELIVERING if count else JobState.DONE
             db.execute("UPDATE jobs SET state = ?, reason = NULL, held = NULL, updated_at = ? WHERE id = ?",
                        (state, now, job_id))
+            if actor is not None:
+                _append_audit(db, actor, "release", job_id, comment, state, now)
         return state
 
-    def dismiss_job(self, job_id: int, comment: str, now: float | None = None) -> Job:
+    def dismiss_job(self, job_id: int, comment: str, now: float | None = None, actor: Actor | None = None) -> Job:
         """A person gives up on a failed or held job: it ends ``dismissed``, keeping its row, reason and outputs.
 
         Deliveries still pending are cancelled, so the dispatcher never sends them; delivered and failed
@@ -646,6 +703,8 @@ class StateStore:
                        "WHERE id = ?", (JobState.DISMISSED, comment[:2000], now, now, job_id))
             db.execute("UPDATE deliveries SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
                        (DeliveryState.CANCELLED, now, job_id, DeliveryState.PENDING))
+            if actor is not None:
+                _append_audit(db, actor, "dismiss", job_id, comment, JobState.DISMISSED, now)
         return self.job(job_id)
 
     # --- reading ------------------------------------------------------------------------------------
@@ -778,6 +837,12 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     return Delivery(row[0], row[1], DeliveryState(row[2]), row[3], row[4], row[5], bool(row[6]))
+
+
+def _append_audit(db: sqlite3.Connection, actor: Actor, action: str, job_id: int | None, comment: str,
+                  outcome: str, now: float) -> None:
+    db.execute("INSERT INTO audit (at, actor, role, action, job_id, comment, outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (now, actor.name[:200], actor.role, action, job_id, comment[:2000], str(outcome)[:500]))
 
 
 def _add_deliveries(db: sqlite3.Connection, job_id: int, destinations: tuple[str, ...], now: float,

@@ -117,9 +117,13 @@ def test_a_failed_sct_is_held_back_until_released(tmp_path):
         assert not (job.output_dir / "sct").exists() and any((job.output_dir / "held" / "sct").glob("*.dcm"))
         status = run_sct_node("status", "--config", str(config_path))
         assert "held" in status.stdout and f"sct-node release {job.id}" in status.stdout
-        released = run_sct_node("release", str(job.id), "--config", str(config_path))
+        released = run_sct_node("release", str(job.id), "--comment", "FAIL reviewed: bone under-estimated at the "
+                                "edge only", "--config", str(config_path))
         assert released.returncode == 0, released.stderr
         assert released.stdout.startswith(f"job {job.id}: delivering")
+        (entry,) = node.state.audit_entries(job_id=job.id)  # who released it, and why, is on record
+        assert (entry.action, entry.role, entry.outcome) == ("release", "cli", "delivering")
+        assert entry.actor.startswith("cli:") and entry.comment.startswith("FAIL reviewed")
         wait_for(lambda: node.state.job(job.id).state == "done", 60, "the released job to be delivered")
         received = _received_modalities_in_order(scp)
         assert received.count("CT") == len(mr.files) and {"RTSTRUCT", "RTPLAN", "RTDOSE"} <= set(received)

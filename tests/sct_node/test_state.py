@@ -158,3 +158,39 @@ def test_a_database_from_before_sending_ahead_is_migrated(tmp_path):
     state.claim_job()
     state.job_processed(job_id, ("tps",), JobTimings(), images_sent=("tps",))
     assert state.deliveries(job_id)[0].images_sent
+
+
+def test_actions_on_jobs_are_audited_in_the_same_transaction_and_the_trail_is_append_only(tmp_path):
+    import sqlite3
+
+    from sct_node.node.actions import dismiss, release, retry
+    from sct_node.node.state import Actor
+
+    state = StateStore(tmp_path / "db.sqlite3")
+    physicist = Actor("alice", "physicist")
+    for n in range(3):
+        _receive(state, f"1.{n}", series=f"9.{n}", now=1000)
+    ids = [state.create_job(series, "r", "bulk", tmp_path / f"out{i}")
+           for i, series in enumerate(state.quiet_series(1, now=2000))]
+    for job_id in ids:
+        state.claim_job()
+    state.job_processed(ids[0], (), JobTimings(), hold_reason="QA FAIL, held")
+    state.job_failed(ids[1], "delivery to tps failed")
+    state.job_failed(ids[2], "model error")
+    assert release(state, ids[0], physicist, " reviewed: FAIL is the rectal gas, dose fine ")[0] == "done"
+    assert retry(state, ids[1], Actor("cli:bob", "cli")) == "complete"
+    assert dismiss(state, ids[2], physicist, "re-acquired as series 7").state == "dismissed"
+    with pytest.raises(SctNodeError, match="not held"):
+        release(state, ids[2], physicist, "again")  # a refused action changes nothing and leaves no entry
+    entries = state.audit_entries()
+    assert [(e.action, e.job_id, e.actor, e.role, e.outcome) for e in entries] == [
+        ("dismiss", ids[2], "alice", "physicist", "dismissed"),
+        ("retry", ids[1], "cli:bob", "cli", "complete"),
+        ("release", ids[0], "alice", "physicist", "done")]
+    assert entries[2].comment == "reviewed: FAIL is the rectal gas, dose fine"
+    assert [e.action for e in state.audit_entries(job_id=ids[0])] == ["release"]
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:  # not even the database's owner rewrites history
+        for sql in ("UPDATE audit SET comment = 'nothing to see'", "DELETE FROM audit"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                db.execute(sql)
+    assert len(state.audit_entries()) == 3
