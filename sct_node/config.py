@@ -259,6 +259,15 @@ class ConsoleConfig(_Strict):
     port: int = Field(8104, ge=1, le=65535)
     certificate: Path | None = Field(None, description="PEM certificate: serve HTTPS (with private_key)")
     private_key: Path | None = Field(None, description="PEM private key of the certificate")
+    users_file: Path | None = Field(None, description="local users with roles and argon2 password hashes "
+                                                      "(sct-node console-user add); read at each login")
+    trusted_user_header: str | None = Field(
+        None, description="single sign-on: the header a reverse proxy sets to the authenticated user's name "
+                          "(e.g. X-Remote-User); believed only from trusted_proxies")
+    trusted_role_header: str | None = Field(
+        None, description="the header with that user's role (viewer, physicist, admin); without it, viewer")
+    trusted_proxies: tuple[str, ...] = Field(("127.0.0.1",), description="addresses whose identity headers count")
+    session_idle_timeout_min: float = Field(30.0, gt=0, le=24 * 60)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ConsoleConfig:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from sct_node import __version__
 from sct_node.cli import (
+    console_user,
     demo,
     dismiss,
     dose,
@@ -69,8 +70,8 @@ __all__ = [
 ]
 
 #: The verbs in the order ``sct-node --help`` lists them.
-VERBS = (phantom, translate, train, evaluate, serve, status, retry, release, dismiss, qa, hu_reference, report,
-         gamma, dose, demo)
+VERBS = (phantom, translate, train, evaluate, serve, status, retry, release, dismiss, console_user, qa,
+         hu_reference, report, gamma, dose, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """The node's web console, served in the node's process (``[console]`` in node.toml, off by default).
 
-This first part is monitoring: ``/metrics`` for Prometheus (:mod:`sct_node.node.metrics`) and ``/healthz``
-for a load balancer or a service manager. Neither serves anything about a patient.
+``/metrics`` for Prometheus (:mod:`sct_node.node.metrics`) and ``/healthz`` need no login and serve nothing
+about a patient. The pages (jobs, a job with its QA, report and deliveries, release/dismiss/retry, the audit
+trail) need a login: local users (:mod:`sct_node.console.users`, sessions in :mod:`sct_node.console.sessions`)
+or a trusted reverse proxy's header (single sign-on). See :mod:`sct_node.console.app`.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_actions_on_jobs_are_audited_in_the_same_transaction_and_the_trail_is_ap
         _receive(state, f"1.{n}", series=f"9.{n}", now=1000)
     ids = [state.create_job(series, "r", "bulk", tmp_path / f"out{i}")
            for i, series in enumerate(state.quiet_series(1, now=2000))]
-    for job_id in ids:
+    for _ in ids:
         state.claim_job()
     state.job_processed(ids[0], (), JobTimings(), hold_reason="QA FAIL, held")
     state.job_failed(ids[1], "delivery to tps failed")
