@@ -8,6 +8,9 @@ need=""
 command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
 command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
 command -v plastimatch >/dev/null 2>&1 || need="$need plastimatch"
+# A real browser for the console's test (tests/sct_node/test_console_browser.py, Selenium).
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
 [ -z "$need" ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -322,7 +322,8 @@ def _job_context(state: StateStore, job: Job) -> dict[str, Any]:
     timings = [] if job.timings is None else [
         (name, f"{value:.2f} s" if isinstance(value, float) else str(value))
         for name, value in json.loads(job.timings.to_json()).items()]
-    return {"job": job, "qa": qa, "guard": guard, "patient": patient, "pdf": _pdf_of(job) is not None,
+    return {"job": job, "created": _when(job.created_at), "qa": qa, "guard": guard, "patient": patient,
+            "pdf": _pdf_of(job) is not None,
             "timings": timings, "deliveries": state.deliveries(job.id),
             "entries": [_audit_row(e) for e in state.audit_entries(job_id=job.id)]}
 
