@@ -16,8 +16,10 @@ import hmac
 import io
 import json
 import logging
+import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,28 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         return FileResponse(pdf, media_type="application/pdf",
                             headers={"Content-Disposition": f'inline; filename="job-{job.id}-qa-report.pdf"'})
 
+    @needs_login
+    async def figures_page(request: Request, user: User) -> Response:
+        job = await _job_or_none(state, request.path_params["job_id"])
+        if job is None or job.output_dir is None:
+            return error(request, 404, "No such job.")
+        try:
+            pages = await run_in_threadpool(_report_pages, job.output_dir)
+        except SctNodeError as failure:
+            return error(request, 404, f"The report of job {job.id} cannot be drawn: {failure}")
+        return page(request, "figures.html", {"job": job, "pages": [p.name for p in pages]})
+
+    @needs_login
+    async def figure(request: Request, user: User) -> Response:
+        job = await _job_or_none(state, request.path_params["job_id"])
+        name = request.path_params["name"]
+        if job is None or job.output_dir is None or not re.fullmatch(r"page-\d{2}\.png", name):
+            return error(request, 404, "No such figure.")
+        path = job.output_dir / _PAGES_DIR / name
+        if not path.is_file():
+            return error(request, 404, "No such figure (open the job's report pages first).")
+        return FileResponse(path, media_type="image/png")
+
     async def job_action(request: Request) -> Response:
         user, csrf = current(request)
         if user is None:
@@ -259,9 +283,28 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         Route("/login", login, methods=["GET", "POST"]), Route("/logout", logout, methods=["POST"]),
         Route("/", jobs_page), Route("/jobs/{job_id:int}", job_page),
         Route("/jobs/{job_id:int}/report.pdf", report_pdf),
+        Route("/jobs/{job_id:int}/figures", figures_page), Route("/jobs/{job_id:int}/figures/{name:str}", figure),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/audit", audit_page),
     ])
+
+
+#: Where the console keeps a job's report pages as images (inside the job's folder: they go with it).
+_PAGES_DIR = Path("console") / "pages"
+_PAGES_LOCK = threading.Lock()
+
+
+def _report_pages(output_dir: Path) -> list[Path]:
+    """The job's report pages as PNG, drawn once from its QA folder (as the PDF is) and kept in the job."""
+    from sct_node.report.context import load_qa_folder
+    from sct_node.report.pdf import render_report_pages
+
+    folder = output_dir / _PAGES_DIR
+    with _PAGES_LOCK:
+        pages = sorted(folder.glob("page-*.png"))
+        if not pages:
+            pages = render_report_pages(load_qa_folder(output_dir / JobFolder.QA).data, folder)
+    return pages
 
 
 def _csrf_ok(expected: str, sent: object) -> bool:

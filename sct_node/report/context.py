@@ -140,6 +140,7 @@ def _folder(qa_dir: Path, record: QaRecord, context: QaContext | None) -> QaFold
 def _sct_series(qa_dir: Path, context: QaContext | None) -> ImageSeries:
     candidates = [Path(context.sct_dir)] if context is not None and context.sct_dir else []
     candidates.append(qa_dir.parent / JobFolder.SCT)  # the node's job layout, after a move
+    candidates.append(qa_dir.parent / JobFolder.HELD / JobFolder.SCT)  # held back after a QA FAIL
     for folder in candidates:
         if folder.is_dir() and any(folder.glob("*.dcm")):
             return read_series([folder], sop_classes=[CT_IMAGE_STORAGE])

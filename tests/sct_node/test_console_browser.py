@@ -91,6 +91,11 @@ def test_a_physicist_releases_a_held_job_in_a_browser(held_job, browser):  # noq
         "fetch(document.getElementById('pdf').href).then(async r => done([r.status, r.headers.get('content-type'),"
         " new TextDecoder().decode((await r.arrayBuffer()).slice(0, 4))]));")
     assert pdf == [200, "application/pdf", "%PDF"]
+    driver.find_element(By.ID, "figures").click()
+    images = driver.find_elements(By.TAG_NAME, "img")
+    assert len(images) >= 4 and all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+    _shot(driver, "03b-report-pages")
+    driver.back()
 
     form = driver.find_element(By.CSS_SELECTOR, f"form[action='/jobs/{job.id}/release']")
     form.find_element(By.NAME, "comment").send_keys("FAIL reviewed in the browser: bone under-estimated, "

@@ -137,6 +137,13 @@ def test_a_physicist_reviews_and_releases_a_held_job_and_the_rules_hold(held_job
     assert f'action="/jobs/{job.id}/release"' in page
     status, _, pdf, kind = physicist.request(f"/jobs/{job.id}/report.pdf")
     assert status == 200 and kind == "application/pdf" and pdf.startswith(b"%PDF")
+    status, _, page = physicist.text(f"/jobs/{job.id}/figures")  # drawn from the held job's QA, sCT held back
+    names = re.findall(rf'src="/jobs/{job.id}/figures/(page-\d\d\.png)"', page)
+    assert status == 200 and len(names) >= 4, page[-500:]
+    status, _, image, kind = physicist.request(f"/jobs/{job.id}/figures/{names[1]}")
+    assert status == 200 and kind == "image/png" and image.startswith(b"\x89PNG")
+    assert physicist.request(f"/jobs/{job.id}/figures/..%2Fqa%2Fqa.json")[0] == 404
+    assert anonymous.request(f"/jobs/{job.id}/figures/{names[1]}")[1].endswith("/login")
     token = physicist.csrf(f"/jobs/{job.id}")
     status, _, _ = physicist.text(f"/jobs/{job.id}/release", {"comment": "forged: no token"})
     assert status == 403 and node.state.job(job.id).state == "held"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import threading
 from pathlib import Path
 from typing import BinaryIO
@@ -61,7 +62,7 @@ from sct_node.report.pdf.limitations import _closing_blocks
 from sct_node.report.pdf.pages import EXPECTED_TISSUE_PEAKS_HU, _draw_histogram_page, _draw_images_page
 from sct_node.report.pdf.summary import _summary_blocks
 
-__all__ = ["EXPECTED_TISSUE_PEAKS_HU", "render_report_pdf"]
+__all__ = ["EXPECTED_TISSUE_PEAKS_HU", "render_report_pages", "render_report_pdf"]
 
 _DPI = 150  # raster resolution of the images inside the PDF
 #: rc_context changes matplotlib's process-wide settings: one report is drawn at a time.
@@ -119,6 +120,36 @@ def render_report_pdf(data: ReportData, path: Path) -> Path:
         except OSError as error:
             raise OutputError(f"cannot write the QA report {path}: {error.strerror or error}") from error
     return path
+
+
+def render_report_pages(data: ReportData, folder: Path, dpi: int = 90) -> list[Path]:
+    """Write the report's pages as PNG images (``page-01.png``, ...), as the PDF draws them: for a screen
+    (the console). Each file is written atomically. Returns the files in page order.
+
+    Raises
+    ------
+    InputError, OutputError
+        As :func:`render_report_pdf`.
+    """
+    data = _require_consistent(data)
+    folder = Path(folder)
+    written = []
+    with _RENDER_LOCK, matplotlib.rc_context(_RC):
+        pages = _plan_pages(data)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for number, draw in enumerate(pages, start=1):
+                figure = Figure(figsize=_PAGE_IN)
+                draw(figure)
+                _draw_header_footer(figure, data, number, len(pages))
+                path = folder / f"page-{number:02d}.png"
+                image = io.BytesIO()
+                figure.savefig(image, format="png", dpi=dpi)
+                write_atomic(path, image.getvalue(), suffix=".png.tmp")
+                written.append(path)
+        except OSError as error:
+            raise OutputError(f"cannot write the report's pages in {folder}: {error.strerror or error}") from error
+    return written
 
 
 # --------------------------------------------------------------------------------------------- checks
