@@ -31,6 +31,7 @@ def start_console(node: Node) -> ConsoleServer | None:
     if not config.enabled:
         return None
     server = ConsoleServer(config, create_app(node.config, node.state, node.spool, node.metrics,
-                                              receiving=lambda: node.scp.server is not None))
+                                              receiving=lambda: node.scp.server is not None,
+                                              node_status=node.status))
     server.start()
     return server

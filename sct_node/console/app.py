@@ -61,10 +61,11 @@ _COMMENT_REQUIRED = {"release", "dismiss"}
 
 
 def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: NodeMetrics,
-               receiving: Callable[[], bool]) -> Starlette:
+               receiving: Callable[[], bool], node_status: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The console of one node.
 
-    ``receiving`` says whether the Storage SCP is listening (the node's own check, for ``/healthz``).
+    ``receiving`` says whether the Storage SCP is listening (the node's own check, for ``/healthz``);
+    ``node_status`` what the node page shows (:meth:`sct_node.node.service.Node.status`).
     """
     console = config.console
     sessions = SessionStore(console.session_idle_timeout_min * 60)
@@ -263,6 +264,15 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @needs_login
+    async def node_page(request: Request, user: User) -> Response:
+        if node_status is None:
+            return error(request, 404, "This console has no node to show.")
+        status = await run_in_threadpool(node_status)
+        return page(request, "node.html", {"node": status, "started": _when(status["started_at"]),
+                                           "free_gb": f"{status['free_mb'] / 1024:.1f}",
+                                           "reserve_gb": f"{status['reserve_mb'] / 1024:.1f}"})
+
+    @needs_login
     async def audit_page(request: Request, user: User) -> Response:
         entries = await run_in_threadpool(state.audit_entries, None)
         kind = request.query_params.get("format", "")
@@ -285,7 +295,7 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         Route("/jobs/{job_id:int}/report.pdf", report_pdf),
         Route("/jobs/{job_id:int}/figures", figures_page), Route("/jobs/{job_id:int}/figures/{name:str}", figure),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
-        Route("/audit", audit_page),
+        Route("/audit", audit_page), Route("/node", node_page),
     ])
 
 

@@ -562,6 +562,12 @@ class GuardedServer(ThreadedAssociationServer):
         self._open_by_host: dict[str, int] = {}
         super().__init__(*args, **kwargs)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (each holds an association, or is about to)."""
+        with self._count_lock:
+            return self._open_total
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept only: no handshake here, so a silent client cannot hold the accept loop."""
         client, address = self.socket.accept()  # type: ignore[union-attr]  # bound before serving starts

@@ -139,6 +139,11 @@ class JobProcessor:
                 self._models[key] = load_model(name, **options)
             return self._models[key]
 
+    def loaded_models(self) -> list[TranslationModel]:
+        """The models loaded so far (by the preload or a job)."""
+        with self._models_lock:
+            return list(self._models.values())
+
     def run_one(self) -> bool:
         """Claim and process one job; False when there was none."""
         job = self.state.claim_job()

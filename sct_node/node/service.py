@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sct_node.config import NodeConfig
 from sct_node.node.dispatch import Dispatcher
@@ -25,7 +26,7 @@ from sct_node.node.process import JobProcessor
 from sct_node.node.receive import StorageSCP
 from sct_node.node.route import route_complete_series
 from sct_node.node.spool import Spool, SpoolPathError
-from sct_node.node.state import Job, StateStore
+from sct_node.node.state import Job, JobState, StateStore
 
 __all__ = ["Node", "state_path"]
 
@@ -57,8 +58,39 @@ class Node:
         self.processor = JobProcessor(self.state, routes.get, self.spool, send_ahead=self.dispatcher.send_ahead,
                                       metrics=self.metrics)
         self._threads: list[threading.Thread] = []
+        self._started_at = 0.0
+
+    def status(self) -> dict[str, Any]:
+        """What the node is doing, for the console's node page: roles, connections, queues, disk, models."""
+        import shutil
+
+        from sct_node import __version__
+
+        jobs = self.state.job_counts()
+        server = self.scp.server
+        usage = shutil.disk_usage(self.spool.root)
+        return {
+            "version": __version__, "started_at": self._started_at,
+            "roles": {thread.name.removeprefix("sct-node-"): thread.is_alive() for thread in self._threads},
+            "listening": server is not None, "port": self.port,
+            "connections": server.open_connections if server is not None else 0,
+            "max_connections": self.config.network.max_connections,
+            "jobs": {state.value: jobs.get(state, 0) for state in JobState},
+            "pending_deliveries": len(self.state.due_deliveries(now=float("inf"))),
+            "spool": str(self.spool.root), "free_mb": usage.free / 2**20,
+            "reserve_mb": self.config.storage.min_free_space_mb,
+            "models": [{"name": m.card.name, "version": m.card.version, "identity": m.card.identity,
+                        "description": m.card.description, "intended_use": m.card.intended_use}
+                       for m in self.processor.loaded_models()],
+            "routes": [{"name": r.name, "model": r.model, "destinations": ", ".join(r.destinations),
+                        "complete_on": ", ".join(r.complete_on) or "quiet period", "on_qa_fail": r.on_qa_fail}
+                       for r in self.config.routes],
+            "destinations": [{"name": d.name, "address": f"{d.ae_title}@{d.host}:{d.port}", "bundle": d.bundle}
+                             for d in self.config.destinations],
+        }
 
     def start(self) -> None:
+        self._started_at = time.time()
         recovered = self.state.recover()
         if recovered:
             logger.info("restart: %d job(s) interrupted during processing will be processed again", recovered)

@@ -108,6 +108,9 @@ def test_a_physicist_releases_a_held_job_in_a_browser(held_job, browser):  # noq
     received = [str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in scp.folder.iterdir() if p.is_file()]
     assert received.count("CT") == len(mr.files)
 
+    driver.find_element(By.LINK_TEXT, "Node").click()
+    assert "listening on port" in driver.find_element(By.ID, "node").text
+    _shot(driver, "06-node")
     driver.find_element(By.LINK_TEXT, "Audit").click()
     rows = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "table.audit tr")]
     assert any("alice" in row and "release" in row and "FAIL reviewed in the browser" in row for row in rows)

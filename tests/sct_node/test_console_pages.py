@@ -172,6 +172,11 @@ def test_a_physicist_reviews_and_releases_a_held_job_and_the_rules_hold(held_job
     assert "FAIL reviewed: bone missing, dose within 1 %" in csv_text
     assert "alice" in physicist.text(f"/jobs/{job.id}")[2]  # the job's own audit table
 
+    # The node page: roles, connections, queues, disk, routes and the model that ran.
+    status, _, page = physicist.text("/node")
+    assert status == 200 and "listening on port" in page and "bulk" in page and "STOPPED" not in page
+    assert re.search(r"<th><a href=\"/\?state=done\">done</a></th>", page)
+
     # Logging out ends the session.
     assert physicist.text("/logout", {"csrf": physicist.csrf("/")})[1].endswith("/login")
     assert physicist.text("/")[1].endswith("/login")
