@@ -264,6 +264,23 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @needs_login
+    async def trends_page(request: Request, user: User) -> Response:
+        from sct_node.console.trends import groups_of
+
+        groups = groups_of(await run_in_threadpool(state.jobs, _TREND_JOBS))
+        return page(request, "trends.html", {"groups": [{"key": g.key, **g.summary()} for g in groups]})
+
+    @needs_login
+    async def trends_png(request: Request, user: User) -> Response:
+        from sct_node.console.trends import draw_trends, groups_of
+
+        groups = {g.key: g for g in groups_of(await run_in_threadpool(state.jobs, _TREND_JOBS))}
+        group = groups.get(request.query_params.get("group", ""))
+        if group is None:
+            return error(request, 404, "No QA'd jobs of that route and model.")
+        return Response(await run_in_threadpool(draw_trends, group), media_type="image/png")
+
+    @needs_login
     async def node_page(request: Request, user: User) -> Response:
         if node_status is None:
             return error(request, 404, "This console has no node to show.")
@@ -296,9 +313,12 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         Route("/jobs/{job_id:int}/figures", figures_page), Route("/jobs/{job_id:int}/figures/{name:str}", figure),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/audit", audit_page), Route("/node", node_page),
+        Route("/trends", trends_page), Route("/trends.png", trends_png),
     ])
 
 
+#: How many of the newest jobs the trends look at.
+_TREND_JOBS = 5000
 #: Where the console keeps a job's report pages as images (inside the job's folder: they go with it).
 _PAGES_DIR = Path("console") / "pages"
 _PAGES_LOCK = threading.Lock()

@@ -49,7 +49,7 @@ from sct_node.errors import OutputError, SctNodeError
 from sct_node.job_folder import JobFolder
 from sct_node.node.qa_stage import holds_back, prepare_references, run_qa_stage, run_report_stage
 from sct_node.node.spool import Spool
-from sct_node.node.state import Job, JobTimings, StateStore
+from sct_node.node.state import Job, JobTimings, StateStore, with_trend_numbers
 from sct_node.report.bundle import verdict_prefix
 
 if TYPE_CHECKING:
@@ -224,11 +224,15 @@ class JobProcessor:
             verdict = None
             if route is not None and references is not None:
                 t0 = time.perf_counter()
-                verdict = run_qa_stage(result, series, model.card, route, output_dir, references.result(),
-                                       input_guard=(checked.verdict, tuple(checked.reasons)))
-                # The job's record keeps text: a verdict, or ERROR for a QA or report that could not be made.
+                qa = run_qa_stage(result, series, model.card, route, output_dir, references.result(),
+                                  input_guard=(checked.verdict, tuple(checked.reasons)))
+                verdict = qa.verdict if qa is not None else None
+                # The job's record keeps text: a verdict, or ERROR for a QA or report that could not be made;
+                # and the few numbers the console's trends follow (they outlive the job's folder).
                 timings = replace(timings, qa_s=_since(t0),
                                   qa_verdict=verdict.value if verdict is not None else "ERROR")
+                if qa is not None:
+                    timings = with_trend_numbers(timings, qa)
             # Written once, after the QA, marked with its verdict: what is delivered is never rewritten.
             t0 = time.perf_counter()
             written = write_sct_series(result.hu, series, model.card, output_dir / JobFolder.SCT,
@@ -246,6 +250,7 @@ class JobProcessor:
                 timings = replace(timings, report=reported.value if reported is not None else "ERROR",
                                   report_s=_since(t0))
                 images_sent = _sent_ahead(job.id, ahead)
+                timings = replace(timings, held_back=held)
         except (SctNodeError, ModelsError) as error:
             self.state.job_failed(job.id, str(error))
             logger.error("job %d failed: %s", job.id, error)

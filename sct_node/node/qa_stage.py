@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from dosimetry.plans import PhotonPlan
     from dosimetry.qa import ReferenceDose
+    from dosimetry.qa_result import QaResult
     from dosimetry.structures import StructureMask
     from models.volume import Volume
 
@@ -169,8 +170,9 @@ def read_references(image: ImageSeries, *, reference_ct: Sequence[Path] = (), pl
 
 
 def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard, route: RouteConfig,
-                 output_dir: Path, references: References, input_guard: tuple[str, tuple[str, ...]] | None = None) -> Verdict | None:
-    """Run the QA of a written sCT into ``output_dir/qa``; returns the verdict, or None when it could not run.
+                 output_dir: Path, references: References,
+                 input_guard: tuple[str, tuple[str, ...]] | None = None) -> QaResult | None:
+    """Run the QA of an sCT into ``output_dir/qa``; returns its result, or None when it could not run.
 
     ``input_guard`` is the input guard's (verdict, reasons): a soft mismatch makes the QA WARN at best,
     a hard one generated anyway FAIL (the ``input_envelope`` check, docs/qa.md).
@@ -206,7 +208,7 @@ def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard
                          reference_ct_files=references.reference_ct_files, structures_file=references.structures_file,
                          plan_file=references.plan_file, site=route.qa_site)
     write_qa(record, output_dir / JobFolder.QA, context)
-    return record.verdict
+    return record.result
 
 
 def holds_back(verdict: Verdict | None, route: RouteConfig) -> bool:

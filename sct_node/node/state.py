@@ -47,9 +47,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sct_node.errors import SctNodeError
+
+if TYPE_CHECKING:
+    from dosimetry.qa_result import QaResult
 
 __all__ = ["Delivery", "DeliveryState", "InstanceRecord", "Job", "JobState", "JobTimings", "SeriesRecord", "SeriesState",
            "SeriesStatus", "StateStore"]
@@ -249,6 +252,13 @@ class JobTimings:
     report: str | None = None
     report_s: float | None = None
     total_s: float | None = None
+    #: What the console's trends follow (trend_numbers): the QA's gamma pass rate (None without dose), the
+    #: body's soft-tissue and bone mean HU and bone share, and whether the sCT was held back after a FAIL.
+    gamma_pass_percent: float | None = None
+    soft_tissue_mean_hu: float | None = None
+    bone_mean_hu: float | None = None
+    bone_percent: float | None = None
+    held_back: bool | None = None
 
     def to_json(self) -> str:
         return json.dumps({name: value for name, value in asdict(self).items() if value is not None})
@@ -258,6 +268,18 @@ class JobTimings:
         """Read what :meth:`to_json` wrote; keys this version does not know (a newer node's) are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in json.loads(text).items() if name in known})
+
+
+def with_trend_numbers(timings: JobTimings, qa: QaResult) -> JobTimings:
+    """``timings`` with the numbers of a QA result that the console's trends follow."""
+    from dataclasses import replace
+
+    hu = qa.hu
+    bone = next((t for t in hu.tissue_fractions if str(t.tissue) == "bone"), None) if hu is not None else None
+    return replace(timings, gamma_pass_percent=qa.dose.gamma.pass_rate_percent if qa.dose is not None else None,
+                   soft_tissue_mean_hu=hu.soft_tissue_mean_hu if hu is not None else None,
+                   bone_mean_hu=hu.bone_mean_hu if hu is not None else None,
+                   bone_percent=100.0 * bone.fraction if bone is not None else None)
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,11 @@ def test_a_physicist_releases_a_held_job_in_a_browser(held_job, browser):  # noq
     received = [str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in scp.folder.iterdir() if p.is_file()]
     assert received.count("CT") == len(mr.files)
 
+    driver.find_element(By.LINK_TEXT, "Trends").click()
+    assert "mr" in driver.find_element(By.ID, "trends").text
+    assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0
+               for i in driver.find_elements(By.TAG_NAME, "img"))
+    _shot(driver, "07-trends")
     driver.find_element(By.LINK_TEXT, "Node").click()
     assert "listening on port" in driver.find_element(By.ID, "node").text
     _shot(driver, "06-node")

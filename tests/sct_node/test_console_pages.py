@@ -177,6 +177,17 @@ def test_a_physicist_reviews_and_releases_a_held_job_and_the_rules_hold(held_job
     assert status == 200 and "listening on port" in page and "bulk" in page and "STOPPED" not in page
     assert re.search(r"<th><a href=\"/\?state=done\">done</a></th>", page)
 
+    # Trends: the job's numbers were kept with it (they outlive its folder) and are drawn per route and model.
+    kept = node.state.job(job.id).timings
+    assert kept.held_back is True and kept.qa_verdict == "FAIL" and kept.bone_percent == 0.0
+    assert kept.gamma_pass_percent is not None and kept.soft_tissue_mean_hu is not None
+    status, _, page = physicist.text("/trends")
+    assert status == 200 and re.search(r"<td>mr</td><td>bulk</td><td>1</td>.*?<td class=\"FAIL\">1</td>.*?<td>100 %</td>",
+                                       page, re.S), page[-1500:]
+    status, _, image, kind = physicist.request("/trends.png?group=mr%2Fbulk")
+    assert status == 200 and kind == "image/png" and image.startswith(b"\x89PNG")
+    assert physicist.request("/trends.png?group=nothing")[0] == 404
+
     # Logging out ends the session.
     assert physicist.text("/logout", {"csrf": physicist.csrf("/")})[1].endswith("/login")
     assert physicist.text("/")[1].endswith("/login")
