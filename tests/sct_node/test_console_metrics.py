@@ -3,8 +3,10 @@ parser, every counter equal to what happened; /healthz; the console off unless c
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pydicom
@@ -177,3 +179,75 @@ def test_the_grafana_dashboard_uses_only_metrics_the_node_exports(tmp_path):
     used = {name for query in queries for name in re.findall(r"\bsctnode_\w+", query)}
     assert len(dashboard["panels"]) >= 8 and used
     assert used <= exported, f"the dashboard queries metrics the node does not export: {sorted(used - exported)}"
+
+
+def _console_node(tmp_path, **console) -> tuple[Node, object, int]:
+    port = free_port()
+    config = _config(tmp_path, None).model_copy(update={"console": ConsoleConfig(enabled=True, port=port, **console)})
+    node = Node(config)
+    node.start()
+    return node, start_console(node), port
+
+
+def test_the_console_speaks_https_with_the_configured_certificate(tmp_path, pki):
+    import ssl
+
+    node, console, port = _console_node(tmp_path, certificate=pki["server.pem"], private_key=pki["server.key"])
+    try:
+        context = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+        context.check_hostname = False  # the test certificate names no host; its chain is still verified
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=10, context=context) as answer:
+            assert json.loads(answer.read())["status"] == "ok"
+        with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)  # plain HTTP is not served
+        untrusting = ssl.create_default_context()  # the system's CAs do not know the test CA
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=10, context=untrusting)
+    finally:
+        console.stop()
+        node.stop()
+
+
+def _post(url: str, form: dict[str, str], headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_trusted_proxy_vouches_for_its_user_and_forms_still_need_their_token(tmp_path):
+    import re
+
+    node, console, port = _console_node(tmp_path, trusted_user_header="X-Remote-User",
+                                        trusted_role_header="X-Remote-Role")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        physicist = {"X-Remote-User": "dr.alice", "X-Remote-Role": "physicist"}
+        page = urllib.request.urlopen(urllib.request.Request(f"{base}/", headers=physicist), timeout=10).read().decode()
+        assert "dr.alice (physicist)" in page
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        # The token and the role pass: the action reaches the job, which does not exist.
+        status, text = _post(f"{base}/jobs/99/release", {"csrf": token, "comment": "ok"}, physicist)
+        assert status == 409 and "no job 99" in text
+        assert _post(f"{base}/jobs/99/release", {"comment": "forged"}, physicist)[0] == 403
+        other = {"X-Remote-User": "mallory", "X-Remote-Role": "physicist"}
+        assert _post(f"{base}/jobs/99/release", {"csrf": token, "comment": "stolen token"}, other)[0] == 403
+        # Without a role header the proxy's user is a viewer; an unknown role too.
+        viewer = {"X-Remote-User": "dr.bob", "X-Remote-Role": "superuser"}
+        page = urllib.request.urlopen(urllib.request.Request(f"{base}/", headers=viewer), timeout=10).read().decode()
+        assert "dr.bob (viewer)" in page
+    finally:
+        console.stop()
+        node.stop()
+    # From an address that is not a trusted proxy, the header is nobody.
+    node, console, port = _console_node(tmp_path / "untrusted", trusted_user_header="X-Remote-User",
+                                        trusted_proxies=("10.9.9.9",))
+    try:
+        answer = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/",
+                                                               headers={"X-Remote-User": "dr.alice"}), timeout=10)
+        assert answer.url.endswith("/login") and "dr.alice" not in answer.read().decode()
+    finally:
+        console.stop()
+        node.stop()

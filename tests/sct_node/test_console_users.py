@@ -59,3 +59,20 @@ def test_roles_and_the_login_lock_out():
     assert guard.failed("alice", "10.0.0.1") and guard.locked("alice", "10.0.0.2")  # the name is locked
     assert guard.locked("bob", "10.0.0.1")  # and so is the address
     assert not guard.locked("bob", "10.0.0.3")
+
+
+def test_a_session_ends_after_its_idle_time_and_at_logout():
+    import time
+
+    from sct_node.console.sessions import SessionStore
+    from sct_node.console.users import User
+
+    store = SessionStore(idle_timeout_s=0.2)
+    token = store.create(User("alice", "physicist"))
+    assert store.get(token).user.name == "alice" and store.get("forged") is None and store.get(None) is None
+    time.sleep(0.3)
+    assert store.get(token) is None  # idle too long
+    token = store.create(User("alice", "physicist"))
+    store.end(token)
+    assert store.get(token) is None
+    assert store.create(User("a", "viewer")) != store.create(User("a", "viewer"))
