@@ -264,6 +264,16 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @needs_login
+    async def series_page(request: Request, user: User) -> Response:
+        rows = [{"when": _when(s.series.last_received_at), "description": s.series.description or "",
+                 "modality": s.series.modality or "", "sender": s.series.calling_ae or "",
+                 "instances": s.series.instances, "expected": s.series.expected_instances
+                 if (s.series.expected_instances or 0) > 0 else "", "generation": s.series.generation,
+                 "state": str(s.state), "job_id": s.job_id}
+                for s in await run_in_threadpool(state.series_status, 500)]
+        return page(request, "series.html", {"series": rows})
+
+    @needs_login
     async def trends_page(request: Request, user: User) -> Response:
         from sct_node.console.trends import groups_of
 
@@ -313,7 +323,7 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
         Route("/jobs/{job_id:int}/figures", figures_page), Route("/jobs/{job_id:int}/figures/{name:str}", figure),
         Route("/jobs/{job_id:int}/{action:str}", job_action, methods=["POST"]),
         Route("/audit", audit_page), Route("/node", node_page),
-        Route("/trends", trends_page), Route("/trends.png", trends_png),
+        Route("/trends", trends_page), Route("/trends.png", trends_png), Route("/series", series_page),
     ])
 
 
@@ -398,6 +408,8 @@ def _job_context(state: StateStore, job: Job) -> dict[str, Any]:
     return {"job": job, "created": _when(job.created_at), "qa": qa, "guard": guard, "patient": patient,
             "pdf": _pdf_of(job) is not None,
             "timings": timings, "deliveries": state.deliveries(job.id),
+            "delivery_log": [{"when": _when(at), "destination": destination, "outcome": outcome, "detail": detail}
+                             for at, destination, outcome, detail in state.delivery_log(job.id)],
             "entries": [_audit_row(e) for e in state.audit_entries(job_id=job.id)]}
 
 

@@ -163,20 +163,20 @@ class Dispatcher:
             files = ordered_outputs(job.output_dir, destination.bundle, part) if job.output_dir else []
             if not files and delivery.images_sent:
                 # Its bundle is the images (bundle = "images"), all accepted while the report was rendered.
-                self.state.delivery_succeeded(job.id, delivery.destination)
+                self.state.delivery_succeeded(job.id, delivery.destination, "nothing left: its images were sent ahead")
                 logger.info("job %d: %s had everything already (its images were sent ahead)", job.id,
                             delivery.destination)
                 return
             if not files and job.held is not None:
                 # The sCT is held back after a QA FAIL, and this destination takes nothing else (bundle =
                 # "images"), or the report could not be built: nothing may go until release.
-                self.state.delivery_succeeded(job.id, delivery.destination)
+                self.state.delivery_succeeded(job.id, delivery.destination, "nothing to send while the sCT is held back")
                 logger.warning("job %d: nothing for %s while the sCT is held back (its bundle has nothing else, or "
                                "the report could not be built)", job.id, delivery.destination)
                 return
             if not files and job.refused is not None:
                 # A refused job has only its notice (SR and PDF), which this destination's bundle leaves out.
-                self.state.delivery_succeeded(job.id, delivery.destination)
+                self.state.delivery_succeeded(job.id, delivery.destination, "nothing: bundle leaves the notice out")
                 logger.info("job %d: nothing for %s (refused input: its notice is an SR and a PDF, which bundle "
                             "= \"%s\" leaves out)", job.id, delivery.destination, destination.bundle)
                 return
@@ -195,7 +195,9 @@ class Dispatcher:
                 logger.warning("job %d: delivery to %s failed (attempt %d of %d): %s; next in %.0f s", job.id,
                                delivery.destination, attempt, self.dispatch.max_attempts, error, delay_s)
             return
-        self.state.delivery_succeeded(job.id, delivery.destination)
+        self.state.delivery_succeeded(job.id, delivery.destination,
+                                      f"{len(files)} instance(s)" + (" (the rest: images sent ahead)"
+                                                                     if part == "rest" else ""))
         if self.metrics is not None:
             self.metrics.delivery(delivery.destination, "delivered")
         logger.info("job %d: delivered %d instance(s) to %s%s", job.id, len(files), delivery.destination,
@@ -220,8 +222,10 @@ class Dispatcher:
             except (DeliveryError, OSError, RuntimeError, ValueError) as error:
                 logger.info("job %d: sending the sCT ahead to %s failed (%s); its delivery sends everything",
                             job_id, name, error)
+                self.state.log_delivery(job_id, name, "not sent ahead", str(error))
                 continue
             accepted.append(name)
+            self.state.log_delivery(job_id, name, "sent ahead", f"{len(files)} sCT image(s) during the report")
             if self.metrics is not None:
                 self.metrics.images_sent_ahead(name, len(files))
             logger.info("job %d: sent %d sCT image(s) ahead to %s while the report is rendered", job_id, len(files),

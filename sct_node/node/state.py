@@ -151,6 +151,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
     images_sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, destination)
 );
+CREATE TABLE IF NOT EXISTS delivery_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS delivery_log_job ON delivery_log (job_id);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -596,9 +605,10 @@ class StateStore:
                            (DeliveryState.PENDING, JobState.DELIVERING, now))
         return [_delivery(row) for row in rows]
 
-    def delivery_succeeded(self, job_id: int, destination: str) -> None:
+    def delivery_succeeded(self, job_id: int, destination: str, detail: str = "") -> None:
         now = time.time()
         with self._transaction() as db:
+            _log_delivery(db, job_id, destination, "delivered", detail, now)
             db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = NULL, "
                        "updated_at = ? WHERE job_id = ? AND destination = ?", (DeliveryState.DONE, now, job_id, destination))
             pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state != ?",
@@ -615,6 +625,7 @@ class StateStore:
         """Record a failed attempt; ``next_attempt_at=None`` means no attempts are left."""
         now = time.time()
         with self._transaction() as db:
+            _log_delivery(db, job_id, destination, "failed" if next_attempt_at is None else "will retry", error, now)
             if next_attempt_at is None:
                 # An attempt that was under way when the job was dismissed leaves the dismissal (and the
                 # cancelled delivery) as the person left them.
@@ -629,6 +640,16 @@ class StateStore:
                 db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
                            "updated_at = ? WHERE job_id = ? AND destination = ?",
                            (error, next_attempt_at, now, job_id, destination))
+
+    def log_delivery(self, job_id: int, destination: str, outcome: str, detail: str = "") -> None:
+        """Add a line to a job's delivery log that is not a delivery attempt (images sent ahead, say)."""
+        with self._transaction() as db:
+            _log_delivery(db, job_id, destination, outcome, detail, time.time())
+
+    def delivery_log(self, job_id: int) -> list[tuple[float, str, str, str]]:
+        """Every delivery event of a job, oldest first: (time, destination, outcome, detail)."""
+        return [(row[0], row[1], row[2], row[3]) for row in self._query(
+            "SELECT at, destination, outcome, detail FROM delivery_log WHERE job_id = ? ORDER BY id", (job_id,))]
 
     # --- the audit trail -----------------------------------------------------------------------------
 
@@ -859,6 +880,12 @@ def _job(row: tuple[Any, ...]) -> Job:
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
     return Delivery(row[0], row[1], DeliveryState(row[2]), row[3], row[4], row[5], bool(row[6]))
+
+
+def _log_delivery(db: sqlite3.Connection, job_id: int, destination: str, outcome: str, detail: str,
+                  now: float) -> None:
+    db.execute("INSERT INTO delivery_log (job_id, destination, at, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+               (job_id, destination, now, outcome, detail[:1000]))
 
 
 def _append_audit(db: sqlite3.Connection, actor: Actor, action: str, job_id: int | None, comment: str,

@@ -108,6 +108,9 @@ def test_a_physicist_releases_a_held_job_in_a_browser(held_job, browser):  # noq
     received = [str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in scp.folder.iterdir() if p.is_file()]
     assert received.count("CT") == len(mr.files)
 
+    driver.find_element(By.LINK_TEXT, "Series").click()
+    assert str(job.id) in driver.find_element(By.ID, "series").text
+    _shot(driver, "08-series")
     driver.find_element(By.LINK_TEXT, "Trends").click()
     assert "mr" in driver.find_element(By.ID, "trends").text
     assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0

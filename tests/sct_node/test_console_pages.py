@@ -158,6 +158,15 @@ def test_a_physicist_reviews_and_releases_a_held_job_and_the_rules_hold(held_job
     received = [str(pydicom.dcmread(p, stop_before_pixels=True).Modality) for p in scp.folder.iterdir() if p.is_file()]
     assert received.count("CT") == len(mr.files)
 
+    # The job's delivery log: the report delivered while the sCT was held, then everything after the release.
+    log = physicist.text(f"/jobs/{job.id}")[2]
+    log = log[log.index('id="delivery-log"'):]
+    sent = [int(n) for n in re.findall(r"(\d+) instance\(s\)", log)]
+    assert log.count("<td>delivered</td>") == 2 and sent[0] == 2 and sent[1] > len(mr.files), sent  # SR+PDF, all
+    # The series page: the MR series with its job.
+    status, _, page = physicist.text("/series")
+    assert status == 200 and f'<a href="/jobs/{job.id}">{job.id}</a>' in page and f"<td>{len(mr.files)}</td>" in page
+
     # The audit trail: the release with its comment, the viewer's refusal, the logins; as JSON and CSV.
     entries = json.loads(physicist.text("/audit?format=json")[2])
     actions = [(e["actor"], e["action"], e["job_id"], e["outcome"]) for e in entries]
