@@ -241,7 +241,9 @@ def test_stalled_partial_pdus_hold_no_one_but_their_own_address(hostile):
         assert served_other_s < NETWORK_TIMEOUT_S  # functional: it did not have to wait for the deadline
         wait_for(lambda: echo(hostile.port), NETWORK_TIMEOUT_S + 20, "the PACS to be served after the deadline",
                  interval_s=0.1)
-        assert all(_closed_by_node(s, 1) for s in stalls)
+        # Each stall is closed at its own deadline; on a loaded machine the last can come a little after the
+        # first freed slot let the echo in (a 1 s window failed once under load): closed, not left open, is the point.
+        assert all(_closed_by_node(s, NETWORK_TIMEOUT_S + 5) for s in stalls)
     finally:
         for s in stalls:
             s.close()
