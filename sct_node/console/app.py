@@ -310,7 +310,8 @@ def create_app(config: NodeConfig, state: StateStore, spool: Spool, metrics: Nod
             writer = csv.writer(text)
             writer.writerow(["id", "time", "actor", "role", "action", "job", "comment", "outcome"])
             for e in reversed(entries):
-                writer.writerow([e.id, _when(e.at), e.actor, e.role, e.action, e.job_id or "", e.comment, e.outcome])
+                writer.writerow([e.id, _when(e.at), _cell(e.actor), e.role, e.action, e.job_id or "", _cell(e.comment),
+                                 _cell(e.outcome)])
             return Response(text.getvalue(), media_type="text/csv",
                             headers={"Content-Disposition": 'attachment; filename="sct-node-audit.csv"'})
         return page(request, "audit.html", {"entries": [_audit_row(e) for e in entries]})
@@ -345,6 +346,11 @@ def _report_pages(output_dir: Path) -> list[Path]:
         if not pages:
             pages = render_report_pages(load_qa_folder(output_dir / JobFolder.QA).data, folder)
     return pages
+
+
+def _cell(text: str) -> str:
+    """Free text for a CSV cell that a spreadsheet must not run as a formula (a comment starting with =)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _csrf_ok(expected: str, sent: object) -> bool:

@@ -52,6 +52,14 @@ def test_weak_passwords_bad_names_and_broken_files_are_refused_clearly(tmp_path,
         read_users(users)
 
 
+def test_free_text_in_the_audit_csv_cannot_become_a_spreadsheet_formula():
+    from sct_node.console.app import _cell
+
+    assert _cell('=HYPERLINK("http://evil","click")') == '\'=HYPERLINK("http://evil","click")'
+    assert _cell("+1") == "'+1" and _cell("@SUM(A1)") == "'@SUM(A1)"
+    assert _cell("FAIL reviewed, dose fine") == "FAIL reviewed, dose fine"
+
+
 def test_roles_and_the_login_lock_out():
     assert allowed("physicist", "release") and allowed("admin", "dismiss") and not allowed("viewer", "retry")
     guard = LoginGuard(max_failures=3, window_s=60, lockout_s=60)
