@@ -100,14 +100,16 @@ class StorageStatus:
 #: Images for translation and reference data for dosimetric QA; everything else is refused at negotiation.
 ACCEPTED_SOP_CLASSES = {str(uid): UID(uid).name for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE, RT_PLAN_STORAGE,
                                                          RT_STRUCTURE_SET_STORAGE, RT_DOSE_STORAGE)}
-#: Every transfer syntax the reader can decode (docs/dicom.md); JPEG Lossless needs an optional plugin, so the
-#: sender converts it to one of these instead.
+#: Every transfer syntax the reader can decode (docs/dicom.md). JPEG Lossless (Process 14, and its Selection
+#: Value 1 form, the one PACS archives hold MR in) is decoded by python-gdcm (BSD).
 ACCEPTED_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old scanners)
     "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Process 14, Selection Value 1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Process 14
     "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
     "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless

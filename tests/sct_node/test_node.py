@@ -473,6 +473,29 @@ def test_compressed_series_is_received_processed_and_delivered(tmp_path, tps, no
     assert_sct_of(planning.datasets(), mr, len(files))
 
 
+@pytest.mark.skipif(dcmtk("dcmcjpeg") is None, reason="dcmtk's dcmcjpeg makes the JPEG Lossless series")
+def test_a_jpeg_lossless_series_is_received_as_sent_processed_and_delivered(tmp_path, tps, nodes):
+    """JPEG Lossless SV1, the syntax PACS archives hold MR in, is offered at negotiation (storescu -xs proposes it)
+    and decoded by python-gdcm."""
+    files = write_mr_series(make_volume(shape_zyx=(6, 40, 48)), tmp_path / "plain")
+    (tmp_path / "mr").mkdir()
+    for path in files:
+        subprocess.run([dcmtk("dcmcjpeg"), "+e1", str(path), str(tmp_path / "mr" / path.name)], check=True,
+                       capture_output=True, timeout=60)
+    mr = series_in(tmp_path / "mr")
+    planning = tps(free_port())
+    config = node_config(tmp_path, tps_port=planning.port)
+    node = start_node(config, nodes)
+
+    sent = storescu(node.port, [mr.folder], options=["-xs"])
+
+    assert sent.returncode == 0 and sent.stored() == {sop_instance_uid(f) for f in files}
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            for p in spool_files(config.storage.spool_dir)} == {"1.2.840.10008.1.2.4.70"}
+    wait_for_job(config.storage.spool_dir)
+    assert_sct_of(planning.datasets(), mr, len(files))
+
+
 # --- re-sends ----------------------------------------------------------------------------------------
 
 

@@ -334,3 +334,30 @@ def test_volume_rejects_malformed_geometry():
         Volume(np.zeros((2, 2, 2)), (1.0, 0.0, 1.0))
     with pytest.raises(GeometryError, match="orthonormal"):
         Volume(np.zeros((2, 2, 2)), (1.0, 1.0, 1.0), direction=np.diag([1.0, 2.0, 1.0]))
+
+
+@pytest.mark.skipif(shutil.which("dcmcjpeg") is None,
+                    reason="dcmtk's dcmcjpeg makes the JPEG Lossless files (tests/install-system-tools.sh installs it)")
+@pytest.mark.parametrize("option, uid", [("+e1", "1.2.840.10008.1.2.4.70"), ("+el", "1.2.840.10008.1.2.4.57")],
+                         ids=["process 14 SV1", "process 14"])
+def test_jpeg_lossless_gives_the_same_volume_and_sct_as_the_uncompressed_series(tmp_path, mr_volume, option, uid):
+    """The syntax PACS archives hold MR in: decoded by python-gdcm (BSD), bit for bit, and so is the sCT."""
+    import subprocess
+
+    from sct_node.cli import EXIT_OK, main
+
+    plain = write_mr_series(mr_volume, tmp_path / "plain")
+    (tmp_path / "jpeg").mkdir()
+    for path in plain:  # dcmtk encodes, pydicom (with python-gdcm) decodes: two independent implementations
+        subprocess.run(["dcmcjpeg", option, str(path), str(tmp_path / "jpeg" / path.name)], check=True,
+                       capture_output=True, timeout=60)
+    assert {str(pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+            for p in (tmp_path / "jpeg").iterdir()} == {uid}
+    np.testing.assert_array_equal(read_series([tmp_path / "jpeg"]).volume.array,
+                                  read_series([tmp_path / "plain"]).volume.array)
+    sct = {}
+    for name in ("plain", "jpeg"):
+        assert main(["translate", "--input", str(tmp_path / name), "--output", str(tmp_path / f"sct-{name}"),
+                     "--model", "bulk", "--quiet"]) == EXIT_OK
+        sct[name] = read_series([tmp_path / f"sct-{name}"], sop_classes=[CT_IMAGE_STORAGE]).volume.array
+    np.testing.assert_array_equal(sct["jpeg"], sct["plain"])
