@@ -103,15 +103,11 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +115,8 @@ from pathlib import Path
 # Run as a script, Python puts benchmarks/ first on sys.path, where benchmarks/models.py would shadow the
 # models package: the repository root goes first instead (as in benchmarks/models.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _peers import PeerUnavailable, dcmtk_tool, end_process, free_port, log_tail, port_open, wait_until
 
 from models.phantoms import generate_phantom
 from models.registry import DEFAULT_MODEL
@@ -158,8 +156,7 @@ _DELIVERED = re.compile(r"job (\d+): delivered (\d+) instance\(s\) to tps")
 _SENT_AHEAD = re.compile(r"job (\d+): sent (\d+) sCT image\(s\) ahead to tps")
 
 
-class Unavailable(Exception):
-    """A part of the run could not be started or finished; the message says why."""
+Unavailable = PeerUnavailable  # what _peers.wait_until raises, under this script's name
 
 
 @dataclass(frozen=True)
@@ -213,62 +210,16 @@ class Outcome:
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
-def port_open(port: int) -> bool:
-    with closing(socket.socket()) as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def dcmtk_tool(name: str) -> str | None:
-    """dcmtk's ``storescu``/``storescp``, skipping pynetdicom's same-named scripts in the virtual environment."""
-    candidates = [str(Path(d) / name) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    candidates.append(f"/usr/bin/{name}")
-    for candidate in dict.fromkeys(candidates):
-        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
-            continue
-        try:
-            version = subprocess.run([candidate, "--version"], check=False, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in (version.stdout + version.stderr).lower():
-            return candidate
-    return None
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, process: subprocess.Popen | None, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if process is not None and process.poll() is not None:
-            raise Unavailable(f"{what} exited with status {process.returncode} while starting")
-        if time.monotonic() > deadline:
-            raise Unavailable(f"{what} did not answer within {timeout_s:.0f} s")
-        time.sleep(0.05)
 
 
-def end_process(process: subprocess.Popen | None, timeout_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if it does not exit; only the process this script started."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
-def log_tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
 
 
 def machine() -> str:
