@@ -1,6 +1,6 @@
 """The Storage SCP: accept instances from the PACS and acknowledge only what is durably stored.
 
-For each C-STORE the handler writes the received bytes (never decoded and
+For each C-STORE the handler (through :class:`sct_node.node.store.InstanceStore`, the one storage path) writes the received bytes (never decoded and
 re-encoded) to a temporary file in the spool, fsyncs it, renames it into
 place, fsyncs the folder, records it in the state database, and only then
 answers Success. When anything in that chain fails — disk under the reserve,
@@ -33,9 +33,7 @@ pynetdicom "Storage SCP" and ``event.encoded_dataset`` documentation.
 
 from __future__ import annotations
 
-import io
 import logging
-import shutil
 import socket
 import sqlite3
 import ssl
@@ -45,27 +43,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pydicom
-from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import from pynetdicom's registry
 
-from models.fileio import fsync_directory, write_atomic
 from sct_node.config import NetworkConfig, StorageConfig
 from sct_node.dicom.image_writer import IMPLEMENTATION_VERSION_NAME
-from sct_node.dicom.sanity import encoding_problem
-from sct_node.dicom.uids import (
-    CT_IMAGE_STORAGE,
-    ENHANCED_MR_IMAGE_STORAGE,
-    IMPLEMENTATION_CLASS_UID,
-    LEGACY_ENHANCED_MR_IMAGE_STORAGE,
-    MR_SOP_CLASSES,
-    RT_DOSE_STORAGE,
-    RT_PLAN_STORAGE,
-    RT_STRUCTURE_SET_STORAGE,
-    uid_problem,
-)
+from sct_node.dicom.uids import IMPLEMENTATION_CLASS_UID, uid_problem
 from sct_node.node.netguard import (
     Connection,
     GuardedRequestHandler,
@@ -77,46 +62,24 @@ from sct_node.node.netguard import (
 )
 from sct_node.node.spool import Spool
 from sct_node.node.state import StateStore
+from sct_node.node.store import (
+    ACCEPTED_SOP_CLASSES,
+    ACCEPTED_TRANSFER_SYNTAXES,
+    InstanceSource,
+    InstanceStore,
+    StorageStatus,
+    StoreOutcome,
+    expected_instances,
+)
 from sct_node.node.tls import server_context
 
 if TYPE_CHECKING:
     from sct_node.node.metrics import NodeMetrics
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "acknowledge_at_once",
-           "set_tcp_nodelay"]
+           "expected_instances", "set_tcp_nodelay"]
 
 logger = logging.getLogger(__name__)
-
-
-class StorageStatus:
-    """C-STORE response statuses we use (PS3.4 Table B.2-1), by name rather than bare hex."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700
-    DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-
-
-#: Images for translation and reference data for dosimetric QA; everything else is refused at negotiation.
-ACCEPTED_SOP_CLASSES = {str(uid): UID(uid).name for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE, RT_PLAN_STORAGE,
-                                                         RT_STRUCTURE_SET_STORAGE, RT_DOSE_STORAGE)}
-#: Every transfer syntax the reader can decode (docs/dicom.md). JPEG Lossless (Process 14, and its Selection
-#: Value 1 form, the one PACS archives hold MR in) is decoded by python-gdcm (BSD).
-ACCEPTED_TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old scanners)
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, Process 14, Selection Value 1
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Process 14
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-]
-_IMAGE_SOP_CLASSES = {str(uid) for uid in (*MR_SOP_CLASSES, CT_IMAGE_STORAGE)}
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
@@ -190,6 +153,8 @@ class StorageSCP:
         self.network, self.storage, self.state, self.spool = network, storage, state, spool
         self.on_stored, self.on_released, self.metrics = on_stored, on_released, metrics
         self._server: GuardedServer | None = None
+        #: The one storage path, shared with the other ways in (STOW-RS, C-GET).
+        self.store = InstanceStore(storage, state, spool, on_stored=on_stored, metrics=metrics, warn=self._warn)
         spool.make_folders()
         # Temporary files of instances never acknowledged (a crash while writing): the sender will resend them.
         for stale in spool.incoming_dir.glob("*.part"):
@@ -269,117 +234,45 @@ class StorageSCP:
         connection = connection_of(event.assoc)
         sop_uid = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
         try:
-            status = self._store(event, sop_uid, connection)
+            outcome = self._store(event, sop_uid, connection)
         except Exception:  # the handler is where exceptions stop: log, answer with a named status
             shown = sop_uid if uid_problem(sop_uid) is None else "(invalid UID)"
             logger.exception("instance %s: unexpected error while storing; answered Out of Resources", shown)
-            status = _status(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
-        if not isinstance(status, int) and status.Status != StorageStatus.SUCCESS:
-            if connection is not None:
-                connection.refused_instances += 1
+            outcome = StoreOutcome(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
             if self.metrics is not None:
-                self.metrics.instance_refused(int(status.Status))
-        return status
-
-    def _refuse(self, connection: Connection | None, sop_uid: str, problem: str) -> pydicom.Dataset:
-        """Cannot Understand, with the problem as Error Comment and one WARNING naming the peer."""
-        shown = sop_uid if uid_problem(sop_uid) is None else "with an invalid SOP Instance UID"
-        message, args = "refused instance %s from %s: %s", (shown, connection.peer if connection else "a peer", problem)
-        if self._server is not None and connection is not None:  # rate-limited with the peer's other warnings
-            self._server.warnings.warning(connection.host, message, *args)
-        else:
-            logger.warning(message, *args)
-        return _status(StorageStatus.CANNOT_UNDERSTAND, problem)
-
-    def _store(self, event: evt.Event, sop_uid: str, connection: Connection | None) -> int | pydicom.Dataset:
-        problem = uid_problem(sop_uid, "Affected SOP Instance UID")
-        if problem:
-            return self._refuse(connection, sop_uid, problem)
-        request = event.request
-        if not isinstance(request, C_STORE):  # this is the EVT_C_STORE handler: pynetdicom passes its C-STORE
-            raise TypeError(f"C-STORE handler called with {type(request).__name__}")
-        raw = request.DataSet.getvalue() if request.DataSet is not None else b""
-        problem = encoding_problem(raw, str(event.context.transfer_syntax),
-                                   int(self.storage.max_instance_mb * 2**20))
-        if problem:
-            return self._refuse(connection, sop_uid, problem)
-        encoded = event.encoded_dataset(include_meta=True)
-        reserve_bytes = self.storage.min_free_space_mb * 1024 * 1024
-        free_bytes = shutil.disk_usage(self.spool.instances_dir).free
-        if free_bytes - len(encoded) < reserve_bytes:
-            logger.error("instance %s refused: %.0f MB free, reserve is %.0f MB", sop_uid, free_bytes / 2**20,
-                         self.storage.min_free_space_mb)
-            return _status(StorageStatus.OUT_OF_RESOURCES, "storage reserve reached")
-        try:
-            header = pydicom.dcmread(io.BytesIO(encoded))
-            problem = _header_problem(header, sop_uid, str(request.AffectedSOPClassUID))
-        except Exception as error:  # noqa: BLE001  pydicom raises many types on malformed data
-            problem = f"data set cannot be parsed ({type(error).__name__})"
-        if problem:
-            return self._refuse(connection, sop_uid, problem)
-
-        series_uid = str(header.SeriesInstanceUID)
-        final = self.spool.instance_path(series_uid, sop_uid)  # both UIDs were validated above
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            # Temporary files live in incoming/, so those of a crash are found and removed at start.
-            write_atomic(final, lambda stream: stream.write(encoded), self.spool.incoming_dir, ".part")
-            fsync_directory(final.parent)
-        except OSError as error:
-            logger.error("instance %s not stored: %s; answered Out of Resources", sop_uid, error.strerror or error)
-            return _status(StorageStatus.OUT_OF_RESOURCES, "instance could not be written")
-        image_type = header.get("ImageType", None)
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        new = self.state.record_instance(
-            sop_instance_uid=sop_uid, series_uid=series_uid, sop_class_uid=str(header.SOPClassUID), path=final,
-            calling_ae=calling_ae,
-            study_uid=str(header.get("StudyInstanceUID", "")) or None,
-            modality=str(header.get("Modality", "")) or None,
-            description=str(header.get("SeriesDescription", "")) or None,
-            image_type="\\".join(image_type) if isinstance(image_type, list | pydicom.multival.MultiValue)
-            else (str(image_type) if image_type else None),
-            body_part=str(header.get("BodyPartExamined", "")) or None,
-            frame_of_reference_uid=_frame_of_reference(header),
-            association=connection.association_id if connection is not None else None,
-            expected_instances=expected_instances(header),
-            acquisition=str(header.get("AcquisitionNumber", "") or "") or None,
-        )
+                self.metrics.instance_refused(outcome.status)
         if connection is not None:
-            if new:
+            if not outcome.stored:
+                connection.refused_instances += 1
+            elif outcome.new:
                 connection.stored += 1
             else:
                 connection.duplicates += 1
-            if series_uid not in connection.series:
-                connection.series.append(series_uid)
-        logger.debug("stored instance %s of series %s%s", sop_uid, series_uid, "" if new else " (duplicate)")
-        if self.metrics is not None:
-            self.metrics.instance_stored(new)
-        if self.on_stored is not None:
-            self.on_stored()
-        return StorageStatus.SUCCESS
+            if outcome.series_uid and outcome.series_uid not in connection.series:
+                connection.series.append(outcome.series_uid)
+        return StorageStatus.SUCCESS if outcome.stored else _status(outcome.status, outcome.comment)
 
+    def _warn(self, host: str, message: str, *args: object) -> None:
+        """A refusal's WARNING, rate-limited with the peer's other warnings."""
+        if self._server is not None:
+            self._server.warnings.warning(host, message, *args)
+        else:
+            logger.warning(message, *args)
 
-def expected_instances(header: pydicom.Dataset) -> int | None:
-    """How many instances the series of this instance says it holds, or None when the data do not say.
-
-    An Enhanced (or Legacy Converted Enhanced) MR instance holds a whole acquisition in its frames: the series
-    has one instance, or the In-Concatenation Total Number (0020,9162) of a concatenation. A classic MR image
-    says it with Images in Acquisition (0020,1002), which counts dynamic series' temporal positions too. What
-    an instance says only counts when every instance of the series says the same (StateStore.record_instance).
-    """
-    if str(header.get("SOPClassUID", "")) in (ENHANCED_MR_IMAGE_STORAGE, LEGACY_ENHANCED_MR_IMAGE_STORAGE):
-        if "ConcatenationUID" in header:
-            return _positive_int(header.get("InConcatenationTotalNumber"))
-        return 1
-    return _positive_int(header.get("ImagesInAcquisition"))
-
-
-def _positive_int(value: object) -> int | None:
-    try:
-        number = int(str(value))
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
+    def _store(self, event: evt.Event, sop_uid: str, connection: Connection | None) -> StoreOutcome:
+        source = InstanceSource(calling_ae=str(event.assoc.requestor.ae_title).strip(),
+                                peer=connection.peer if connection is not None else "a peer",
+                                host=connection.host if connection is not None else "",
+                                association=connection.association_id if connection is not None else None)
+        if uid_problem(sop_uid):  # refused before pynetdicom puts it in a file meta
+            return self.store.store(b"", source, sop_uid=sop_uid, sop_class_uid="")
+        request = event.request
+        if not isinstance(request, C_STORE):  # this is the EVT_C_STORE handler: pynetdicom passes its C-STORE
+            raise TypeError(f"C-STORE handler called with {type(request).__name__}")
+        raw_length = len(request.DataSet.getvalue()) if request.DataSet is not None else 0
+        encoded = event.encoded_dataset(include_meta=True)
+        return self.store.store(encoded, source, sop_uid=sop_uid, sop_class_uid=str(request.AffectedSOPClassUID),
+                                dataset_offset=len(encoded) - raw_length)
 
 
 def _log_stored(connection: Connection) -> None:
@@ -391,51 +284,6 @@ def _log_stored(connection: Connection) -> None:
     logger.info("association from %s: %d instance(s) stored, %d duplicate(s), %d refused; series %s",
                 connection.peer, connection.stored, connection.duplicates, connection.refused_instances,
                 shown or "none")
-
-
-_IDENTIFYING_UIDS = (("SOPInstanceUID", "SOP Instance UID"), ("SOPClassUID", "SOP Class UID"),
-                     ("SeriesInstanceUID", "Series Instance UID"), ("StudyInstanceUID", "Study Instance UID"))
-
-
-def _header_problem(header: pydicom.Dataset, sop_uid: str, sop_class_uid: str) -> str | None:
-    """Why an instance cannot be processed, or None."""
-    for keyword, name in _IDENTIFYING_UIDS:
-        if not header.get(keyword, None):
-            return f"{keyword} is missing"
-        problem = uid_problem(header.get(keyword), name)
-        if problem:
-            return problem
-    for keyword, name in (("FrameOfReferenceUID", "Frame of Reference UID"),
-                          ("TransferSyntaxUID", "Transfer Syntax UID")):
-        value = header.get(keyword, None) if keyword != "TransferSyntaxUID" else header.file_meta.get(keyword)
-        if value and (problem := uid_problem(value, name)):
-            return problem
-    if str(header.SOPInstanceUID) != sop_uid:
-        return "SOP Instance UID in the data set differs from the C-STORE request"
-    if str(header.SOPClassUID) != sop_class_uid:
-        return "SOP Class UID in the data set differs from the C-STORE request"
-    if sop_class_uid in _IMAGE_SOP_CLASSES:
-        if "PixelData" not in header:
-            return "image without Pixel Data"
-        syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-        if syntax in _NATIVE_SYNTAXES:
-            rows, columns = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
-            frames = int(header.get("NumberOfFrames", 1) or 1)
-            bits, samples = int(header.get("BitsAllocated", 0) or 0), int(header.get("SamplesPerPixel", 1) or 1)
-            expected = rows * columns * frames * samples * bits // 8
-            actual = len(header.PixelData)
-            if expected == 0 or actual < expected:
-                return f"pixel data is {actual} bytes, the header needs {expected} (truncated instance)"
-    return None
-
-
-def _frame_of_reference(header: pydicom.Dataset) -> str | None:
-    """The instance's frame of reference; for an RT Structure Set, the one its contours are in."""
-    frame = header.get("FrameOfReferenceUID", None)
-    if not frame:
-        referenced = header.get("ReferencedFrameOfReferenceSequence", None)
-        frame = referenced[0].get("FrameOfReferenceUID", None) if referenced else None
-    return str(frame) if frame else None
 
 
 def _status(code: int, comment: str) -> pydicom.Dataset:
