@@ -20,8 +20,9 @@ from dosimetry.verdict import QaThresholds
 from sct_node.errors import ConfigError
 
 __all__ = [
-    "AllowedCaller", "ConsoleConfig", "DestinationConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
-    "ProcessingConfig", "RouteConfig", "SeriesMatch", "StorageConfig", "TlsConfig", "load_config",
+    "AllowedCaller", "ConsoleConfig", "DestinationConfig", "DicomwebConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
+    "PacsConfig", "ProcessingConfig", "ReferenceKind", "RouteConfig", "SeriesMatch", "StorageConfig", "TlsConfig",
+    "load_config",
 ]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: 16 chars, no backslash or control chars
@@ -114,6 +115,11 @@ class SeriesMatch(_Strict):
         return value
 
 
+#: QA reference data a route may fetch from a PACS (:class:`PacsConfig`): the real CT, the RT Plan and the
+#: RT Structure Set in the MR's frame of reference.
+ReferenceKind = Literal["ct", "plan", "structures"]
+
+
 class RouteConfig(_Strict):
     """A routing rule: which series, which model, which destinations."""
 
@@ -158,6 +164,25 @@ class RouteConfig(_Strict):
     on_qa_fail: Literal["deliver", "hold"] = Field(
         "deliver", description="after a QA FAIL: deliver the sCT marked 'QA FAIL' with its report, or hold it back "
                                "and deliver only the report until `sct-node release JOB`")
+    fetch_references: tuple[ReferenceKind, ...] = Field(
+        (), description="QA reference data to fetch from the PACS named by fetch_from when none was routed to the "
+                        "node in the MR's frame of reference: ct, plan, structures (docs/node.md, Reference data "
+                        "from the PACS); none: only what was routed is used")
+    fetch_from: str | None = Field(None, description="the [[pacs]] entry (its name) fetch_references queries")
+
+    @model_validator(mode="after")
+    def _fetch_needs_source(self) -> RouteConfig:
+        if self.fetch_references and self.fetch_from is None:
+            raise ValueError(f"fetch_references = {list(self.fetch_references)} needs fetch_from, the name of the "
+                             f"[[pacs]] entry to query")
+        if self.fetch_from is not None and not self.fetch_references:
+            raise ValueError(f"fetch_from = {self.fetch_from!r} needs fetch_references (ct, plan, structures): "
+                             f"which reference data to fetch")
+        if self.fetch_references and not self.qa:
+            raise ValueError("fetch_references needs qa = true: reference data are only used by the QA")
+        if len(set(self.fetch_references)) != len(self.fetch_references):
+            raise ValueError(f"fetch_references names a kind twice; found {list(self.fetch_references)}")
+        return self
 
     @model_validator(mode="after")
     def _ensemble_needs_steps(self) -> RouteConfig:
@@ -214,17 +239,108 @@ class RouteConfig(_Strict):
 
 
 class DestinationConfig(_Strict):
-    """A C-STORE SCP the results are delivered to (the planning system, an archive)."""
+    """Where the results are delivered (the planning system, an archive): a C-STORE SCP (``protocol = "dimse"``,
+    with ``ae_title``, ``host``, ``port``) or a DICOMweb server's STOW-RS (``protocol = "stow-rs"``, with
+    ``url``)."""
+
+    name: str
+    protocol: Literal["dimse", "stow-rs"] = Field(
+        "dimse", description="dimse = C-STORE to ae_title@host:port; stow-rs = DICOMweb STOW-RS to url")
+    ae_title: AeTitle | None = Field(None, description="dimse: the destination's AE title")
+    host: str | None = Field(None, description="dimse: its address")
+    port: int | None = Field(None, ge=1, le=65535, description="dimse: its port")
+    url: str | None = Field(None, description="stow-rs: the DICOMweb service root, e.g. "
+                                              "https://pacs.example.org/dicom-web (instances are POSTed to "
+                                              "{url}/studies)")
+    token_file: Path | None = Field(None, description="stow-rs: a file holding a bearer token sent as "
+                                                      "'Authorization: Bearer ...' (read at each delivery)")
+    username: str | None = Field(None, description="stow-rs: HTTP Basic user name (with password_file)")
+    password_file: Path | None = Field(None, description="stow-rs: a file holding that user's password")
+    max_request_mb: float = Field(64.0, gt=0, le=4096, description="stow-rs: instances are sent in requests of "
+                                                                   "at most this size (one instance at least)")
+    tls: TlsConfig | None = Field(None, description="dimse: DICOM TLS; stow-rs: ca_certificates verifies the "
+                                                    "server (default: the system's CAs), certificate and "
+                                                    "private_key make a client certificate")
+    bundle: Literal["all", "images-and-rt", "images"] = Field(
+        "all", description="what this destination gets: the sCT, its RT objects (structures, plan, dose) and the "
+                           "QA report (SR, Encapsulated PDF) = all; the sCT and RT objects = images-and-rt (planning "
+                           "systems that refuse SR or PDF); the sCT only = images")
+    storage_commitment: bool = Field(
+        False, description="dimse: after the C-STOREs, ask the destination to commit to keep every instance of the "
+                           "bundle (Storage Commitment Push Model, N-ACTION) and count the delivery done only when its "
+                           "N-EVENT-REPORT says all were committed; a refusal, a failed instance or no report "
+                           "within commitment_timeout_s is a failed delivery, retried with the backoff. The report "
+                           "may come on the delivery's association or on a new one to the node's Storage SCP: list "
+                           "the destination's AE title in network.allowed_callers (docs/node.md, Storage commitment)")
+    commitment_timeout_s: float = Field(
+        60.0, gt=0, le=600, description="storage_commitment: how long to wait for the destination's N-EVENT-REPORT "
+                                        "after it accepted the request; the dispatcher waits in line (other "
+                                        "deliveries wait too), hence the 600 s bound")
+
+    @model_validator(mode="after")
+    def _commitment_needs_dimse(self) -> DestinationConfig:
+        if self.storage_commitment and self.protocol != "dimse":
+            raise ValueError(f"destination {self.name!r}: storage_commitment is a DIMSE service (N-ACTION, "
+                             f"N-EVENT-REPORT); protocol = \"{self.protocol}\" has none")
+        return self
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v) if v is not None else v))
+
+    @model_validator(mode="after")
+    def _protocol_fields(self) -> DestinationConfig:
+        if self.protocol == "dimse":
+            missing = [key for key in ("ae_title", "host", "port") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"destination {self.name!r} (protocol dimse): {', '.join(missing)} missing")
+            if self.url or self.token_file or self.username or self.password_file:
+                raise ValueError(f"destination {self.name!r}: url, token_file, username and password_file are for "
+                                 f"protocol = \"stow-rs\"")
+            return self
+        if not self.url or not re.match(r"^https?://[^\s/]+", self.url):
+            raise ValueError(f"destination {self.name!r} (protocol stow-rs): url must be an http:// or https:// "
+                             f"DICOMweb service root; found {self.url!r}")
+        if self.ae_title or self.host or self.port:
+            raise ValueError(f"destination {self.name!r}: ae_title, host and port are for protocol = \"dimse\"; "
+                             f"a STOW-RS destination has a url")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError(f"destination {self.name!r}: username and password_file go together (HTTP Basic)")
+        if self.token_file is not None and self.username is not None:
+            raise ValueError(f"destination {self.name!r}: a bearer token_file or a username, not both")
+        if self.storage_commitment:
+            raise ValueError(f"destination {self.name!r}: storage_commitment is a DIMSE service; STOW-RS "
+                             f"answers for every instance it stored in its response")
+        return self
+
+    @property
+    def address(self) -> str:
+        """Where it is, for messages: ``AE@host:port`` or the URL."""
+        return (self.url or "") if self.protocol == "stow-rs" else f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class PacsConfig(_Strict):
+    """A PACS the node queries (C-FIND) and retrieves QA reference data from (C-MOVE or C-GET), ``[[pacs]]``.
+
+    ``retrieve = "move"`` (C-MOVE): the PACS sends the instances to the node's own Storage SCP on an association
+    of its own, so the PACS must list the node's AE title (``network.ae_title``, sent as the Move Destination)
+    with the node's address and port, and the PACS's AE title must be an allowed caller of the node. ``"get"``
+    (C-GET): the instances come back on the node's own association, the node taking the Storage SCP role on it
+    (SCP/SCU role selection); nothing has to be configured at the PACS for the way back, and no firewall has to
+    let the PACS connect to the node. Either way they are stored and checked exactly as a C-STORE is.
+    """
 
     name: str
     ae_title: AeTitle
     host: str
     port: int = Field(ge=1, le=65535)
     tls: TlsConfig | None = None
-    bundle: Literal["all", "images-and-rt", "images"] = Field(
-        "all", description="what this destination gets: the sCT, its RT objects (structures, plan, dose) and the "
-                           "QA report (SR, Encapsulated PDF) = all; the sCT and RT objects = images-and-rt (planning "
-                           "systems that refuse SR or PDF); the sCT only = images")
+    retrieve: Literal["move", "get"] = Field("move", description="C-MOVE to the node's Storage SCP, or C-GET")
+    query_timeout_s: float = Field(30.0, gt=0, le=600, description="the whole query (association and C-FINDs)")
+    retrieve_timeout_s: float = Field(300.0, gt=0, le=3600, description="the whole retrieval (association and "
+                                                                         "every C-MOVE or C-GET); then it is "
+                                                                         "aborted and the QA uses what arrived")
+    max_series: int = Field(10, ge=1, le=1000, description="series retrieved for one job at most")
+    max_instances: int = Field(2000, ge=1, le=100000, description="instances retrieved for one job at most "
+                                                                 "(a planning CT has 100 to 400)")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -276,6 +392,43 @@ class ConsoleConfig(_Strict):
         return self
 
 
+class DicomwebConfig(_Strict):
+    """The node's DICOMweb STOW-RS service (``[dicomweb]``, off by default): instances POSTed to
+    ``/dicom-web/studies`` go to the same spool, with the same checks, as a C-STORE (docs/node.md, DICOMweb).
+
+    Every request is authenticated: a bearer token (``tokens_file``, made with ``sct-node dicomweb-token add``)
+    or HTTP Basic with a console user of role physicist or admin (``users_file``). Served on loopback unless a
+    certificate is given: a token or a password must not cross a network in clear text.
+    """
+
+    enabled: bool = Field(False, description="serve STOW-RS; off by default")
+    host: str = Field("127.0.0.1", description="address to listen on; an address other than loopback needs "
+                                               "certificate and private_key (HTTPS)")
+    port: int = Field(8105, ge=1, le=65535)
+    certificate: Path | None = Field(None, description="PEM certificate: serve HTTPS (with private_key)")
+    private_key: Path | None = Field(None, description="PEM private key of the certificate")
+    tokens_file: Path | None = Field(None, description="senders' bearer tokens (hashed; sct-node dicomweb-token add); "
+                                                       "read at each request")
+    users_file: Path | None = Field(None, description="console users (sct-node console-user add) who may store "
+                                                      "by HTTP Basic: roles physicist and admin")
+    max_request_mb: float = Field(2048.0, gt=0, description="largest request body; larger ones are refused (413) "
+                                                            "before they are read")
+    request_timeout_s: float = Field(600.0, gt=0, description="a request's body must arrive within this")
+    max_concurrent_requests: int = Field(4, ge=1, le=64, description="requests served at once; more get 503")
+
+    @model_validator(mode="after")
+    def _secure(self) -> DicomwebConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("dicomweb: certificate and private_key go together (HTTPS needs both)")
+        if self.enabled and self.tokens_file is None and self.users_file is None:
+            raise ValueError("dicomweb: enabled needs tokens_file or users_file: every request is authenticated")
+        if self.enabled and self.certificate is None and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"dicomweb: host {self.host!r} without a certificate would take tokens and passwords "
+                             f"in clear text; give certificate and private_key, or serve on 127.0.0.1 behind a "
+                             f"TLS reverse proxy")
+        return self
+
+
 class LoggingConfig(_Strict):
     level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     json_lines: bool = False
@@ -290,8 +443,10 @@ class NodeConfig(_Strict):
     dispatch: DispatchConfig = DispatchConfig()
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
+    dicomweb: DicomwebConfig = DicomwebConfig()
     routes: tuple[RouteConfig, ...] = (RouteConfig(name="mr-to-sct"),)
     destinations: tuple[DestinationConfig, ...] = ()
+    pacs: tuple[PacsConfig, ...] = Field((), description="PACSs the routes' fetch_references query")
 
     @model_validator(mode="after")
     def _references(self) -> NodeConfig:
@@ -303,6 +458,13 @@ class NodeConfig(_Strict):
                 if name not in names:
                     raise ValueError(f"route {route.name!r} names destination {name!r}, which is not defined "
                                      f"(defined: {', '.join(names) or 'none'})")
+        sources = [p.name for p in self.pacs]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"pacs names must be unique; found {sources}")
+        for route in self.routes:
+            if route.fetch_from is not None and route.fetch_from not in sources:
+                raise ValueError(f"route {route.name!r}: fetch_from names PACS {route.fetch_from!r}, which is not "
+                                 f"defined (defined: {', '.join(sources) or 'none'})")
         return self
 
     def destination(self, name: str) -> DestinationConfig:

@@ -93,8 +93,9 @@ def configure_logging(level: str | None = None, json_lines: bool = False, *, deb
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # highdicom narrates every module it copies at INFO (one line per module per object): noise for an operator.
-    for name in ("pydicom", "pynetdicom", "highdicom"):
+    # highdicom narrates every module it copies at INFO (one line per module per object), dicomweb-client every
+    # request: noise for an operator, who gets the node's own line per delivery.
+    for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception

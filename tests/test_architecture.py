@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sct_node.dicom",),
     ("sct_node.report",),
     ("sct_node.node",),
-    ("sct_node.console",),
+    ("sct_node.console", "sct_node.dicomweb"),
     ("sct_node.tools",),
     ("sct_node.cli", "sct_node.__main__"),
 )

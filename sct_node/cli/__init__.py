@@ -32,6 +32,7 @@ from sct_node import __version__
 from sct_node.cli import (
     console_user,
     demo,
+    dicomweb_token,
     dismiss,
     dose,
     evaluate,
@@ -70,8 +71,8 @@ __all__ = [
 ]
 
 #: The verbs in the order ``sct-node --help`` lists them.
-VERBS = (phantom, translate, train, evaluate, serve, status, retry, release, dismiss, console_user, qa,
-         hu_reference, report, gamma, dose, demo)
+VERBS = (phantom, translate, train, evaluate, serve, status, retry, release, dismiss, console_user,
+         dicomweb_token, qa, hu_reference, report, gamma, dose, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

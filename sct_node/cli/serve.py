@@ -41,14 +41,19 @@ def run(args: argparse.Namespace) -> int:
     # Imported once the node's log format is set: importing the models (torch) may warn, and in JSON mode even
     # that must be a JSON line.
     from sct_node.console import start_console
+    from sct_node.dicomweb import start_dicomweb
     from sct_node.errors import SctNodeError
     from sct_node.node.service import Node
 
     node = Node(config)
     node.start()
+    console = dicomweb = None
     try:
         console = start_console(node)
+        dicomweb = start_dicomweb(node)
     except SctNodeError:
+        if console is not None:
+            console.stop()
         node.stop()
         raise
 
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     node.wait()
-    if console is not None:
-        console.stop()
+    for server in (console, dicomweb):
+        if server is not None:
+            server.stop()
     node.stop()
     return EXIT_OK

@@ -33,6 +33,8 @@ __all__ = [
     "RT_DOSE_STORAGE",
     "RT_PLAN_STORAGE",
     "RT_STRUCTURE_SET_STORAGE",
+    "STORAGE_COMMITMENT_PUSH_MODEL",
+    "STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE",
     "derive_uid",
     "uid_problem",
 ]
@@ -50,6 +52,11 @@ RT_DOSE_STORAGE = pydicom.uid.RTDoseStorage
 #: Where the node's reports go besides the RT objects (sct_node.report, the demo's planning system).
 REPORT_SOP_CLASSES: tuple[str, ...] = (pydicom.uid.EnhancedSRStorage, pydicom.uid.ComprehensiveSRStorage,
                                        pydicom.uid.EncapsulatedPDFStorage)
+#: Storage Commitment Push Model SOP Class and its well-known SOP Instance (PS3.4 J.3), which every N-ACTION and
+#: N-EVENT-REPORT of the service addresses. pydicom's registry names them (``.name``) but has no constants; the
+#: numbers are checked against that registry in tests/sct_node/test_storage_commitment.py.
+STORAGE_COMMITMENT_PUSH_MODEL = UID("1.2.840.10008.1.20.1")
+STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE = UID("1.2.840.10008.1.20.1.1")
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2): a fixed UUID-derived UID
 #: computed once from the project name, never a made-up org root.

@@ -1,4 +1,5 @@
-"""Deliver a job's outputs by C-STORE to each destination, with exponential backoff.
+"""Deliver a job's outputs to each destination by C-STORE (or STOW-RS, :mod:`sct_node.node.stow`), with
+exponential backoff.
 
 A delivery attempt opens one association per destination and sends every
 output file in a fixed order (images first, then structures, dose, reports),
@@ -17,6 +18,12 @@ each) while it renders the report; a destination that accepted all of them
 gets only the rest of the bundle from its delivery. Sending ahead is never
 retried: when it fails, the delivery sends everything, with the backoff
 above. The job is done only when every destination accepted all of it.
+
+Storage commitment: to a destination with ``storage_commitment`` on, an
+attempt succeeds only once the destination has also committed to keep every
+instance of the bundle, the images sent ahead included
+(:mod:`sct_node.node.commitment`); anything less fails the attempt, with the
+backoff above, and a retry then sends everything again.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from sct_node.node.state import Delivery, StateStore
 from sct_node.node.tls import client_context
 
 if TYPE_CHECKING:
+    from sct_node.node.commitment import Commitment, CommitmentRegistry
     from sct_node.node.metrics import NodeMetrics
 
-__all__ = ["DeliveryError", "Dispatcher", "deliver_files", "ordered_outputs"]
+__all__ = ["DeliveryError", "Dispatcher", "deliver_files", "ordered_outputs", "send_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +93,23 @@ def ordered_outputs(output_dir: Path, bundle: str = "all", part: str = "all") ->
     return [path for _, _, path in sorted(files)]
 
 
-def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae: str, timeout_s: float) -> None:
-    """Send files to one destination on one association.
+def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae: str, timeout_s: float,
+                  commitment: Commitment | None = None) -> None:
+    """Send files to one destination on one association; with ``commitment``, have it commit to keep them.
+
+    The commitment is requested on the same association after the C-STOREs (``files`` may then be empty: the
+    images were sent ahead) and its report awaited after the release (:class:`sct_node.node.commitment.Commitment`).
 
     Raises
     ------
     DeliveryError
-        If the association is refused or aborted, or any instance is not stored.
+        If the association is refused or aborted, or any instance is not stored (or, with ``commitment``, not
+        committed: :class:`sct_node.node.commitment.CommitmentError`).
     """
-    if not files:
+    if not files and commitment is None:
         raise DeliveryError("no output files to deliver")
+    if destination.ae_title is None or destination.host is None or destination.port is None:  # validated config
+        raise DeliveryError(f"{destination.name} is not a DIMSE destination (protocol = {destination.protocol})")
     headers = [pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]) for p in files]
     ae = AE(ae_title=calling_ae)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
@@ -102,6 +117,8 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.requested_contexts = [build_context(uid, _TRANSFER_SYNTAXES) for uid in sorted({str(h.SOPClassUID)
                                                                                        for h in headers})]
+    if commitment is not None:
+        ae.requested_contexts = [*ae.requested_contexts, commitment.presentation_context]
     # (context, None): no server_hostname, as pynetdicom documents; its annotation says str only.
     tls_args = (client_context(destination.tls), None) if destination.tls else None
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
@@ -110,7 +127,8 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
                          tls_args=tls_args,  # type: ignore[arg-type]
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay),
                                        (evt.EVT_CONN_OPEN, acknowledge_at_once),
-                                       (evt.EVT_CONN_OPEN, lambda event: connected.append(True))])
+                                       (evt.EVT_CONN_OPEN, lambda event: connected.append(True)),
+                                       *(commitment.association_handlers if commitment is not None else ())])
     if not assoc.is_established:
         # pynetdicom marks a failed TCP connect as aborted too; only an opened connection can be aborted.
         reason = ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted and connected
@@ -124,6 +142,8 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
         raise DeliveryError(f"{where} does not accept {names}; nothing was sent. If it cannot store these objects, "
                             "set the destination's bundle = \"images-and-rt\" (no SR/PDF) or \"images\" (node.toml)")
     try:
+        if commitment is not None:
+            commitment.check_accepted(assoc)
         for index, path in enumerate(files):
             status = assoc.send_c_store(path, msg_id=index % 65535 + 1)
             code = getattr(status, "Status", None)
@@ -132,18 +152,50 @@ def deliver_files(files: list[Path], destination: DestinationConfig, calling_ae:
             if code != 0x0000 and not 0xB000 <= code <= 0xBFFF:  # Success or Warning counts as stored
                 comment = str(status.get("ErrorComment", "") or "")
                 raise DeliveryError(f"{where} answered 0x{code:04X} for {path.name}{': ' + comment if comment else ''}")
+        if commitment is not None:
+            commitment.request(assoc, msg_id=len(files) % 65535 + 1)
     finally:
         if assoc.is_established:
             assoc.release()
+    if commitment is not None:
+        commitment.wait()
+
+
+def send_files(files: list[Path], destination: DestinationConfig, calling_ae: str, timeout_s: float,
+               commitment: Commitment | None = None) -> None:
+    """Send files to one destination by its protocol: C-STORE (:func:`deliver_files`) or STOW-RS
+    (:func:`sct_node.node.stow.deliver_stow`).
+
+    Raises
+    ------
+    DeliveryError
+        If the destination did not store every file.
+    """
+    if destination.protocol == "stow-rs":
+        from sct_node.node.stow import StowDeliveryError, deliver_stow  # requests and dicomweb-client: only here
+
+        try:
+            deliver_stow(files, destination, timeout_s)
+        except StowDeliveryError as error:
+            raise DeliveryError(str(error)) from None
+        return
+    deliver_files(files, destination, calling_ae, timeout_s, commitment)
 
 
 class Dispatcher:
     """Runs due deliveries from the state store."""
 
     def __init__(self, state: StateStore, destinations: dict[str, DestinationConfig], dispatch: DispatchConfig,
-                 calling_ae: str, metrics: NodeMetrics | None = None) -> None:
+                 calling_ae: str, metrics: NodeMetrics | None = None,
+                 commitments: CommitmentRegistry | None = None) -> None:
         self.state, self.destinations, self.dispatch, self.calling_ae = state, destinations, dispatch, calling_ae
         self.metrics = metrics
+        if commitments is None and any(d.storage_commitment for d in destinations.values()):
+            from sct_node.node.commitment import CommitmentRegistry  # here: that module imports this one
+
+            commitments = CommitmentRegistry()  # without the node's Storage SCP: reports on the delivery's association
+        #: Pending storage commitments, shared with the Storage SCP that receives their reports.
+        self.commitments = commitments
 
     def run_due(self) -> int:
         """Attempt every due delivery once; returns how many were attempted."""
@@ -156,12 +208,17 @@ class Dispatcher:
         job = self.state.job(delivery.job_id)
         destination = self.destinations.get(delivery.destination)
         attempt = delivery.attempts + 1
+        commitment: Commitment | None = None
         try:
             if destination is None:
                 raise DeliveryError(f"destination {delivery.destination!r} is no longer configured")
-            part = "rest" if delivery.images_sent else "all"
+            commitment = (self.commitments.prepare(job.output_dir, destination, job.id, attempt)
+                          if destination.storage_commitment and self.commitments is not None else None)
+            # After a failed attempt a committing destination gets everything again: what it failed to commit
+            # may be an image sent ahead.
+            part = "rest" if delivery.images_sent and not (commitment and delivery.attempts) else "all"
             files = ordered_outputs(job.output_dir, destination.bundle, part) if job.output_dir else []
-            if not files and delivery.images_sent:
+            if not files and delivery.images_sent and commitment is None:
                 # Its bundle is the images (bundle = "images"), all accepted while the report was rendered.
                 self.state.delivery_succeeded(job.id, delivery.destination, "nothing left: its images were sent ahead")
                 logger.info("job %d: %s had everything already (its images were sent ahead)", job.id,
@@ -180,8 +237,10 @@ class Dispatcher:
                 logger.info("job %d: nothing for %s (refused input: its notice is an SR and a PDF, which bundle "
                             "= \"%s\" leaves out)", job.id, delivery.destination, destination.bundle)
                 return
-            deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
+            send_files(files, destination, self.calling_ae, self.dispatch.timeout_s, commitment)
         except (DeliveryError, OSError, RuntimeError, ValueError) as error:
+            if commitment is not None:
+                commitment.record(self.state, job.id)
             if self.metrics is not None:
                 self.metrics.delivery(delivery.destination, "failed" if attempt >= self.dispatch.max_attempts
                                       or destination is None else "retry")
@@ -195,6 +254,10 @@ class Dispatcher:
                 logger.warning("job %d: delivery to %s failed (attempt %d of %d): %s; next in %.0f s", job.id,
                                delivery.destination, attempt, self.dispatch.max_attempts, error, delay_s)
             return
+        if commitment is not None:
+            commitment.record(self.state, job.id)
+            logger.info("job %d: %s committed all %d instance(s) of the bundle (transaction %s)", job.id,
+                        delivery.destination, len(commitment.instances), commitment.transaction_uid)
         self.state.delivery_succeeded(job.id, delivery.destination,
                                       f"{len(files)} instance(s)" + (" (the rest: images sent ahead)"
                                                                      if part == "rest" else ""))
@@ -218,7 +281,7 @@ class Dispatcher:
                 continue
             try:
                 files = ordered_outputs(output_dir, destination.bundle, "images")
-                deliver_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
+                send_files(files, destination, self.calling_ae, self.dispatch.timeout_s)
             except (DeliveryError, OSError, RuntimeError, ValueError) as error:
                 logger.info("job %d: sending the sCT ahead to %s failed (%s); its delivery sends everything",
                             job_id, name, error)

@@ -54,6 +54,7 @@ from sct_node.report.bundle import verdict_prefix
 
 if TYPE_CHECKING:
     from sct_node.node.metrics import NodeMetrics
+    from sct_node.node.retrieve import ReferenceFetcher
 
 __all__ = ["GUARD_FILE", "JobProcessor", "guard_input", "input_warning", "write_guard_json"]
 
@@ -117,11 +118,16 @@ class JobProcessor:
         (:meth:`sct_node.node.dispatch.Dispatcher.send_ahead`); None: the deliveries send everything.
     metrics : NodeMetrics or None
         Counts jobs, their verdicts and stage times.
+    fetcher : ReferenceFetcher or None
+        Fetches the reference data a route asks for from the PACS (``fetch_references``), with the others
+        while the model works; None: only what was routed to the node is used.
     """
 
     def __init__(self, state: StateStore, route_of: Callable[[str], RouteConfig | None], spool: Spool,
-                 send_ahead: SendAhead | None = None, metrics: NodeMetrics | None = None) -> None:
+                 send_ahead: SendAhead | None = None, metrics: NodeMetrics | None = None,
+                 fetcher: ReferenceFetcher | None = None) -> None:
         self.state = state
+        self.fetcher = fetcher
         self.route_of = route_of
         self.spool = spool
         self.send_ahead = send_ahead
@@ -217,7 +223,7 @@ class JobProcessor:
                 logger.warning("job %d: %s", job.id, checked.summary())
             # The QA's reference data (and a real CT's reference dose) do not need the sCT: read them meanwhile.
             references = (_in_background(f"job-{job.id}-references", prepare_references, self.state, series, body,
-                                         route) if route is not None and route.qa else None)
+                                         route, self.fetcher) if route is not None and route.qa else None)
             t0 = time.perf_counter()
             result = model.translate(series.volume, body_mask=body)
             timings = replace(timings, model_s=_since(t0))

@@ -3,8 +3,10 @@
 Once the model has made the sCT, the node
 
 1. gathers reference data routed to it in the MR's frame of reference — the
-   newest RT Plan, RT Structure Set and CT (:func:`reference_data`; this
-   runs while the model works, see :mod:`sct_node.node.process`);
+   newest RT Plan, RT Structure Set and real CT (:func:`reference_data`; this
+   runs while the model works, see :mod:`sct_node.node.process`), after
+   fetching from the PACS what the route asks for and the node does not hold
+   (``fetch_references``, :mod:`sct_node.node.retrieve`);
 2. runs the dosimetric QA on the sCT in memory (``qa/qa.json``,
    ``qa/qa_arrays.npz``; :func:`run_qa_stage`);
 3. writes the sCT once (``sct/``), its Series Description already marked
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydicom
+
 from dosimetry.verdict import Verdict
 from models.base import ModelCard, SyntheticCT
 from sct_node.config import RouteConfig
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
     from dosimetry.qa_result import QaResult
     from dosimetry.structures import StructureMask
     from models.volume import Volume
+    from sct_node.node.retrieve import FetchOutcome, ReferenceFetcher
 
 __all__ = ["References", "holds_back", "prepare_references", "read_references", "reference_data", "release_held", "run_qa_stage",
            "run_report_stage"]
@@ -70,15 +75,39 @@ class References:
     reference_ct_files: tuple[Path, ...] = field(default_factory=tuple)
     #: The plan's dose on the real CT, computed before the sCT exists (:func:`prepare_references`).
     reference_dose: ReferenceDose | None = None
+    #: What fetching reference data from the PACS did, for the report (``qa.json`` context): what was fetched,
+    #: and what could not be and what the QA used instead.
+    notes: tuple[str, ...] = ()
 
 
-def prepare_references(state: StateStore, series: ImageSeries, body: np.ndarray, route: RouteConfig) -> References:
+def prepare_references(state: StateStore, series: ImageSeries, body: np.ndarray, route: RouteConfig,
+                       fetcher: ReferenceFetcher | None = None) -> References:
     """The QA's reference data (:func:`reference_data`) and, with a real CT and the dose checks on, the plan's
     dose on that CT (:func:`dosimetry.qa.reference_dose`): neither needs the sCT, so the node runs this while
     the model works. A reference dose that cannot be computed is left to the QA, which meets the same error and
     reports it.
+
+    With a ``fetcher`` and a route with ``fetch_references``, the kinds the node holds none of in the MR's frame
+    of reference are fetched from the route's PACS first (:meth:`ReferenceFetcher.fetch`, which never raises);
+    what it did is kept in :attr:`References.notes`.
     """
+    outcome: FetchOutcome | None = None
+    notes: tuple[str, ...] = ()
+    if fetcher is not None and route.fetch_references and route.fetch_from is not None:
+        if not series.frame_of_reference_uid:
+            notes = ("no reference data were fetched: the MR has no Frame of Reference UID to match them by",)
+        held = _candidates(state, series)
+        missing = [kind for kind in route.fetch_references if not held[kind]]
+        if missing and series.frame_of_reference_uid:
+            study_uid = str(series.header.get("StudyInstanceUID", "") or "")
+            outcome = fetcher.fetch(study_uid, missing, route.fetch_from, series.series_instance_uid)
     references = reference_data(state, series)
+    references.notes = notes
+    if outcome is not None:
+        held = _candidates(state, series)
+        usable = {"ct": references.reference_ct is not None, "plan": references.plan is not None,
+                  "structures": references.structures_file is not None}
+        references.notes = outcome.notes([k for k in outcome.kinds if held[k]], [k for k in outcome.kinds if usable[k]])
     if references.reference_ct is None or not route.qa_dose:
         return references
     import dataclasses
@@ -100,22 +129,56 @@ def prepare_references(state: StateStore, series: ImageSeries, body: np.ndarray,
 
 
 def reference_data(state: StateStore, series: ImageSeries) -> References:
-    """The newest RT Plan, RT Structure Set and CT routed to the node in the MR's frame of reference.
+    """The newest RT Plan, RT Structure Set and real CT series routed to the node in the MR's frame of reference.
 
     A CT is used only when it lies on the MR's grid (the commissioning set-up: CT resampled onto the MR).
     A structure set must be drawn on the MR or on that CT. Each piece is read on its own; anything unusable
     is logged and left out, and the QA falls back to the template plan and the bulk-density reference
     (:func:`read_references`).
     """
+    if not series.frame_of_reference_uid:
+        return References()
+    candidates = _candidates(state, series)
+    plans, structure_sets = candidates["plan"], candidates["structures"]
+    return read_references(series, reference_ct=candidates["ct"], plan=plans[-1] if plans else None,
+                           structures=structure_sets[-1] if structure_sets else None)
+
+
+def _candidates(state: StateStore, series: ImageSeries) -> dict[str, list[Path]]:
+    """The node's reference data in the MR's frame of reference, oldest first, by kind (ct, plan, structures).
+
+    ``ct`` is the newest CT series that is not synthetic (:func:`_is_synthetic_ct`): a PACS holds the node's
+    own sCTs in the MR's study and frame (it delivered them there), and a vendor's sCT looks the same; neither
+    is a reference for an sCT. Only one series: the instances of two CT series do not make one volume.
+    """
     frame = series.frame_of_reference_uid
     if not frame:
-        return References()
-    candidates = state.instances_in_frame((RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, CT_IMAGE_STORAGE), frame)
-    plans = [r.path for r in candidates if r.sop_class_uid == RT_PLAN_STORAGE]
-    structure_sets = [r.path for r in candidates if r.sop_class_uid == RT_STRUCTURE_SET_STORAGE]
-    ct_files = [r.path for r in candidates if r.sop_class_uid == CT_IMAGE_STORAGE]
-    return read_references(series, reference_ct=ct_files, plan=plans[-1] if plans else None,
-                           structures=structure_sets[-1] if structure_sets else None)
+        return {"ct": [], "plan": [], "structures": []}
+    records = state.instances_in_frame((RT_PLAN_STORAGE, RT_STRUCTURE_SET_STORAGE, CT_IMAGE_STORAGE), frame)
+    ct_series: dict[str, list[Path]] = {}
+    for record in records:
+        if record.sop_class_uid == CT_IMAGE_STORAGE:
+            # Re-inserted at each instance, so the series whose last instance came last ends up last.
+            ct_series[record.series_uid] = [*ct_series.pop(record.series_uid, []), record.path]
+    real = next((files for files in reversed(ct_series.values()) if not _is_synthetic_ct(files[0])), [])
+    return {"ct": real, "plan": [r.path for r in records if r.sop_class_uid == RT_PLAN_STORAGE],
+            "structures": [r.path for r in records if r.sop_class_uid == RT_STRUCTURE_SET_STORAGE]}
+
+
+def _is_synthetic_ct(path: Path) -> bool:
+    """Whether a CT instance is a synthetic CT made from another image: Synthetic Data YES and Image Type
+    DERIVED (what the node writes, PS3.3 C.7.6.1.1.2; vendors' sCTs too). A phantom's CT is synthetic but
+    ORIGINAL, and stands in for a real CT. An unreadable header is not judged here: the reader reports it."""
+    from sct_node.dicom.files import open_dataset
+
+    try:
+        header = open_dataset(path)
+    except Exception:  # noqa: BLE001  read_references meets and logs the same problem
+        return False
+    image_type = header.get("ImageType", None)
+    first = str(image_type[0] if isinstance(image_type, list | pydicom.multival.MultiValue) and image_type
+                else image_type or "")
+    return str(header.get("SyntheticData", "") or "").upper() == "YES" and first.upper() == "DERIVED"
 
 
 def read_references(image: ImageSeries, *, reference_ct: Sequence[Path] = (), plan: Path | None = None,
@@ -206,7 +269,7 @@ def run_qa_stage(result: SyntheticCT, series: ImageSeries, model_card: ModelCard
                          mr_series_uid=series.series_instance_uid,
                          mr_series_description=str(series.header.get("SeriesDescription", "") or ""),
                          reference_ct_files=references.reference_ct_files, structures_file=references.structures_file,
-                         plan_file=references.plan_file, site=route.qa_site)
+                         plan_file=references.plan_file, site=route.qa_site, reference_notes=references.notes)
     write_qa(record, output_dir / JobFolder.QA, context)
     return record.result
 

@@ -1,10 +1,12 @@
 """The Storage SCP: accept instances from the PACS and acknowledge only what is durably stored.
 
-For each C-STORE the handler (through :class:`sct_node.node.store.InstanceStore`, the one storage path) writes the received bytes (never decoded and
+For each C-STORE the handler writes the received bytes (never decoded and
 re-encoded) to a temporary file in the spool, fsyncs it, renames it into
 place, fsyncs the folder, records it in the state database, and only then
-answers Success. When anything in that chain fails — disk under the reserve,
-disk full, I/O error, database error — it answers with an Out of Resources
+answers Success; it does so through :class:`sct_node.node.store.InstanceStore`,
+the one storage path that STOW-RS and C-GET share. When anything in that
+chain fails — disk under the reserve, disk full, I/O error, database
+error — it answers with an Out of Resources
 failure, so the sender keeps the instance and sends it again later. An
 instance that cannot be understood (no UIDs, pixel data shorter than its
 header says) gets a Cannot Understand failure naming why, and nothing else
@@ -74,6 +76,7 @@ from sct_node.node.store import (
 from sct_node.node.tls import server_context
 
 if TYPE_CHECKING:
+    from sct_node.node.commitment import CommitmentRegistry
     from sct_node.node.metrics import NodeMetrics
 
 __all__ = ["ACCEPTED_SOP_CLASSES", "ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP", "StorageStatus", "acknowledge_at_once",
@@ -145,11 +148,16 @@ class StorageSCP:
         association completion rule may fire after its grace).
     metrics : NodeMetrics or None
         Counts stored, duplicate and refused instances.
+    commitments : CommitmentRegistry or None
+        Pending storage commitments of deliveries: the SCP then also accepts their N-EVENT-REPORTs, on the
+        associations destinations open to report (:meth:`CommitmentRegistry.serve_reports`).
     """
 
     def __init__(self, network: NetworkConfig, storage: StorageConfig, state: StateStore, spool: Spool,
                  on_stored: Callable[[], None] | None = None,
-                 on_released: Callable[[], None] | None = None, metrics: NodeMetrics | None = None) -> None:
+                 on_released: Callable[[], None] | None = None, metrics: NodeMetrics | None = None,
+                 commitments: CommitmentRegistry | None = None) -> None:
+        self.commitments = commitments
         self.network, self.storage, self.state, self.spool = network, storage, state, spool
         self.on_stored, self.on_released, self.metrics = on_stored, on_released, metrics
         self._server: GuardedServer | None = None
@@ -190,6 +198,8 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
         ]
+        if self.commitments is not None:  # a destination reports storage commitment on an association of its own
+            self.commitments.serve_reports(ae, handlers, warn=self._warn)
         install_noise_filter()
         relax_uid_validation()
         server = ae.make_server((self.network.bind_address, self.network.port), evt_handlers=handlers,

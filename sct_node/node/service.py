@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sct_node.config import NodeConfig
+from sct_node.node.commitment import CommitmentRegistry
 from sct_node.node.dispatch import Dispatcher
 from sct_node.node.metrics import NodeMetrics
 from sct_node.node.process import JobProcessor
 from sct_node.node.receive import StorageSCP
+from sct_node.node.retrieve import ReferenceFetcher
 from sct_node.node.route import route_complete_series
 from sct_node.node.spool import Spool, SpoolPathError
 from sct_node.node.state import Job, JobState, StateStore
@@ -38,6 +40,16 @@ def state_path(config: NodeConfig) -> Path:
     return Spool(config.storage.spool_dir).state_db
 
 
+def _warn_unreachable_move(config: NodeConfig) -> None:
+    """A PACS retrieving by C-MOVE sends to the node's Storage SCP: say at start when the allow-list would refuse
+    it (a warning, not an error: a PACS may send its sub-operations under another AE title that is listed)."""
+    allowed = {caller.ae_title for caller in config.network.allowed_callers or ()}
+    for pacs in config.pacs:
+        if pacs.retrieve == "move" and config.network.allowed_callers is not None and pacs.ae_title not in allowed:
+            logger.warning("PACS %s retrieves by C-MOVE, but its AE title %s is not in network.allowed_callers: the "
+                           "instances it sends to the node will be refused", pacs.name, pacs.ae_title)
+
+
 class Node:
     """A running sct-node. ``start()`` returns at once; ``stop()`` shuts every role down."""
 
@@ -50,13 +62,20 @@ class Node:
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
         self._router_wake = threading.Event()  # set when an association rule's grace has passed
         self.metrics = NodeMetrics(self.state, self.spool, config.storage)
+        #: Storage commitments waiting for their report (None when no destination asks for commitment).
+        self.commitments = CommitmentRegistry.for_config(config)
         self.scp = StorageSCP(config.network, config.storage, self.state, self.spool, on_stored=None,
-                              on_released=self._association_released, metrics=self.metrics)
+                              on_released=self._association_released, metrics=self.metrics,
+                              commitments=self.commitments)
         routes = {route.name: route for route in config.routes}
         self.dispatcher = Dispatcher(self.state, {d.name: d for d in config.destinations}, config.dispatch,
-                                     config.network.ae_title, metrics=self.metrics)
+                                     config.network.ae_title, metrics=self.metrics, commitments=self.commitments)
+        # Reference data a route fetches from a PACS (C-GET stores through the Storage SCP's own store).
+        fetcher = ReferenceFetcher(self.state, config.pacs, config.network.ae_title, self.scp.store) \
+            if config.pacs else None
         self.processor = JobProcessor(self.state, routes.get, self.spool, send_ahead=self.dispatcher.send_ahead,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, fetcher=fetcher)
+        _warn_unreachable_move(config)
         self._threads: list[threading.Thread] = []
         self._started_at = 0.0
 

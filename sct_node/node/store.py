@@ -160,7 +160,8 @@ class InstanceStore:
         return int(self.storage.max_instance_mb * 2**20)
 
     def store(self, encoded: bytes, source: InstanceSource, *, sop_uid: str | None = None,
-              sop_class_uid: str | None = None, dataset_offset: int | None = None) -> StoreOutcome:
+              sop_class_uid: str | None = None, dataset_offset: int | None = None,
+              expected_study: str | None = None) -> StoreOutcome:
         """Store one Part 10 instance; never raises (an unexpected error is logged and is Out of Resources).
 
         ``sop_uid`` and ``sop_class_uid`` are what the protocol said (a C-STORE request's Affected SOP
@@ -168,10 +169,12 @@ class InstanceStore:
         Storage SOP Instance and Class UIDs are what the data set must agree with, and the SOP class and
         transfer syntax must be ones the node accepts (C-STORE settles both at association negotiation).
         ``dataset_offset`` is where the data set starts after the file meta, when the caller knows it.
+        ``expected_study``: the study the request named (STOW-RS ``POST /studies/{study}``); an instance of
+        another study is refused.
         """
         shown = sop_uid if sop_uid and uid_problem(sop_uid) is None else "(not yet known)"
         try:
-            outcome = self._store(encoded, source, sop_uid, sop_class_uid, dataset_offset)
+            outcome = self._store(encoded, source, sop_uid, sop_class_uid, dataset_offset, expected_study)
         except Exception:  # the one place exceptions of storing stop: log, answer with a named status
             logger.exception("instance %s: unexpected error while storing; answered Out of Resources", shown)
             outcome = StoreOutcome(StorageStatus.OUT_OF_RESOURCES, "internal error while storing")
@@ -191,7 +194,7 @@ class InstanceStore:
         return StoreOutcome(status, problem)
 
     def _store(self, encoded: bytes, source: InstanceSource, sop_uid: str | None, sop_class_uid: str | None,
-               dataset_offset: int | None) -> StoreOutcome:
+               dataset_offset: int | None, expected_study: str | None) -> StoreOutcome:
         protocol_said = sop_uid is not None
         if protocol_said and (problem := uid_problem(sop_uid, "Affected SOP Instance UID")):
             return self._refuse(source, sop_uid or "", problem)
@@ -231,6 +234,8 @@ class InstanceStore:
                                      "the C-STORE request" if protocol_said else "its file meta information")
         except Exception as error:  # noqa: BLE001  pydicom raises many types on malformed data
             problem = f"data set cannot be parsed ({type(error).__name__})"
+        if not problem and expected_study is not None and str(header.StudyInstanceUID) != expected_study:
+            problem = "Study Instance UID differs from the study the request names"
         if problem:
             return self._refuse(source, sop_uid, problem)
 

@@ -76,12 +76,16 @@ class QaContext:
     site: str = "pelvis"
     #: The model card of the model that made the sCT (name, version, identity, ...); None for a hand-run QA.
     model_card: dict[str, str] | None = field(default=None)
+    #: What fetching reference data from the PACS did: fetched, or could not be and what the QA used instead
+    #: (sct_node.node.retrieve). Empty when nothing was fetched for.
+    reference_notes: tuple[str, ...] = ()
 
 
 def qa_context(*, sct_dir: Path, model_card: Mapping[str, object] | None, mr_files: Iterable[str | Path] = (),
                mr_series_uid: str = "", mr_series_description: str = "",
                reference_ct_files: Iterable[str | Path] = (), structures_file: Path | None = None,
-               plan_file: Path | None = None, site: str = "pelvis") -> QaContext:
+               plan_file: Path | None = None, site: str = "pelvis",
+               reference_notes: Iterable[str] = ()) -> QaContext:
     """What the QA was run on, for ``qa.json`` (:func:`dosimetry.qa_result.write_qa`'s ``context``)."""
     return QaContext(
         created=_dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -95,6 +99,7 @@ def qa_context(*, sct_dir: Path, model_card: Mapping[str, object] | None, mr_fil
         plan_file=str(Path(plan_file).resolve()) if plan_file else None,
         site=site,
         model_card={str(k): str(v) for k, v in model_card.items()} if model_card else None,
+        reference_notes=tuple(str(note) for note in reference_notes),
     )
 
 
@@ -133,7 +138,8 @@ def _folder(qa_dir: Path, record: QaRecord, context: QaContext | None) -> QaFold
         sct=grid, body_mask=body, mr=mr, reference_ct=reference, uncertainty_hu=uncertainty,
         dose_sct_gy=maps.dose_sct_gy, dose_reference_gy=maps.dose_reference_gy,
         dose_difference_percent=maps.dose_difference_percent, gamma=maps.gamma,
-        dvh_curves=maps.dvh_curves, structures=tuple(outlines))
+        dvh_curves=maps.dvh_curves, structures=tuple(outlines),
+        reference_notes=context.reference_notes if context else ())
     return QaFolder(data, sct, record.digest)
 
 

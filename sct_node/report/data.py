@@ -87,6 +87,8 @@ class ReportData:
     dvh_curves : tuple of DvhCurve
     structures : tuple of StructureOutline
         Outlines to draw (body, targets, organs) on the sCT grid.
+    reference_notes : tuple of str
+        What fetching the QA's reference data from the PACS did (fetched; or not, and what the QA used instead).
     """
 
     qa: QaResult
@@ -105,6 +107,7 @@ class ReportData:
     gamma: Volume | None = None
     dvh_curves: tuple[DvhCurve, ...] = ()
     structures: tuple[StructureOutline, ...] = field(default_factory=tuple)
+    reference_notes: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> Verdict:

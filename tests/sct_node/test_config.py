@@ -107,3 +107,30 @@ def test_an_ensemble_route_with_one_sampling_step_is_an_error(tmp_path):
         load_config(_write(tmp_path, text))
     ok = load_config(_write(tmp_path, '[[routes]]\nname = "r"\nmodel_ensemble = 4\n'))  # the model's ensemble steps
     assert ok.routes[0].model_ensemble == 4 and ok.routes[0].model_steps is None
+
+
+_PACS = '[[pacs]]\nname = "hospital"\nae_title = "HOSPITAL_PACS"\nhost = "10.1.2.3"\nport = 4242\n'
+
+
+@pytest.mark.parametrize(("route", "message"), [
+    ('fetch_references = ["plan"]\n', r"routes\.0: .*fetch_references = \['plan'\] needs fetch_from"),
+    ('fetch_from = "hospital"\n', r"routes\.0: .*fetch_from = 'hospital' needs fetch_references"),
+    ('fetch_references = ["ct"]\nfetch_from = "archive"\n',
+     r"route 'r': fetch_from names PACS 'archive', which is not defined \(defined: hospital\)"),
+    ('fetch_references = ["ct"]\nfetch_from = "hospital"\nqa = false\n', r"fetch_references needs qa = true"),
+    ('fetch_references = ["ct", "dose"]\nfetch_from = "hospital"\n', r"routes\.0\.fetch_references\.1: Input should be"),
+])
+def test_a_route_fetching_reference_data_names_a_defined_pacs_and_what_to_fetch(tmp_path, route, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, f'{_PACS}\n[[routes]]\nname = "r"\n{route}'))
+
+
+def test_a_pacs_entry_is_validated_and_a_route_may_fetch_from_it(tmp_path):
+    config = load_config(_write(tmp_path, f'{_PACS}retrieve = "get"\n\n[[routes]]\nname = "r"\n'
+                                          'fetch_references = ["ct", "plan", "structures"]\nfetch_from = "hospital"\n'))
+    assert config.pacs[0].retrieve == "get" and config.pacs[0].max_instances == 2000
+    assert config.routes[0].fetch_references == ("ct", "plan", "structures")
+    with pytest.raises(ConfigError, match=r"pacs\.0\.retrieve: Input should be 'move' or 'get'"):
+        load_config(_write(tmp_path, f'{_PACS}retrieve = "store"\n'))
+    with pytest.raises(ConfigError, match="pacs names must be unique"):
+        load_config(_write(tmp_path, f'{_PACS}\n{_PACS}'))

@@ -53,6 +53,10 @@ def _summary_blocks(data: ReportData) -> list[_Block]:
             blocks += _paragraph(reason, 8.5, indent_in=0.25, bullet="•")
     else:
         blocks += _paragraph("Reasons: none — every check passed.", 9)
+    if data.reference_notes:  # reference data fetched from the PACS, or not (sct_node.node.retrieve)
+        blocks += _paragraph("Reference data from the PACS:", 9, bold=True, space_after_in=0.02)
+        for note in data.reference_notes:
+            blocks += _paragraph(note, 8.5, indent_in=0.25, bullet="•")
 
     ids, card = data.identifiers, data.model_card
     rows = [("Patient name", ids.patient_name), ("Patient ID", ids.patient_id),
