@@ -20,9 +20,9 @@ from dosimetry.verdict import QaThresholds
 from sct_node.errors import ConfigError
 
 __all__ = [
-    "AllowedCaller", "ConsoleConfig", "DestinationConfig", "DicomwebConfig", "DispatchConfig", "LoggingConfig", "NetworkConfig", "NodeConfig",
-    "PacsConfig", "ProcessingConfig", "ReferenceKind", "RouteConfig", "SeriesMatch", "StorageConfig", "TlsConfig",
-    "load_config",
+    "AllowedCaller", "ClusterConfig", "ConsoleConfig", "DestinationConfig", "DicomwebConfig", "DispatchConfig",
+    "LoggingConfig", "NetworkConfig", "NodeConfig", "PacsConfig", "ProcessingConfig", "ReferenceKind", "RouteConfig",
+    "SeriesMatch", "StorageConfig", "TlsConfig", "load_config",
 ]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: 16 chars, no backslash or control chars
@@ -429,6 +429,36 @@ class DicomwebConfig(_Strict):
         return self
 
 
+class ClusterConfig(_Strict):
+    """Several processes as one node (``[cluster]``; docs/cluster.md): receivers enqueue complete series as jobs on
+    a Dramatiq queue in Redis, workers process them, dispatchers deliver; the state database is the source of
+    truth. Without ``broker_url``, ``sct-node serve`` is today's single process (``--role all``)."""
+
+    broker_url: str | None = Field(None, description="Redis URL of the job queue, e.g. redis://queue.example.org:6379/0 "
+                                                     "(Redis with appendonly yes, appendfsync everysec)")
+    database_url: str | None = Field(
+        None, pattern=r"^postgres(ql)?://",
+        description="PostgreSQL URL of the state database every role shares, e.g. "
+                    "postgresql://sct:PASSWORD@db.example.org:5432/sct_node (psycopg 3: pip install "
+                    "'sct-node[cluster]'); unset: the embedded SQLite file storage.spool_dir/state.sqlite3 "
+                    "(docs/node.md, State database)")
+    namespace: str = Field("sct-node", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                           description="Dramatiq namespace in Redis: several nodes can share one Redis")
+    queue: str = Field("jobs", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="the queue jobs go on")
+    worker_threads: int = Field(1, ge=1, le=64, description="jobs one worker process runs at once (one GPU: 1)")
+    job_time_limit_s: float = Field(6 * 3600.0, gt=0, description="a job running longer is interrupted and failed "
+                                                                   "(Dramatiq's default of 10 min is too short for "
+                                                                   "a large diffusion ensemble on a CPU)")
+    heartbeat_timeout_s: float = Field(60.0, ge=5, description="a worker silent this long is taken for dead: its "
+                                                               "unfinished job goes back on the queue")
+    lease_s: float = Field(120.0, ge=5, description="a claimed job is the claimer's while it renews this lease "
+                                                    "(every lease_s / 4); a job whose lease ran out may be taken "
+                                                    "by another worker")
+    requeue_check_probability: float = Field(
+        0.05, gt=0, le=1, description="chance per queue poll that a worker looks for dead workers' jobs "
+                                      "(Dramatiq's maintenance; its default 0.001 can leave a job hours)")
+
+
 class LoggingConfig(_Strict):
     level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     json_lines: bool = False
@@ -444,6 +474,7 @@ class NodeConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     console: ConsoleConfig = ConsoleConfig()
     dicomweb: DicomwebConfig = DicomwebConfig()
+    cluster: ClusterConfig = ClusterConfig()
     routes: tuple[RouteConfig, ...] = (RouteConfig(name="mr-to-sct"),)
     destinations: tuple[DestinationConfig, ...] = ()
     pacs: tuple[PacsConfig, ...] = Field((), description="PACSs the routes' fetch_references query")

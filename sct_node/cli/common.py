@@ -192,10 +192,10 @@ def open_state(config_path: Path | None) -> StateStore:
     """The database of the node that ``config_path`` configures; a ConfigError when there is none yet."""
     from sct_node.config import load_config
     from sct_node.errors import ConfigError
-    from sct_node.node.service import state_path
+    from sct_node.node.service import state_location
     from sct_node.node.state import StateStore
 
-    path = state_path(load_config(config_path))
-    if not path.exists():
-        raise ConfigError(f"no node database at {path}; run `sct-node serve` first or pass the node's --config")
-    return StateStore(path)
+    location = state_location(load_config(config_path))
+    if isinstance(location, Path) and not location.exists():
+        raise ConfigError(f"no node database at {location}; run `sct-node serve` first or pass the node's --config")
+    return StateStore(location)

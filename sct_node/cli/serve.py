@@ -24,6 +24,11 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--config", "-c", type=Path, help="node.toml (see deploy/node.toml)")
     serve.add_argument("--check", action="store_true", help="validate the configuration, print it and exit")
+    serve.add_argument("--role", default="all",
+                       help="all (default: one process does everything, no queue), or a comma-separated list of "
+                            "receiver (Storage SCP, DICOMweb, router, console; puts jobs on [cluster]'s queue), "
+                            "worker (takes jobs off the queue: model, QA, report) and dispatcher (delivers); "
+                            "see docs/cluster.md")
     serve.set_defaults(handler=run)
 
 
@@ -45,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
     from sct_node.errors import SctNodeError
     from sct_node.node.service import Node
 
-    node = Node(config)
+    node = Node(config, roles=tuple(role.strip() for role in args.role.split(",") if role.strip()))
     node.start()
     console = dicomweb = None
     try:
-        console = start_console(node)
-        dicomweb = start_dicomweb(node)
+        if "receiver" in node.roles:  # the network's ways in, and the console, live with the receiver
+            console = start_console(node)
+            dicomweb = start_dicomweb(node)
     except SctNodeError:
         if console is not None:
             console.stop()

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -88,6 +87,7 @@ from sct_node.dicom.uids import (
     uid_problem,
 )
 from sct_node.node.dispatch import DeliveryError, ordered_outputs
+from sct_node.node.state import database_errors
 
 if TYPE_CHECKING:
     from sct_node.node.state import StateStore
@@ -340,7 +340,7 @@ class Commitment:
             detail += f"; {self.problem()}"
         try:
             state.log_delivery(job_id, self.destination.name, outcome, detail)
-        except sqlite3.Error as error:  # the delivery's own line is recorded next; do not lose the attempt for this
+        except database_errors() as error:  # the delivery's own line is recorded next; do not lose the attempt for this
             logger.error("job %d: storage commitment outcome for %s not recorded: %s", job_id, self.destination.name,
                          error)
 

@@ -190,6 +190,8 @@ class Dispatcher:
                  commitments: CommitmentRegistry | None = None) -> None:
         self.state, self.destinations, self.dispatch, self.calling_ae = state, destinations, dispatch, calling_ae
         self.metrics = metrics
+        #: Set by a cluster's dispatcher role: claim each attempt first (:meth:`run_due`).
+        self.claim_lease_s: float | None = None
         if commitments is None and any(d.storage_commitment for d in destinations.values()):
             from sct_node.node.commitment import CommitmentRegistry  # here: that module imports this one
 
@@ -198,11 +200,22 @@ class Dispatcher:
         self.commitments = commitments
 
     def run_due(self) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
+        """Attempt every due delivery once; returns how many were attempted.
+
+        With ``claim_lease_s`` (a cluster, where several dispatchers may run), each attempt is first claimed in
+        the database (:meth:`StateStore.claim_delivery`), so that two dispatchers never send the same delivery
+        at once; the single node, whose one dispatcher thread is alone, does not need it.
+        """
         due = self.state.due_deliveries()
+        attempted = 0
         for delivery in due:
+            if self.claim_lease_s is not None and not self.state.claim_delivery(delivery.job_id,
+                                                                               delivery.destination,
+                                                                               self.claim_lease_s):
+                continue  # another dispatcher took it
             self._attempt(delivery)
-        return len(due)
+            attempted += 1
+        return attempted
 
     def _attempt(self, delivery: Delivery) -> None:
         job = self.state.job(delivery.job_id)

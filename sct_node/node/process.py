@@ -173,7 +173,8 @@ class JobProcessor:
             logger.exception("job %d: the refusal notice could not be written; the job fails without it", job.id)
             destinations = ()
             reason += " (the refusal notice could not be written: see the log)"
-        self.state.job_refused(job.id, reason, destinations, replace(timings, total_s=_since(started)))
+        self.state.job_refused(job.id, reason, destinations, replace(timings, total_s=_since(started)),
+                               claim=job.claims)
         if self.metrics is not None:
             self.metrics.job_refused(replace(timings, total_s=_since(started)))
         logger.warning("job %d refused by the input guard (%s mismatch with model %s); %s", job.id, checked.verdict,
@@ -258,14 +259,14 @@ class JobProcessor:
                 images_sent = _sent_ahead(job.id, ahead)
                 timings = replace(timings, held_back=held)
         except (SctNodeError, ModelsError) as error:
-            self.state.job_failed(job.id, str(error))
+            self.state.job_failed(job.id, str(error), claim=job.claims)
             logger.error("job %d failed: %s", job.id, error)
             if self.metrics is not None:
                 self.metrics.job_failed()
             return
         except Exception as error:  # a bug must fail the job, not kill the worker
             logger.exception("job %d failed with an internal error", job.id)
-            self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}")
+            self.state.job_failed(job.id, f"internal error: {type(error).__name__}: {error}", claim=job.claims)
             if self.metrics is not None:
                 self.metrics.job_failed()
             return
@@ -275,7 +276,7 @@ class JobProcessor:
                           "its report could not be built (see the log); ")
                        + f"`sct-node release {job.id}` delivers the sCT") if held else None
         self.state.job_processed(job.id, route.destinations if route else (), timings, hold_reason=hold_reason,
-                                 images_sent=images_sent)
+                                 images_sent=images_sent, claim=job.claims)
         if self.metrics is not None:
             self.metrics.job_processed(timings)
         logger.info("job %d processed: sCT series %s, %d instances, %.1f s%s%s", job.id, written.series_instance_uid,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
@@ -63,7 +62,7 @@ from sct_node.node.netguard import (
     relax_uid_validation,
 )
 from sct_node.node.spool import Spool
-from sct_node.node.state import StateStore
+from sct_node.node.state import StateStore, database_errors
 from sct_node.node.store import (
     ACCEPTED_SOP_CLASSES,
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -237,7 +236,7 @@ class StorageSCP:
             try:
                 if self.state.association_released(connection.association_id) and self.on_released is not None:
                     self.on_released()  # the association rule may fire after its grace
-            except sqlite3.Error as error:  # the quiet period still completes the series
+            except database_errors() as error:  # the quiet period still completes the series
                 logger.error("association from %s: its release could not be recorded: %s", connection.peer, error)
 
     def _handle_store(self, event: evt.Event) -> int | pydicom.Dataset:

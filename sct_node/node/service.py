@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sct_node.config import NodeConfig
+from sct_node.errors import ConfigError
+from sct_node.node.cluster import ClusterWorker, JobQueue, requeue_loop
 from sct_node.node.commitment import CommitmentRegistry
 from sct_node.node.dispatch import Dispatcher
 from sct_node.node.metrics import NodeMetrics
@@ -30,14 +32,22 @@ from sct_node.node.route import route_complete_series
 from sct_node.node.spool import Spool, SpoolPathError
 from sct_node.node.state import Job, JobState, StateStore
 
-__all__ = ["Node", "state_path"]
+__all__ = ["ROLES", "Node", "state_location", "state_path"]
 
 logger = logging.getLogger(__name__)
+
+#: What ``sct-node serve --role`` may name: all (one process, no queue) or any of the other three.
+ROLES = ("all", "receiver", "worker", "dispatcher")
 
 
 def state_path(config: NodeConfig) -> Path:
     """Where the node's database lives."""
     return Spool(config.storage.spool_dir).state_db
+
+
+def state_location(config: NodeConfig) -> Path | str:
+    """The node's state database: ``[cluster] database_url`` (PostgreSQL) when set, else the SQLite file."""
+    return config.cluster.database_url or state_path(config)
 
 
 def _warn_unreachable_move(config: NodeConfig) -> None:
@@ -53,10 +63,20 @@ def _warn_unreachable_move(config: NodeConfig) -> None:
 class Node:
     """A running sct-node. ``start()`` returns at once; ``stop()`` shuts every role down."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, roles: tuple[str, ...] = ("all",)) -> None:
+        unknown = set(roles) - set(ROLES)
+        if unknown or not roles or ("all" in roles and len(roles) > 1):
+            raise ConfigError(f"roles: one of all, or any of receiver, worker, dispatcher; found {', '.join(roles)}")
         self.config = config
+        #: What this process does (docs/cluster.md): all (the single node) or its parts, joined by [cluster]'s queue.
+        self.roles = frozenset(("receiver", "worker", "dispatcher") if "all" in roles else roles)
+        self.clustered = "all" not in roles
+        self._queue: JobQueue | None = None
+        self._worker: ClusterWorker | None = None
         self.spool = Spool(config.storage.spool_dir)
-        self.state = StateStore(self.spool.state_db)
+        # The spool's root exists from here on whichever database holds the state (SQLite's file made it so).
+        self.spool.root.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(state_location(config))
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._dispatch_wake = threading.Event()  # set when a job is processed, so delivery starts at once
@@ -104,23 +124,53 @@ class Node:
             "routes": [{"name": r.name, "model": r.model, "destinations": ", ".join(r.destinations),
                         "complete_on": ", ".join(r.complete_on) or "quiet period", "on_qa_fail": r.on_qa_fail}
                        for r in self.config.routes],
-            "destinations": [{"name": d.name, "address": f"{d.ae_title}@{d.host}:{d.port}", "bundle": d.bundle}
+            "destinations": [{"name": d.name, "address": d.address, "bundle": d.bundle}
                              for d in self.config.destinations],
         }
 
     def start(self) -> None:
+        """Start this process's roles. The single node (``all``) first takes back the jobs a crash interrupted;
+        in a cluster, interrupted jobs are taken back by their lease running out (sct_node.node.cluster)."""
         self._started_at = time.time()
-        recovered = self.state.recover()
-        if recovered:
-            logger.info("restart: %d job(s) interrupted during processing will be processed again", recovered)
-        self.scp.start()
-        self._spawn("router", self._router_loop)
-        for index in range(self.config.processing.workers):
-            self._spawn(f"processor-{index + 1}", self._processor_loop)
-        self._spawn("dispatcher", self._dispatcher_loop)
-        self._spawn("cleaner", self._cleaner_loop)
-        if self.config.processing.preload:
-            self._spawn("preload", self._preload)
+        if not self.clustered:
+            recovered = self.state.recover()
+            if recovered:
+                logger.info("restart: %d job(s) interrupted during processing will be processed again", recovered)
+        if "receiver" in self.roles:
+            if self.clustered:
+                queue = self._queue = JobQueue(self.config.cluster, self.state)
+                self._spawn("requeue", lambda: requeue_loop(queue, self._stop, self.config.cluster.lease_s))
+            self.scp.start()
+            self._spawn("router", self._router_loop)
+            self._spawn("cleaner", self._cleaner_loop)
+        if "worker" in self.roles:
+            if self.clustered:
+                self._worker = ClusterWorker(self.config.cluster, self.state, self.processor,
+                                             on_processed=self._dispatch_wake.set)
+                self._worker.start()
+            else:
+                for index in range(self.config.processing.workers):
+                    self._spawn(f"processor-{index + 1}", self._processor_loop)
+            if self.config.processing.preload:
+                self._spawn("preload", self._preload)
+        if "dispatcher" in self.roles:
+            if self.clustered and "receiver" not in self.roles and any(d.storage_commitment
+                                                                        for d in self.config.destinations):
+                logger.warning("this dispatcher runs without the receiver: storage commitment reports that come on "
+                               "a new association reach the receiver's Storage SCP, not this process, and those "
+                               "deliveries will time out; run --role receiver,dispatcher (docs/cluster.md)")
+            if self.clustered:
+                # Several dispatchers may run: each attempt is claimed for longer than it may last (commitment
+                # included), so a dispatcher that dies mid-attempt leaves it to another after that.
+                longest_s = max((d.commitment_timeout_s for d in self.config.destinations if d.storage_commitment),
+                                default=0.0)
+                # A large bundle on a slow link takes minutes; if a lease still runs out, the worst is a second
+                # send of the same instances, which the deterministic UIDs make a replacement.
+                self.dispatcher.claim_lease_s = max(600.0, 4 * self.config.dispatch.timeout_s + longest_s + 30)
+            self._spawn("dispatcher", self._dispatcher_loop)
+        if self.clustered:
+            logger.info("roles %s (cluster queue %s in %s)", ", ".join(sorted(self.roles)), self.config.cluster.queue,
+                        self.config.cluster.namespace)
 
     @property
     def port(self) -> int:
@@ -131,6 +181,8 @@ class Node:
         self._wake.set()
         self._dispatch_wake.set()
         self._router_wake.set()
+        if self._worker is not None:
+            self._worker.stop()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=30)
@@ -193,7 +245,13 @@ class Node:
         while not self._stop.is_set():
             self._router_wake.wait(self.config.processing.poll_interval_s)
             self._router_wake.clear()
-            if not self._stop.is_set() and route_complete_series(self.state, self.config):
+            if self._stop.is_set():
+                return
+            created = route_complete_series(self.state, self.config)
+            if created and self._queue is not None:
+                for job_id in created:
+                    self._queue.enqueue(job_id)
+            elif created:
                 self._wake.set()
 
     def _association_released(self) -> None:

@@ -52,8 +52,8 @@ def _route(*rules: str, grace_s: float = 2.0) -> RouteConfig:
     return RouteConfig(name="r", model="bulk", complete_on=rules, association_grace_s=grace_s)  # type: ignore[arg-type]
 
 
-def test_association_rule_fires_after_the_grace_following_a_normal_release(tmp_path: Path):
-    state = StateStore(tmp_path / "state.db")
+def test_association_rule_fires_after_the_grace_following_a_normal_release(tmp_path: Path, state_location: Path | str):
+    state = StateStore(state_location)
     for n in range(3):
         _record(state, n, now=1000.0 + n)
     route = _route("association")
@@ -67,8 +67,8 @@ def test_association_rule_fires_after_the_grace_following_a_normal_release(tmp_p
     assert completion(series, _route(), 60.0, now=1005.5) is None  # a route without the rule waits its quiet period
 
 
-def test_a_second_association_turns_the_association_rule_off(tmp_path: Path):
-    state = StateStore(tmp_path / "state.db")
+def test_a_second_association_turns_the_association_rule_off(tmp_path: Path, state_location: Path | str):
+    state = StateStore(state_location)
     _record(state, 0, now=1000.0, association="a1")
     state.association_released("a1", now=1001.0)
     _record(state, 1, now=1001.5, association="a2")  # the sender goes on, on a new association
@@ -87,8 +87,8 @@ def test_a_second_association_turns_the_association_rule_off(tmp_path: Path):
     assert completion(series, _route("association"), 60.0, now=1010.0) is None
 
 
-def test_expected_count_fires_when_the_announced_instances_are_in(tmp_path: Path):
-    state = StateStore(tmp_path / "state.db")
+def test_expected_count_fires_when_the_announced_instances_are_in(tmp_path: Path, state_location: Path | str):
+    state = StateStore(state_location)
     route = _route("expected_count")
     for n in range(3):
         _record(state, n, now=1000.0 + n, expected=4)
@@ -100,8 +100,8 @@ def test_expected_count_fires_when_the_announced_instances_are_in(tmp_path: Path
     assert rule is not None and rule.startswith("expected count")
 
 
-def test_instances_that_disagree_on_the_count_turn_expected_count_off(tmp_path: Path):
-    state = StateStore(tmp_path / "state.db")
+def test_instances_that_disagree_on_the_count_turn_expected_count_off(tmp_path: Path, state_location: Path | str):
+    state = StateStore(state_location)
     _record(state, 0, now=1000.0, expected=2)
     _record(state, 1, now=1001.0, expected=3)
     _record(state, 2, now=1002.0, expected=2)
@@ -110,10 +110,10 @@ def test_instances_that_disagree_on_the_count_turn_expected_count_off(tmp_path: 
     assert completion(series, _route("expected_count"), 60.0, now=1003.0) is None
 
 
-def test_two_acquisitions_in_one_series_turn_expected_count_off(tmp_path: Path):
+def test_two_acquisitions_in_one_series_turn_expected_count_off(tmp_path: Path, state_location: Path | str):
     """Images in Acquisition counts one acquisition: a series of two stacks (acquisitions 1 and 2, 2 images each,
     a multi-station scan say) announces 2 on every image, and must not be complete after the first stack."""
-    state = StateStore(tmp_path / "state.db")
+    state = StateStore(state_location)
     _record(state, 0, now=1000.0, expected=2, acquisition="1")
     _record(state, 1, now=1000.5, expected=2, acquisition="1")
     (series,) = state.receiving_series()
@@ -125,9 +125,9 @@ def test_two_acquisitions_in_one_series_turn_expected_count_off(tmp_path: Path):
     assert completion(state.receiving_series()[0], _route("expected_count"), 60.0, now=1002.0) is None
 
 
-def test_late_instances_complete_the_whole_series_count_in_a_new_generation(tmp_path: Path):
+def test_late_instances_complete_the_whole_series_count_in_a_new_generation(tmp_path: Path, state_location: Path | str):
     """A first generation closed by its quiet period short of the count; the late rest completes at once."""
-    state = StateStore(tmp_path / "state.db")
+    state = StateStore(state_location)
     config = NodeConfig(storage=StorageConfig(spool_dir=tmp_path / "spool"),
                         processing=ProcessingConfig(quiet_period_s=60.0), routes=(_route("expected_count"),))
     for n in range(3):

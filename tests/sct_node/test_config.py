@@ -36,7 +36,9 @@ def test_the_documented_example_is_valid_and_uses_every_section():
         assert section in text
     # Every option of every section is documented in the example (commented out where optional).
     for model in (NodeConfig.model_fields["network"].annotation, NodeConfig.model_fields["storage"].annotation,
-                  NodeConfig.model_fields["processing"].annotation, NodeConfig.model_fields["dispatch"].annotation):
+                  NodeConfig.model_fields["processing"].annotation, NodeConfig.model_fields["dispatch"].annotation,
+                  NodeConfig.model_fields["console"].annotation, NodeConfig.model_fields["dicomweb"].annotation,
+                  NodeConfig.model_fields["cluster"].annotation):
         for name in model.model_fields:
             assert f"{name} =" in text or f"{name}=" in text or f"[network.{name}]" in text, name
 

@@ -1,17 +1,24 @@
-"""The job state machine, routing rules and the cleaner, without the network."""
+"""The job state machine, routing rules and the cleaner, without the network.
+
+Every test that takes ``state_location`` runs twice: on a SQLite file and on a real PostgreSQL server
+started by the tests (tests/sct_node/conftest.py), so both backends pass the same state-machine tests.
+The migration tests are SQLite's alone (databases made by earlier releases are SQLite files).
+"""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sct_node.config import NodeConfig, RouteConfig, SeriesMatch, StorageConfig
+from sct_node.config import ClusterConfig, NodeConfig, RouteConfig, SeriesMatch, StorageConfig
 from sct_node.errors import SctNodeError
 from sct_node.node.route import matching_route, route_complete_series
 from sct_node.node.service import Node
-from sct_node.node.state import JobTimings, StateStore
+from sct_node.node.state import JobTimings, StateStore, database_errors
 
 
 def _receive(state: StateStore, uid: str, series: str = "1.2.3", now: float = 1000.0, description: str = "T2 pelvis",
@@ -22,8 +29,27 @@ def _receive(state: StateStore, uid: str, series: str = "1.2.3", now: float = 10
                                  body_part="PELVIS", now=now)
 
 
-def test_duplicates_are_idempotent_and_late_instances_open_a_new_generation(tmp_path):
-    state = StateStore(tmp_path / "db.sqlite3")
+def _cluster(state_location: Path | str) -> ClusterConfig:
+    """The node's [cluster] for a state location: its PostgreSQL URL, or none for the spool's SQLite file."""
+    return ClusterConfig(database_url=state_location if isinstance(state_location, str) else None)
+
+
+def _raw_execute(state_location: Path | str, sql: str) -> None:
+    """Run one statement on the database directly, as its owner would without the node's code."""
+    if isinstance(state_location, str):
+        import psycopg
+
+        with psycopg.connect(state_location, autocommit=True) as db:
+            db.execute(sql)
+    else:
+        import sqlite3
+
+        with sqlite3.connect(state_location) as db:
+            db.execute(sql)
+
+
+def test_duplicates_are_idempotent_and_late_instances_open_a_new_generation(tmp_path, state_location):
+    state = StateStore(state_location)
     assert _receive(state, "1.1", now=1000) and _receive(state, "1.2", now=1001)
     assert not _receive(state, "1.1", now=1002)  # duplicate
     assert state.instance_count() == 2
@@ -40,8 +66,8 @@ def test_duplicates_are_idempotent_and_late_instances_open_a_new_generation(tmp_
     assert [i.sop_instance_uid for i in state.series_instances("1.2.3", 1)] == ["1.1", "1.2"]
 
 
-def test_job_lifecycle_recovery_and_retry(tmp_path):
-    state = StateStore(tmp_path / "db.sqlite3")
+def test_job_lifecycle_recovery_and_retry(tmp_path, state_location):
+    state = StateStore(state_location)
     _receive(state, "1.1", now=1000)
     (series,) = state.quiet_series(1, now=2000)
     job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
@@ -64,8 +90,8 @@ def test_job_lifecycle_recovery_and_retry(tmp_path):
     assert state.job(job_id).state == "done"
 
 
-def test_first_matching_route_wins_and_criteria_are_anded(tmp_path):
-    state = StateStore(tmp_path / "db.sqlite3")
+def test_first_matching_route_wins_and_criteria_are_anded(tmp_path, state_location):
+    state = StateStore(state_location)
     _receive(state, "1.1", description="T1 head")
     _receive(state, "1.2", description="T1 head")
     (series,) = state.quiet_series(1, now=5000)
@@ -78,10 +104,11 @@ def test_first_matching_route_wins_and_criteria_are_anded(tmp_path):
     assert matching_route(series, (t2_only, ct_only)) is None
 
 
-def test_unrouted_series_are_kept_then_cleaned_after_retention(tmp_path):
+def test_unrouted_series_are_kept_then_cleaned_after_retention(tmp_path, state_location):
     spool = tmp_path / "spool"
     config = NodeConfig(storage=StorageConfig(spool_dir=spool, unrouted_retention_h=1.0),
-                        routes=(RouteConfig(name="ct", match=SeriesMatch(modality=("CT",))),))
+                        routes=(RouteConfig(name="ct", match=SeriesMatch(modality=("CT",))),),
+                        cluster=_cluster(state_location))
     node = Node(config)  # not started: the cleaner is called directly
     instance = spool / "instances" / "1.2.3" / "1.1.dcm"
     instance.parent.mkdir(parents=True)
@@ -95,10 +122,11 @@ def test_unrouted_series_are_kept_then_cleaned_after_retention(tmp_path):
     node.state.close()
 
 
-def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_path):
+def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_path, state_location):
     spool = tmp_path / "spool"
     config = NodeConfig(storage=StorageConfig(spool_dir=spool, done_retention_h=1.0),
-                        routes=(RouteConfig(name="r", match=SeriesMatch(min_instances=1)),))
+                        routes=(RouteConfig(name="r", match=SeriesMatch(min_instances=1)),),
+                        cluster=_cluster(state_location))
     node = Node(config)
     instance = spool / "instances" / "1.2.3" / "1.1.dcm"
     instance.parent.mkdir(parents=True)
@@ -119,8 +147,8 @@ def test_inputs_and_outputs_are_removed_only_after_delivery_and_retention(tmp_pa
     node.state.close()
 
 
-def test_images_sent_ahead_are_kept_per_destination_and_retry_sends_everything(tmp_path):
-    state = StateStore(tmp_path / "db.sqlite3")
+def test_images_sent_ahead_are_kept_per_destination_and_retry_sends_everything(tmp_path, state_location):
+    state = StateStore(state_location)
     _receive(state, "1.1", now=1000)
     (series,) = state.quiet_series(1, now=2000)
     job_id = state.create_job(series, "r", "bulk", tmp_path / "out")
@@ -160,13 +188,11 @@ def test_a_database_from_before_sending_ahead_is_migrated(tmp_path):
     assert state.deliveries(job_id)[0].images_sent
 
 
-def test_actions_on_jobs_are_audited_in_the_same_transaction_and_the_trail_is_append_only(tmp_path):
-    import sqlite3
-
+def test_actions_on_jobs_are_audited_in_the_same_transaction_and_the_trail_is_append_only(tmp_path, state_location):
     from sct_node.node.actions import dismiss, release, retry
     from sct_node.node.state import Actor
 
-    state = StateStore(tmp_path / "db.sqlite3")
+    state = StateStore(state_location)
     physicist = Actor("alice", "physicist")
     for n in range(3):
         _receive(state, f"1.{n}", series=f"9.{n}", now=1000)
@@ -189,8 +215,152 @@ def test_actions_on_jobs_are_audited_in_the_same_transaction_and_the_trail_is_ap
         ("release", ids[0], "alice", "physicist", "done")]
     assert entries[2].comment == "reviewed: FAIL is the rectal gas, dose fine"
     assert [e.action for e in state.audit_entries(job_id=ids[0])] == ["release"]
-    with sqlite3.connect(tmp_path / "db.sqlite3") as db:  # not even the database's owner rewrites history
-        for sql in ("UPDATE audit SET comment = 'nothing to see'", "DELETE FROM audit"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                db.execute(sql)
+    # Not even the database's owner rewrites history, connected without the node's code.
+    for sql in ("UPDATE audit SET comment = 'nothing to see'", "DELETE FROM audit", "TRUNCATE audit"):
+        if state.dialect == "sqlite" and sql.startswith("TRUNCATE"):
+            continue  # SQLite has no TRUNCATE (its DELETE without WHERE is refused above)
+        with pytest.raises(database_errors(), match="append-only"):
+            _raw_execute(state_location, sql)
     assert len(state.audit_entries()) == 3
+
+
+# --- claims and idempotency: several workers and dispatchers on one database ---------------------------------
+
+
+def _queued_jobs(state: StateStore, count: int, out: Path) -> list[int]:
+    for n in range(count):
+        _receive(state, f"1.{n}", series=f"9.{n}", now=1000)
+    ids = [state.create_job(series, "r", "bulk", out) for series in state.quiet_series(1, now=2000)]
+    assert None not in ids and len(ids) == count
+    return [job_id for job_id in ids if job_id is not None]
+
+
+def _race(workers: list[StateStore], take: Callable[[StateStore], int | None]) -> list[list[int]]:
+    """Each store in its own thread calls ``take(store)`` until it returns None; what each one took."""
+    start = threading.Barrier(len(workers))
+    taken: list[list[int]] = [[] for _ in workers]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            start.wait(timeout=30)
+            while (job_id := take(workers[k])) is not None:
+                taken[k].append(job_id)
+        except BaseException as error:  # noqa: BLE001  a failure in a thread must fail the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    return taken
+
+
+def test_two_workers_racing_for_jobs_never_claim_the_same_one(tmp_path, state_location):
+    """Two StateStores (two worker processes' connections) claim 40 jobs at once: each job exactly once."""
+    setup = StateStore(state_location)
+    ids = _queued_jobs(setup, 40, tmp_path / "out")
+    workers = [StateStore(state_location), StateStore(state_location)]
+
+    def take(store: StateStore) -> int | None:
+        job = store.claim_job()
+        return None if job is None else job.id
+
+    first, second = _race(workers, take)
+    assert sorted(first + second) == ids  # every job claimed, none twice
+    assert not set(first) & set(second)
+    assert all(setup.job(job_id).claims == 1 for job_id in ids)
+    for store in (*workers, setup):
+        store.close()
+
+
+def test_two_cluster_workers_given_the_same_messages_claim_each_job_once(tmp_path, state_location):
+    """Every job's message delivered to both workers at once (a redelivery race): one claim per job."""
+    setup = StateStore(state_location)
+    ids = _queued_jobs(setup, 30, tmp_path / "out")
+    workers = [StateStore(state_location), StateStore(state_location)]
+    claimed: list[list[int]] = [[], []]
+    start = threading.Barrier(2)
+
+    def work(k: int) -> None:
+        start.wait(timeout=30)
+        for job_id in ids:
+            if workers[k].claim_job_by_id(job_id, f"worker-{k}", lease_s=600) is not None:
+                claimed[k].append(job_id)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(claimed[0] + claimed[1]) == ids and not set(claimed[0]) & set(claimed[1])
+    assert {setup.job(job_id).claimed_by for job_id in claimed[0]} <= {"worker-0"}
+    for store in (*workers, setup):
+        store.close()
+
+
+def test_a_redelivered_job_never_delivers_twice(tmp_path, state_location):
+    state = StateStore(state_location)
+    done, lost = _queued_jobs(state, 2, tmp_path / "out")
+    assert state.jobs_to_queue(now=3000) == [done, lost]
+
+    # A message redelivered after its job was processed (the worker died before acknowledging it) does nothing.
+    job = state.claim_job_by_id(done, "w1", lease_s=60, now=3000)
+    assert job is not None and (job.state, job.claims, job.claimed_by, job.lease_until) == ("processing", 1, "w1",
+                                                                                            3060)
+    assert state.claim_job_by_id(done, "w2", lease_s=60, now=3010) is None  # held under a live lease
+    assert state.job_processed(done, ("tps",), JobTimings(), claim=job.claims)
+    assert state.claim_job_by_id(done, "w2", lease_s=60, now=9999) is None  # past processing
+    assert state.delivery_succeeded(done, "tps", "2 instance(s)")
+    assert not state.delivery_succeeded(done, "tps", "2 instance(s)")  # reported again: recorded once
+    assert [line[2] for line in state.delivery_log(done)] == ["delivered"]
+    assert state.job(done).state == "done"
+    assert not state.job_processed(done, ("tps",), JobTimings(), claim=job.claims)  # a late duplicate result
+    assert [(d.state, d.attempts) for d in state.deliveries(done)] == [("done", 1)]  # not reset to pending
+
+    # A worker whose lease ran out loses the job to another; its late result is refused, the new claim's counts.
+    slow = state.claim_job_by_id(lost, "w1", lease_s=60, now=3000)
+    assert slow is not None and state.renew_lease(lost, "w1", lease_s=60, now=3050)
+    assert state.jobs_to_queue(now=3100) == [] and state.jobs_to_queue(now=3111) == [lost]
+    taken = state.claim_job_by_id(lost, "w2", lease_s=60, now=3111)
+    assert taken is not None and (taken.claims, taken.claimed_by) == (2, "w2")
+    assert not state.renew_lease(lost, "w1", lease_s=60, now=3112)
+    assert not state.job_processed(lost, ("tps",), JobTimings(), claim=slow.claims)
+    assert not state.job_failed(lost, "interrupted", claim=slow.claims)
+    assert state.deliveries(lost) == [] and state.job(lost).state == "processing"
+    assert state.job_processed(lost, ("tps",), JobTimings(), claim=taken.claims)
+    assert [d.destination for d in state.deliveries(lost)] == ["tps"]
+    state.close()
+
+
+def test_two_dispatchers_never_send_the_same_delivery(tmp_path, state_location):
+    """Two dispatchers see the same 20 due deliveries and both try each at once: each is sent by exactly one."""
+    setup = StateStore(state_location)
+    for _ in _queued_jobs(setup, 10, tmp_path / "out"):
+        job = setup.claim_job()
+        assert job is not None
+        setup.job_processed(job.id, ("tps", "archive"), JobTimings(), claim=job.claims)
+    due = [(d.job_id, d.destination) for d in setup.due_deliveries()]
+    assert len(due) == 20
+    dispatchers = [StateStore(state_location), StateStore(state_location)]
+    won: list[list[tuple[int, str]]] = [[], []]
+    start = threading.Barrier(2)
+
+    def work(k: int) -> None:
+        start.wait(timeout=30)
+        won[k] = [key for key in due if dispatchers[k].claim_delivery(*key, lease_s=300)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(won[0] + won[1]) == sorted(due) and not set(won[0]) & set(won[1])
+    assert setup.due_deliveries() == []  # every delivery under a claim, none due again before its lease ends
+    assert len(setup.due_deliveries(now=time.time() + 301)) == 20  # a dispatcher that died: due again after it
+    with pytest.raises(SctNodeError, match="lease_s must be > 0"):
+        setup.claim_delivery(due[0][0], "tps", lease_s=0)
+    for store in (*dispatchers, setup):
+        store.close()
