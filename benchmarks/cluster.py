@@ -6,8 +6,9 @@ system; dcmtk's storescu sends the series.
 
 Two numbers:
 
-* **Series per hour** with 1 and then 2 workers: ``--series`` phantom series sent back to back, timed from the
-  first job made (the router's log line) to the last job done (its delivery recorded). Expect near-linear up to
+* **Series per hour** with 1 and then 2 workers: with the workers started and their model loaded,
+  ``--series`` phantom series are sent at once (one storescu each); timed from the first job claimed to the
+  last job done (its delivery recorded). Expect near-linear up to
   the cores (2 here): each worker is one process with its own torch threads (``OMP_NUM_THREADS=1`` per
   worker, so two workers do not fight over the two cores).
 * **The queue's added latency per job**: with idle workers, one series at a time, from the router's
@@ -135,25 +136,37 @@ def run(workers: int, series: list[Path], args: argparse.Namespace, storescu: st
             wait_until(lambda: port_open(tps_port), 10, tps, "storescp")
             config = work / "node.toml"
             config.write_text(config_text(work / "spool", port, tps_port, redis_port))
-            logs = {}
-            for role in ["receiver,dispatcher"] + ["worker"] * workers:
+            logs: dict[str, Path] = {}
+
+            def start(role: str) -> None:
                 name = f"{role.replace(',', '+')}-{len(logs)}"
                 logs[name] = work / f"{name}.log"
                 process = subprocess.Popen([sys.executable, "-m", "sct_node", "serve", "--config", str(config),
                                             "--role", role], cwd=REPO, env=env, stdout=open(logs[name], "wb"),
                                            stderr=subprocess.STDOUT)
                 processes.append(process)
-                if role == "worker":
-                    wait_until(lambda path=logs[name]: "preloaded" in path.read_text(errors="replace"), 120, process,
-                               "a worker to preload its model")
-            wait_until(lambda: port_open(port), 60, processes[2], "the receiver")
+                if role == "worker":  # started, its model loaded and the QA code imported: idle and ready
+                    wait_until(lambda path=logs[name]: "preloaded" in path.read_text(errors="replace"), 180,
+                               process, "a worker to preload")
+
+            start("receiver,dispatcher")
+            wait_until(lambda: port_open(port), 60, processes[-1], "the receiver")
+            for _ in range(workers):
+                start("worker")
             started = time.monotonic()
-            for index, folder in enumerate(series):
-                subprocess.run([storescu, "-aet", "PACS", "-aec", "SCT_NODE", "127.0.0.1", str(port),
-                                *map(str, sorted(folder.glob("*.dcm")))], check=True, capture_output=True,
-                               timeout=120)
-                if one_at_a_time:
+
+            def send(folder: Path) -> subprocess.Popen:
+                return subprocess.Popen([storescu, "-aet", "PACS", "-aec", "SCT_NODE", "127.0.0.1", str(port),
+                                         *map(str, sorted(folder.glob("*.dcm")))], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+
+            if one_at_a_time:  # the latency: an idle worker, one series at a time
+                for index, folder in enumerate(series):
+                    send(folder).wait(timeout=120)
                     wait_until(lambda n=index + 1: jobs_done(work / "spool")[0] >= n, 300, None, "the job")
+            else:  # the throughput: every series sent at once, so the workers are never short of jobs
+                for sender in [send(folder) for folder in series]:
+                    sender.wait(timeout=300)
             wait_until(lambda: jobs_done(work / "spool")[0] >= len(series), 1800, None, "every job")
             elapsed = time.monotonic() - started
             receiver_log = next(path for name, path in logs.items() if name.startswith("receiver"))
@@ -163,7 +176,7 @@ def run(workers: int, series: list[Path], args: argparse.Namespace, storescu: st
                 if name.startswith("worker"):
                     claimed.update(log_times(path, r"job (\d+): claimed by worker"))
             _, last_done = jobs_done(work / "spool")
-            span_s = last_done - min(made.values())
+            span_s = last_done - min(claimed.values())  # the workers' time: first claim to last job done
             queue_ms = [1000 * (claimed[job] - made[job]) for job in made if job in claimed]
             per_worker = {name: len(log_times(path, r"job (\d+): claimed by worker"))
                           for name, path in logs.items() if name.startswith("worker")}
@@ -177,8 +190,8 @@ def run(workers: int, series: list[Path], args: argparse.Namespace, storescu: st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=8, help="series per throughput run (default 8)")
-    parser.add_argument("--slices", type=int, default=24)
-    parser.add_argument("--size", type=int, default=96, help="rows and columns (default 96)")
+    parser.add_argument("--slices", type=int, default=48)
+    parser.add_argument("--size", type=int, default=160, help="rows and columns (default 160)")
     parser.add_argument("--latency-jobs", type=int, default=5, help="series sent one at a time for the latency")
     args = parser.parse_args()
     storescu, storescp = dcmtk_tool("storescu"), dcmtk_tool("storescp")
@@ -191,7 +204,7 @@ def main() -> int:
         latency = run(1, series[:args.latency_jobs], args, storescu, storescp, one_at_a_time=True)
     print(f"\nsct-node cluster benchmark: bulk model, {args.series} series of {args.slices} x {args.size} x "
           f"{args.size}, {os.cpu_count()} CPU cores, one host, SQLite state, Redis AOF everysec\n")
-    print(f"{'workers':>8} {'first job -> last done':>24} {'series/hour':>12} {'jobs per worker':>24}")
+    print(f"{'workers':>8} {'first claim -> last done':>24} {'series/hour':>12} {'jobs per worker':>24}")
     for result in runs:
         print(f"{result['workers']:>8} {result['span_s']:>22.1f} s {result['per_hour']:>12.0f} "
               f"{sorted(result['per_worker'].values())!s:>24}")

@@ -162,8 +162,11 @@ class ClusterWorker:
         self._dramatiq = dramatiq
 
     def start(self) -> None:
+        # worker_timeout is also the idle consumer's longest back-off between polls of Redis: Dramatiq's 1 s default
+        # adds about 0.35 s to every job's start (benchmarks/cluster.py); a poll is one small Lua script.
         self._worker = self._dramatiq.Worker(self.broker, queues={self.config.queue},
-                                             worker_threads=self.config.worker_threads)
+                                             worker_threads=self.config.worker_threads,
+                                             worker_timeout=self.config.queue_poll_ms)
         # One message per thread, not Dramatiq's two: a job waiting in this worker's buffer while another worker
         # is idle costs a whole job's time (minutes on a GPU), and a dead worker's buffer waits for its heartbeat.
         self._worker.queue_prefetch = self.config.worker_threads
