@@ -28,4 +28,7 @@ Contracts shared by the modules of this package (every tensor is float32, NCHW):
 * **Checkpoints** (:mod:`models.learned.checkpoint`): one folder with
   ``model.pt`` (EMA weights, config), ``card.json`` (the model card, content
   hash of weights + config), ``train_state.pt`` (optimizer, step, RNG) for resume.
+* **Training** (:mod:`models.learned.train`) runs in one process or, under
+  ``torchrun``, data-parallel over several (:mod:`models.learned.distributed`):
+  every process draws the whole global batch and trains its rows, rank 0 writes.
 """

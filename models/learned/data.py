@@ -275,6 +275,16 @@ def _prepare(case: Case, ct_only: bool) -> _Prepared:
     )
 
 
+@dataclass(frozen=True, eq=False)
+class _Draw:
+    """The random choices of one sample, made before (and apart from) cropping its arrays."""
+
+    case: int  # index into the dataset's cases
+    mr: np.ndarray | None  # the MR volume to crop: the case's, or a randomised appearance of it
+    slice_index: int
+    centre: tuple[bool, int] | None  # (on the body, pick): the pick-th body pixel, or pixel `pick`; None: whole slice
+
+
 class SliceDataset:
     """Random 2.5D patches (or whole slices) from normalised cases.
 
@@ -371,8 +381,9 @@ class SliceDataset:
         """Number of slices that hold body, over all cases."""
         return int(sum(len(c.body_slices) for c in self._cases))
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Draw a batch of random patches.
+    def sample_batch(self, batch_size: int, generator: torch.Generator | None = None, *,
+                     rows: slice | None = None) -> dict[str, torch.Tensor]:
+        """Draw a batch of random patches (or the given rows of one).
 
         Parameters
         ----------
@@ -381,6 +392,13 @@ class SliceDataset:
         generator : torch.Generator or None
             Source of every random draw; the dataset's own (seeded with
             ``seed``) when None. The same generator state gives the same batch.
+        rows : slice or None
+            Return only these rows of the batch (one process's shard in
+            data-parallel training, :mod:`models.learned.distributed`). Every
+            row is still drawn, so the generator ends where it would without
+            ``rows`` and the kept rows are exactly those of the whole batch;
+            only the kept ones are cropped. Whole slices are padded to the
+            whole batch's largest size. None: all rows.
 
         Returns
         -------
@@ -391,22 +409,28 @@ class SliceDataset:
             ``ct_only``: ``ct``, ``body``, ``edges`` (the CT's
             :func:`~models.learned.edges.edge_map`) and ``outline``
             (:func:`~models.learned.edges.outline` of the body), each (B, 1, P, P).
-            Images are padded with -1, masks and edges with 0.
+            Images are padded with -1, masks and edges with 0. With ``rows``,
+            B is the number of rows kept.
 
         Raises
         ------
         ModelError
-            If ``batch_size`` is not a positive integer.
+            If ``batch_size`` is not a positive integer, or ``rows`` keeps no row of it.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ModelError(f"batch_size must be a positive integer; found {batch_size!r}")
         g = self._generator if generator is None else generator
-        samples = [self._sample(g) for _ in range(batch_size)]
+        draws = [self._draw(g) for _ in range(batch_size)]
+        kept = draws if rows is None else draws[rows]
+        if not kept:
+            raise ModelError(f"rows {rows} keep no row of a batch of {batch_size}")
+        samples = [self._crop_draw(draw) for draw in kept]
         if self.randomisation is not None:
             self._appearance_pool(g).after_batch(g)
         if self.patch_size is None:
-            height = _round_up(max(s["body"].shape[-2] for s in samples), SIZE_MULTIPLE)
-            width = _round_up(max(s["body"].shape[-1] for s in samples), SIZE_MULTIPLE)
+            # The whole batch's largest slice, not the kept rows': every shard of a batch has the same size.
+            height = _round_up(max(self._cases[d.case].body.shape[-2] for d in draws), SIZE_MULTIPLE)
+            width = _round_up(max(self._cases[d.case].body.shape[-1] for d in draws), SIZE_MULTIPLE)
             samples = [
                 {key: _crop(value, 0, 0, height, width, BACKGROUND if key in ("mr", "ct") else 0.0)
                  for key, value in s.items()}
@@ -417,26 +441,34 @@ class SliceDataset:
     def _randint(self, high: int, g: torch.Generator) -> int:
         return int(torch.randint(high, (1,), generator=g).item())
 
-    def _sample(self, g: torch.Generator) -> dict[str, np.ndarray]:
+    def _draw(self, g: torch.Generator) -> _Draw:
+        """The random choices of one sample, in the order they have always been drawn (seeded runs repeat)."""
         index = self._randint(len(self._cases), g)
         case = self._cases[index]
         mr = case.mr
         if self.randomisation is not None and float(torch.rand((1,), generator=g).item()) < self.randomisation.probability:
             mr = self._appearance_pool(g).volume(index, g)
         k = int(case.body_slices[self._randint(len(case.body_slices), g)])
+        centre: tuple[bool, int] | None = None
+        if self.patch_size is not None:
+            on_body = float(torch.rand((1,), generator=g).item()) < self.body_fraction
+            height, width = case.body.shape[-2:]
+            centre = (on_body, self._randint(int(case.body_counts[k]) if on_body else height * width, g))
+        return _Draw(index, mr, k, centre)
+
+    def _crop_draw(self, draw: _Draw) -> dict[str, np.ndarray]:
+        """The arrays of one drawn sample (no random draw here)."""
+        case, k, mr = self._cases[draw.case], draw.slice_index, draw.mr
         body = case.body[k]
         height, width = body.shape
-        if self.patch_size is None:
+        if draw.centre is None:
             top, left, size_y, size_x = 0, 0, height, width
         else:
-            on_body = float(torch.rand((1,), generator=g).item()) < self.body_fraction
-            if on_body:
-                # The r-th body pixel in raster order: no per-slice index list has to be kept in memory.
-                flat = int(np.flatnonzero(body)[self._randint(int(case.body_counts[k]), g)])
-            else:
-                flat = self._randint(height * width, g)
+            on_body, pick = draw.centre
+            # The pick-th body pixel in raster order: no per-slice index list has to be kept in memory.
+            flat = int(np.flatnonzero(body)[pick]) if on_body else pick
             centre_y, centre_x = divmod(flat, width)
-            size_y = size_x = self.patch_size
+            size_y = size_x = int(self.patch_size or 0)
             top, left = centre_y - size_y // 2, centre_x - size_x // 2
         sample = {}
         if not self.ct_only:

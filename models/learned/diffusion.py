@@ -204,7 +204,8 @@ def _device_of(generator: torch.Generator | None, fallback: torch.device) -> tor
 
 
 def training_loss(model: nn.Module, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None, *,
-                  low_discrepancy: bool = False) -> Tensor:
+                  low_discrepancy: bool = False, batch_size: int | None = None,
+                  rows: slice | None = None) -> Tensor:
     """The v-prediction denoising loss on one batch: plain MSE between predicted and true v.
 
     Draws ``t ~ U(0, 1)`` per item and standard normal noise, forms ``x_t`` with
@@ -224,29 +225,42 @@ def training_loss(model: nn.Module, x0: Tensor, cond: Tensor, generator: torch.G
     low_discrepancy : bool
         Spread the batch's times evenly, ``t_i = (u + i / N) mod 1`` with one uniform ``u``:
         the same expected loss with less variance across batches (Kingma et al. 2021).
+    batch_size, rows : int and slice, or None
+        ``x0`` and ``cond`` are these rows of a batch of ``batch_size`` (one process's shard in
+        data-parallel training, :mod:`models.learned.distributed`): t and the noise are drawn for the
+        whole batch, as one process would, and the rows' part is used, so the shards together see
+        exactly the draws of the whole batch and every process's generator stays in step. Both None:
+        ``x0`` is the whole batch.
 
     Returns
     -------
     Tensor
-        The scalar loss, differentiable with respect to the model's parameters.
+        The scalar loss (the mean over ``x0``'s elements), differentiable with respect to the
+        model's parameters.
 
     Raises
     ------
     ModelError
-        ``cond`` does not match ``x0`` in batch size or H x W, or the model's output does
-        not have the shape of ``x0``.
+        ``cond`` does not match ``x0`` in batch size or H x W, the model's output does
+        not have the shape of ``x0``, or ``rows`` of ``batch_size`` are not ``x0``'s rows.
     """
     if x0.ndim != 4:
         raise ModelError(f"x0 must be (N, C, H, W); found shape {tuple(x0.shape)}")
     _check_condition(cond, x0.shape[0], tuple(x0.shape[-2:]))
-    n = x0.shape[0]
+    if (batch_size is None) != (rows is None):
+        raise ModelError("give both batch_size and rows (a shard of a batch) or neither")
+    n = x0.shape[0] if batch_size is None else batch_size
+    kept = slice(0, n) if rows is None else rows
+    if len(range(n)[kept]) != x0.shape[0]:
+        raise ModelError(f"rows {kept} of a batch of {n} are {len(range(n)[kept])} rows; x0 has {x0.shape[0]}")
     draw_device = _device_of(generator, x0.device)
     if low_discrepancy:
         u = torch.rand((), generator=generator, device=draw_device)
         t = torch.remainder(u + torch.arange(n, device=draw_device) / n, 1.0)
     else:
         t = torch.rand(n, generator=generator, device=draw_device)
-    noise = torch.randn(x0.shape, generator=generator, device=draw_device)
+    noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=draw_device)
+    t, noise = t[kept], noise[kept]
     t = t.to(x0.device, torch.float32)
     noise = noise.to(x0.device, x0.dtype)
     x_t = q_sample(x0, t, noise)

@@ -21,6 +21,12 @@ a progress bar with the loss and throughput, measures the validation MAE
 saves a checkpoint every ``checkpoint_every`` steps and at the end. Running
 the same command again resumes from the last checkpoint (optimizer, EMA, step
 and random state included) until ``steps`` is reached.
+
+Started by ``torchrun``, the same loop trains data-parallel on several GPUs
+and hosts (:mod:`models.learned.distributed`): ``batch_size`` is the global
+batch, each process trains its equal share of it with DistributedDataParallel,
+and the result is one process's with that batch, to rounding; rank 0 alone
+reads and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ from models.learned.corrective import (
 )
 from models.learned.data import Case, SliceDataset, load_cases, validation_slices
 from models.learned.diffusion import training_loss
-from models.learned.model import ARCHITECTURES, build_network, pick_device
+from models.learned.distributed import DataParallel, Shard, data_parallel, launch_from_environment
+from models.learned.model import ARCHITECTURES, build_network
 from models.learned.networks import PatchDiscriminator, UNet
 from models.learned.normalisation import denormalise_ct
 from models.learned.randomisation import RandomisationConfig
@@ -141,23 +148,64 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
           show_progress: bool = True) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint to ``output``; returns the last validation metrics.
 
+    Started by ``torchrun``, each process trains its shard of every batch with DistributedDataParallel
+    (:mod:`models.learned.distributed`): ``config.batch_size`` is then the global batch, split evenly over the
+    processes, and the run computes what one process with that batch computes (to floating-point rounding).
+    Rank 0 alone reads the checkpoint to resume from (and hands it to the others), validates and writes; every
+    process returns rank 0's metrics.
+
+    Parameters
+    ----------
+    data_dir : pathlib.Path
+        Folder of case folders (every process reads it: on several hosts, the same path on each).
+    output : pathlib.Path
+        Checkpoint folder, resumed from when it holds a ``train_state.pt`` (rank 0's host only).
+    config : TrainConfig
+        The run's settings.
+    device : str or None
+        Torch device; default CUDA when available. Under torchrun ``cuda`` (meaning ``cuda:LOCAL_RANK``) or
+        ``cpu``.
+    show_progress : bool
+        Show a progress bar (rank 0 only).
+
+    Returns
+    -------
+    dict
+        ``step``, ``validation_mae_hu`` and ``loss`` (mean of the last ten steps' global-batch losses) of the
+        last validation, and ``run_loss_start`` / ``run_loss_end`` (first and last ten steps of this run).
+
     Raises
     ------
     ModelError
-        No usable cases, a checkpoint in ``output`` made with another architecture, or bad settings.
+        No usable cases, a checkpoint in ``output`` made with another architecture, bad settings, a global
+        batch that the torchrun processes cannot share evenly, or a torchrun environment that is incomplete.
     """
-    output = Path(output)
-    cases = load_cases(Path(data_dir))
+    launch = launch_from_environment()
+    if launch is not None:
+        # Before the rendezvous: a process that refuses its settings there would leave the others waiting.
+        Shard(launch.rank, launch.world_size).rows(config.batch_size)
+    with data_parallel(launch, device) as parallel:
+        return _train(Path(data_dir), Path(output), config, parallel, show_progress)
+
+
+def _train(data_dir: Path, output: Path, config: TrainConfig, parallel: DataParallel,
+           show_progress: bool) -> dict[str, Any]:
+    """:func:`train` in one process of ``parallel`` (which may be the only one)."""
+    main = parallel.is_main
+    cases = load_cases(data_dir)
     paired = config.architecture != "contourdiff"
     if paired and any(case.ct is None for case in cases):
         raise ModelError(f"{data_dir}: the {config.architecture} model needs a CT for every case")
     held_out = min(config.validation_cases, len(cases) - 1) if len(cases) > 1 else 0
     training, validation = cases[: len(cases) - held_out], cases[len(cases) - held_out:]
-    envelope = training_envelope(Path(data_dir), training, config.network_config()["normalisation"],
-                                 config.acquisition)
+    # The envelope goes into the card, which rank 0 alone writes.
+    envelope = training_envelope(data_dir, training, config.network_config()["normalisation"],
+                                 config.acquisition) if main else None
     torch.manual_seed(config.seed)
-    run_device = pick_device(device)
-    state = load_train_state(output) if (output / "train_state.pt").exists() else None
+    run_device = parallel.device
+    # Rank 0 reads the resume state and sends it to the others, so that the output folder need exist on its
+    # host only and every process starts from the same bytes.
+    state = parallel.broadcast(load_train_state(output) if main and (output / "train_state.pt").exists() else None)
     if state is not None and state["config"]["architecture"] != config.architecture:
         raise ModelError(f"{output} holds a {state['config']['architecture']} checkpoint; "
                          f"choose another --output for {config.architecture}")
@@ -173,6 +221,8 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
                          f"to train one that corrects {config.mean_model}")
     elif config.mean_model is not None:
         mean_state, mean_card = _load_mean_network(config, dataset, run_device)
+        # Every process measured the same batches; rank 0's scale is the one in the checkpoint, so all use it.
+        config.residual_scale = parallel.broadcast(config.residual_scale)
     # channels_last: ~10 % faster training steps on the CPU (oneDNN), NHWC kernels on CUDA.
     network = build_network(config.network_config())
     if config.patch_size is not None and config.patch_size % network.size_multiple:
@@ -207,41 +257,63 @@ def train(data_dir: Path, output: Path, config: TrainConfig, *, device: str | No
             optimiser_d.load_state_dict(state["optimiser_d"])
         generator.set_state(state["generator"])
         step = int(state["step"])
-        logger.info("resuming %s training at step %d of %d", config.architecture, step, config.steps)
+        if main:
+            logger.info("resuming %s training at step %d of %d", config.architecture, step, config.steps)
         mean_card = state.get("mean_card")
-    val_slices = validation_slices(validation or training, config.context, max_slices=8)
+    if parallel.distributed and main:
+        logger.info("training on %d processes: %d of the global batch of %d each (%s)", parallel.world_size,
+                    config.batch_size // parallel.world_size, config.batch_size, run_device)
+    # The networks the training step calls: DistributedDataParallel around them under torchrun (the gradients
+    # averaged over processes), the networks themselves otherwise. Weights are saved from the networks.
+    forward = parallel.wrap(network)
+    forward_d = parallel.wrap(discriminator) if discriminator is not None else None
+    rows = parallel.shard.rows(config.batch_size)
+    val_slices = validation_slices(validation or training, config.context, max_slices=8) if main else []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run_device.type == "cuda" \
         else torch.autocast("cpu", enabled=False)
-    bar = _progress(config.steps, step, show_progress)
+    bar = _progress(config.steps, step, show_progress and main)
     metrics: dict[str, Any] = state.get("metrics", {}) if state else {}
     started, started_step = time.perf_counter(), step
     losses: list[float] = []
+    # The losses of the steps before a resume, so that a resumed run's "loss" (mean of the last ten steps) is the
+    # uninterrupted run's; checkpoints from before this was kept start without them.
+    earlier_losses = [float(x) for x in state.get("recent_losses", [])] if state else []
     while step < config.steps:
+        # Every process draws the whole global batch (its generator stays in step with the others) and crops
+        # only its rows.
         batch = {k: v.to(run_device).contiguous(memory_format=torch.channels_last)
-                 for k, v in dataset.sample_batch(config.batch_size, generator).items()}
-        network.train()
+                 for k, v in dataset.sample_batch(config.batch_size, generator, rows=rows).items()}
+        forward.train()
         with autocast:
-            loss = _loss(config.architecture, network, batch, generator, discriminator, optimiser_d)
+            loss = _loss(config.architecture, network, forward, batch, generator, forward_d, optimiser_d,
+                         config.batch_size, rows)
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP, returns with the gradients averaged over the processes
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimiser.step()
         _ema_update(ema, network, config.ema_decay if step >= 100 else 0.0)
-        losses.append(float(loss.item()))
+        losses.append(parallel.mean(loss))  # the global batch's loss: the mean of the equal shards' means
         step += 1
+        if main:
+            logger.debug("step %d: loss %.9g", step, losses[-1])
         if bar is not None:
             rate = (step - started_step) * config.batch_size / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.4f}", slices_per_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", slices_per_s=f"{rate:.1f}")
             bar.update(1)
-        if step % config.validate_every == 0 or step == config.steps:
+        if main and (step % config.validate_every == 0 or step == config.steps):
             metrics = {"step": step, "validation_mae_hu": _validate(ema, config, val_slices, run_device),
-                       "loss": float(np.mean(losses[-10:]))}
+                       "loss": float(np.mean((earlier_losses + losses)[-10:]))}
             logger.info("step %d: validation MAE %.1f HU", step, metrics["validation_mae_hu"])
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save(output, config, network, ema, optimiser, discriminator, optimiser_d, generator, step, metrics,
-                  training, validation, mean_card, envelope)
+            if main:
+                _save(output, config, network, ema, optimiser, discriminator, optimiser_d, generator, step, metrics,
+                      training, validation, mean_card, envelope, processes=parallel.world_size,
+                      recent_losses=(earlier_losses + losses)[-10:])
+            # Nobody runs ahead of a checkpoint: a job stopped after this point resumes from this step.
+            parallel.barrier()
     if bar is not None:
         bar.close()
+    metrics = parallel.broadcast(metrics)
     if losses:  # how this run's loss moved (first and last ten steps), e.g. to check that training learns
         metrics = {**metrics, "run_loss_start": float(np.mean(losses[:10])), "run_loss_end": float(np.mean(losses[-10:]))}
     return metrics
@@ -303,33 +375,51 @@ def _load_mean_network(config: TrainConfig, dataset: SliceDataset,
     return mean_state, {k: mean_card.get(k) for k in ("name", "version", "content_hash", "training_steps")}
 
 
-def _loss(architecture: str, network: UNet | CorrectiveDiffusion, batch: dict[str, torch.Tensor],
-          generator: torch.Generator, discriminator: PatchDiscriminator | None,
-          optimiser_d: torch.optim.Optimizer | None) -> torch.Tensor:
-    """The architecture's training loss on ``batch``; for pix2pix, after one discriminator step."""
+def _loss(architecture: str, network: UNet | CorrectiveDiffusion, forward: torch.nn.Module,
+          batch: dict[str, torch.Tensor], generator: torch.Generator, discriminator: torch.nn.Module | None,
+          optimiser_d: torch.optim.Optimizer | None, batch_size: int, rows: slice) -> torch.Tensor:
+    """The architecture's training loss on ``batch``; for pix2pix, after one discriminator step.
+
+    ``batch`` holds ``rows`` of a global batch of ``batch_size`` (all of it in a single process); the loss is
+    the mean over those rows. ``forward`` (and ``discriminator``) are what to call for a forward pass whose
+    gradients are to be averaged over processes (the DDP wrappers under torchrun); ``network`` is the network
+    itself, for its other methods.
+    """
     ct = batch["ct"]
     if architecture == "diffusion":
         if isinstance(network, CorrectiveDiffusion):
             residual, condition = network.residual_and_condition(ct, batch["mr"])
-            return training_loss(network, residual, condition, generator=generator)
-        return training_loss(network, ct, batch["mr"], generator=generator)
+            return training_loss(forward, residual, condition, generator=generator, batch_size=batch_size, rows=rows)
+        return training_loss(forward, ct, batch["mr"], generator=generator, batch_size=batch_size, rows=rows)
     if architecture == "contourdiff":
-        return training_loss(network, ct, torch.cat([batch["edges"], batch["outline"]], 1), generator=generator)
-    prediction = network(batch["mr"])
+        return training_loss(forward, ct, torch.cat([batch["edges"], batch["outline"]], 1), generator=generator,
+                             batch_size=batch_size, rows=rows)
+    prediction = forward(batch["mr"])
     l1 = F.l1_loss(prediction, ct)
     if architecture == "unet":
         return l1
     # pix2pix: one discriminator step on (MR, real) vs (MR, fake), then the generator's L1 + adversarial loss.
     assert discriminator is not None and optimiser_d is not None  # train() makes both for pix2pix
     real, fake = torch.cat([batch["mr"], ct], 1), torch.cat([batch["mr"], prediction], 1)
-    logits_real, logits_fake = discriminator(real), discriminator(fake.detach())
+    # Real and fake in one forward pass (InstanceNorm is per sample, so this is two passes' result): DDP allows
+    # one forward pass per backward pass.
+    logits_real, logits_fake = discriminator(torch.cat([real, fake.detach()])).chunk(2)
     loss_d = 0.5 * (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
                     + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
     optimiser_d.zero_grad(set_to_none=True)
     loss_d.backward()
     optimiser_d.step()
-    logits = discriminator(fake)
+    # The generator's adversarial term through the discriminator itself, not its DDP wrapper: the gradients it
+    # leaves on the discriminator's weights are never used (zeroed before the next discriminator step), so
+    # averaging them over processes would be wasted traffic.
+    logits = _unwrapped(discriminator)(fake)
     return 100.0 * l1 + F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper, or ``module`` itself."""
+    inner = getattr(module, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else module
 
 
 @torch.no_grad()
@@ -372,8 +462,14 @@ def _save(output: Path, config: TrainConfig, network: torch.nn.Module, ema: torc
           optimiser: torch.optim.Optimizer, discriminator: PatchDiscriminator | None,
           optimiser_d: torch.optim.Optimizer | None, generator: torch.Generator, step: int, metrics: dict[str, Any],
           training: Sequence[Case], validation: Sequence[Case], mean_card: dict[str, Any] | None = None,
-          envelope: dict[str, Any] | None = None) -> None:
-    """Write the checkpoint (EMA weights, config, card) and the state a resumed run starts from."""
+          envelope: dict[str, Any] | None = None, processes: int = 1,
+          recent_losses: Sequence[float] = ()) -> None:
+    """Write the checkpoint (EMA weights, config, card) and the state a resumed run starts from.
+
+    ``processes``: how many processes trained (torchrun), recorded in the card; a run may be resumed with
+    another number, as long as the global batch divides among them. ``recent_losses``: the last ten steps'
+    losses, which a resumed run's first validation averages with its own.
+    """
     description = DESCRIPTIONS[config.architecture]
     if config.mean_network is not None:
         description += (" Corrective: the denoiser samples the residual over a frozen "
@@ -387,7 +483,7 @@ def _save(output: Path, config: TrainConfig, network: torch.nn.Module, ema: torc
                                                   + (" ..." if len(training) > 10 else "")),
         "validation_data": ", ".join(c.case_id for c in validation) or "(training cases)",
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "code_version": __version__, "training_steps": step, "evaluation": metrics,
+        "code_version": __version__, "training_steps": step, "evaluation": metrics, "training_processes": processes,
         "training_config": {k: v for k, v in asdict(config).items() if k != "extra"},
         "intended_use": config.extra.get("intended_use", "Research; validate on your own data before any use."),
         **({"mean_model": mean_card} if mean_card else {}),
@@ -395,7 +491,7 @@ def _save(output: Path, config: TrainConfig, network: torch.nn.Module, ema: torc
     }
     train_state = {"config": asdict(config), "network": network.state_dict(), "ema": ema.state_dict(),
                    "optimiser": optimiser.state_dict(), "generator": generator.get_state(), "step": step,
-                   "metrics": metrics, "mean_card": mean_card,
+                   "metrics": metrics, "mean_card": mean_card, "recent_losses": list(recent_losses),
                    "discriminator": discriminator.state_dict() if discriminator is not None else None,
                    "optimiser_d": optimiser_d.state_dict() if optimiser_d is not None else None}
     save_checkpoint(output, model_state=ema.state_dict(), config=config.network_config(), card=card,
