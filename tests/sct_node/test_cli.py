@@ -56,14 +56,19 @@ def phantom_dir(tmp_path_factory) -> Path:
     return output / "pelvis-0007"
 
 
-def test_every_subcommand_has_help():
+def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here
     assert {"phantom", "translate"} <= set(commands)
+    # In this process (a subprocess each took 20 s of the suite); the entry point itself is run once below.
     for name in commands:
-        result = _sct_node(name, "--help")
-        assert result.returncode == 0, result.stderr
-        assert f"usage: sct-node {name}" in result.stdout
+        with pytest.raises(SystemExit) as exited:
+            main([name, "--help"])
+        assert exited.value.code == 0
+        assert f"usage: sct-node {name}" in capsys.readouterr().out
+    result = _sct_node("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: sct-node serve" in result.stdout and "--role" in result.stdout
 
 
 def test_phantom_writes_dicom_and_synthrad_layout(phantom_dir):
