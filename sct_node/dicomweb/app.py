@@ -149,7 +149,9 @@ def create_app(config: DicomwebConfig, store: InstanceStore, state: StateStore, 
         study = request.path_params.get("study")
         if study is not None and uid_problem(study):
             return _plain(400, f"the study in the URL is not a valid UID: {uid_problem(study)}")
-        sender = authenticate(request, client)
+        # In a worker thread: an argon2 check takes tens of milliseconds and 64 MiB, which must not hold up the
+        # event loop that serves every other request.
+        sender = await run_in_threadpool(authenticate, request, client)
         if isinstance(sender, Response):
             return sender
         declared = request.headers.get("content-length")
