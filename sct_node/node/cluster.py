@@ -102,6 +102,7 @@ class JobQueue:
         self.broker.declare_queue(config.queue)
         self._message = dramatiq.Message
         self._marked: str | None = None
+        self._missed = False
 
     def enqueue(self, job_id: int) -> bool:
         """Put one job on the queue; False (logged) when the broker cannot be reached: the job stays in the
@@ -113,6 +114,7 @@ class JobQueue:
         except Exception as error:  # noqa: BLE001  redis raises its own hierarchy; the database keeps the job
             logger.error("job %d could not be queued (%s: %s); it is queued again within %.0f s", job_id,
                          type(error).__name__, error, self.config.lease_s)
+            self._missed = True  # the next round of requeue_unfinished queues every waiting job
             return False
         logger.debug("job %d queued", job_id)
         return True
@@ -121,14 +123,18 @@ class JobQueue:
         """Queue again what the queue may have lost; returns how many jobs were queued.
 
         Jobs whose claim's lease ran out always (their worker died, and so may have Redis's copy of the message).
-        Jobs waiting to be processed only the first time, and whenever Redis lost its data: a marker key set
-        here is gone then (restarted without AOF, flushed, a new instance). Queuing them every round would pile
+        Jobs waiting to be processed only the first time, after :meth:`enqueue` failed (Redis unreachable when a
+        job was made), and whenever Redis lost its data: a marker key set here is gone then (restarted without
+        AOF, flushed, a new instance). Queuing them every round would pile
         up copies of every waiting job behind a long backlog; harmless (a copy of a taken job is dropped) but
         wasteful.
         """
         marker = f"{self.config.namespace}:sct-node-queue-marker"
         try:
-            lost = self._marked is None or not self.broker.client.exists(marker)
+            # Waiting jobs are queued again at the first round, after a job could not be queued, and when the
+            # marker is gone.
+            lost = self._marked is None or self._missed or not self.broker.client.exists(marker)
+            self._missed = False
             if lost:
                 self.broker.client.set(marker, self._marked or uuid.uuid4().hex)
                 if self._marked is not None:

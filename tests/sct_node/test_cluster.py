@@ -307,3 +307,20 @@ def test_redis_restarted_mid_queue_or_flushed_loses_no_job(cluster, tmp_path):
     except AssertionError as error:
         raise AssertionError(f"{error}\n{cluster.jobs()}\n{cluster.diagnostics()}") from None
     assert _sct_per_series(cluster) == {mr.frame_of_reference_uid: len(mr.files) for mr in series}
+
+
+def test_a_job_made_while_redis_is_down_is_queued_once_it_is_back_without_a_restart(cluster, tmp_path):
+    cluster.start("receiver,dispatcher")
+    cluster.start("worker")
+    [mr] = _series(tmp_path, 1)
+    cluster.redis.stop()
+    assert storescu(cluster.node_port, mr.files).returncode == 0  # receiving does not need the queue
+    wait_for(lambda: len(cluster.jobs()) == 1, 60, "the job to be made")
+    wait_for(lambda: "could not be queued" in cluster.roles[0].log(), 30, "the receiver to say so")
+    cluster.redis.start()
+
+    try:
+        wait_for(lambda: _all_done(cluster, 1), JOB_TIMEOUT_S, "the job, once Redis is back")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{cluster.jobs()}\n{cluster.diagnostics()}") from None
+    assert _sct_per_series(cluster) == {mr.frame_of_reference_uid: len(mr.files)}
