@@ -337,7 +337,8 @@ class PduReader:
         self._closed = True
         if not self._assoc.is_established and not self._connection.request_decoded and not self._woken:
             self._woken = True
-            self._assoc.dul.to_user_queue.put(None)
+            # pynetdicom annotates the queue with its primitives only, yet its own wait returns None on a timeout.
+            self._assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _header_problem(self, header: bytearray) -> str | None:
         pdu_type, _, length = struct.unpack(">BBL", header)
