@@ -189,8 +189,6 @@ def create_app(config: DicomwebConfig, store: InstanceStore, state: StateStore, 
             except MultipartError as error:
                 logger.warning("DICOMweb: request from %s (%s) refused: %s", client, sender.name, error)
                 return _plain(400, str(error))
-            finally:
-                body_path.unlink(missing_ok=True)
             return await run_in_threadpool(_respond, results, source, state, on_released)
         finally:
             if body_path is not None:

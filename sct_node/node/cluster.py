@@ -101,7 +101,7 @@ class JobQueue:
         self.broker = make_broker(config)
         self.broker.declare_queue(config.queue)
         self._message = dramatiq.Message
-        self._marked: str | None = None
+        self._looked_before = False
         self._missed = False
 
     def enqueue(self, job_id: int) -> bool:
@@ -133,13 +133,14 @@ class JobQueue:
         try:
             # Waiting jobs are queued again at the first round, after a job could not be queued, and when the
             # marker is gone.
-            lost = self._marked is None or self._missed or not self.broker.client.exists(marker)
+            marker_gone = not self.broker.client.exists(marker)
+            lost = not self._looked_before or self._missed or marker_gone
             self._missed = False
-            if lost:
-                self.broker.client.set(marker, self._marked or uuid.uuid4().hex)
-                if self._marked is not None:
+            if marker_gone:
+                self.broker.client.set(marker, uuid.uuid4().hex)
+                if self._looked_before:
                     logger.warning("the queue's Redis lost its data (marker gone): every waiting job is queued again")
-                self._marked = self._marked or "set"
+            self._looked_before = True
         except Exception as error:  # noqa: BLE001  Redis unreachable: try again next round
             logger.error("the queue's Redis cannot be reached (%s: %s)", type(error).__name__, error)
             return 0

@@ -81,19 +81,19 @@ def _session(destination: DestinationConfig, timeout_s: float) -> requests.Sessi
     return session
 
 
-def _batches(files: list[Path], max_bytes: int) -> Iterator[list[Path]]:
-    """Consecutive files of one study at a time, each batch at most ``max_bytes`` (one file at least); the
-    delivery order is kept."""
-    batch: list[Path] = []
+def _batches(files: list[Path], max_bytes: int) -> Iterator[list[pydicom.Dataset]]:
+    """The files read once, as consecutive data sets of one study at a time, each batch at most ``max_bytes`` of
+    files (one at least); the delivery order is kept."""
+    batch: list[pydicom.Dataset] = []
     size, study = 0, None
     for path in files:
-        this_study = str(pydicom.dcmread(path, stop_before_pixels=True,
-                                         specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID", ""))
+        dataset = pydicom.dcmread(path)
+        this_study = str(dataset.get("StudyInstanceUID", ""))
         length = path.stat().st_size
         if batch and (size + length > max_bytes or this_study != study):
             yield batch
             batch, size = [], 0
-        batch.append(path)
+        batch.append(dataset)
         size, study = size + length, this_study
     if batch:
         yield batch
@@ -120,8 +120,7 @@ def deliver_stow(files: list[Path], destination: DestinationConfig, timeout_s: f
     client = DICOMwebClient(url, session=session)
     max_bytes = int(destination.max_request_mb * 2**20)
     try:
-        for batch in _batches(files, max_bytes):
-            datasets = [pydicom.dcmread(path) for path in batch]
+        for datasets in _batches(files, max_bytes):
             try:
                 response = client.store_instances(datasets)
             except requests.HTTPError as error:
@@ -131,16 +130,16 @@ def deliver_stow(files: list[Path], destination: DestinationConfig, timeout_s: f
             failed = _failures(response)
             if failed:
                 uid, reason = failed[0]
-                raise StowDeliveryError(f"{where} did not store {len(failed)} of {len(batch)} instance(s); the first, "
+                raise StowDeliveryError(f"{where} did not store {len(failed)} of {len(datasets)} instance(s); the first, "
                                         f"{uid}: Failure Reason 0x{reason:04X} "
                                         f"({FAILURE_REASONS.get(reason, 'see the server log')})")
             referenced = {str(item.get("ReferencedSOPInstanceUID", ""))
                           for item in response.get("ReferencedSOPSequence", [])}
             missing = [str(ds.SOPInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) not in referenced]
             if missing:
-                raise StowDeliveryError(f"{where} answered without confirming {len(missing)} of {len(batch)} "
+                raise StowDeliveryError(f"{where} answered without confirming {len(missing)} of {len(datasets)} "
                                         f"instance(s) (first: {missing[0]}); not counted as delivered")
-            logger.debug("STOW-RS: %d instance(s) stored at %s", len(batch), where)
+            logger.debug("STOW-RS: %d instance(s) stored at %s", len(datasets), where)
     finally:
         session.close()
 
