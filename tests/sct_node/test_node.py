@@ -328,7 +328,7 @@ def test_sigkill_while_receiving_loses_no_acknowledged_instance(tmp_path, tps, n
     mr = phantom_mr_series(tmp_path / "scanner", slices=40, seed=3, case_id="pelvis-0003")
     planning = tps(free_port())
     # The quiet period must outlast the restart, or the partial series would be routed before it is re-sent.
-    config = node_config(tmp_path, tps_port=planning.port, quiet_period_s=3.0)
+    config = node_config(tmp_path, tps_port=planning.port, quiet_period_s=10.0)  # restarts took over 3 s on a loaded 2-core CI
     config_path = write_toml(config, tmp_path / "node.toml")
     spool = config.storage.spool_dir
     node = NodeProcess(config_path, config.network.port, tmp_path / "node.log")
